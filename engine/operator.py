@@ -1,0 +1,127 @@
+"""The contract between the engine and the code it runs: sources, operators and sinks.
+
+Each node is described by a *config* object: small, frozen, picklable, cheap to validate.
+The engine ships configs to worker processes and calls ``config.build(ctx)`` there, once per
+replica, to get the live *logic* that holds state. Logic is called a batch at a time:
+
+* ``SourceLogic.batches()`` yields lists of records, and ``Watermark`` marks between them;
+  it may be a generator or an async generator (run on uvloop).
+* ``OperatorLogic.process(batch)`` returns the records for the main output; it is told of
+  watermarks (``on_watermark``) and of the end of input (``on_eof``), and may return records
+  from both. Records for named side outputs (late data, router branches) go through
+  ``ctx.emit_side(name, records)``.
+* ``SinkLogic.write(batch)`` consumes records; ``close()`` returns the sink's result (it
+  travels back to ``Job.wait()``), ``abort()`` runs instead when the job fails.
+
+Event time is integer nanoseconds since the Unix epoch throughout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.batch import MIN_WATERMARK
+
+Batch = list[Any]
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """Yielded by a source between batches: no record with event time <= ts will follow
+    that is not late."""
+
+    ts: int
+
+
+@dataclass
+class Context:
+    """What a replica's logic sees of the engine.
+
+    ``clock`` returns processing time in ns (inject a fake one in tests). ``counters`` are
+    named monotonic counts the logic keeps (``late``, ``throttled``, ...); the engine reports
+    them in metrics and in the job result. ``watermark`` is the current input watermark.
+    """
+
+    node: str
+    replica: int = 0
+    parallelism: int = 1
+    clock: Callable[[], int] = time.time_ns
+    watermark: int = MIN_WATERMARK
+    counters: dict[str, int] = field(default_factory=dict)
+    side: dict[str, list[Any]] = field(default_factory=dict)
+
+    def emit_side(self, name: str, records: list[Any]) -> None:
+        """Send records to the side output ``name`` (flushed by the engine after each call)."""
+        if records:
+            bucket = self.side.get(name)
+            if bucket is None:
+                self.side[name] = list(records)
+            else:
+                bucket.extend(records)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def take_side(self) -> dict[str, list[Any]]:
+        """Hand over and forget what was emitted to side outputs since the last call."""
+        side, self.side = self.side, {}
+        return side
+
+
+class SourceLogic:
+    def batches(self) -> Iterator[Batch | Watermark] | AsyncIterator[Batch | Watermark]:
+        raise NotImplementedError
+
+
+class OperatorLogic:
+    def process(self, batch: Batch) -> Batch:
+        raise NotImplementedError
+
+    def on_watermark(self, watermark: int) -> Batch:
+        return []
+
+    def on_eof(self) -> Batch:
+        return []
+
+
+class SinkLogic:
+    def write(self, batch: Batch) -> None | Awaitable[None]:
+        raise NotImplementedError
+
+    def on_watermark(self, watermark: int) -> None:
+        return None
+
+    def close(self) -> Any:
+        return None
+
+    def abort(self) -> None:
+        return None
+
+
+class Source:
+    """Config of a source. ``output_type``: the msgspec Struct it emits, or None (pickled)."""
+
+    output_type: Any = None
+
+    def build(self, ctx: Context) -> SourceLogic:
+        raise NotImplementedError
+
+
+class Operator:
+    """Config of an operator. ``side_outputs`` names what it may pass to ``emit_side``;
+    ``side_types`` gives their record types where known."""
+
+    output_type: Any = None
+    side_outputs: tuple[str, ...] = ()
+    side_types: dict[str, Any] = {}
+
+    def build(self, ctx: Context) -> OperatorLogic:
+        raise NotImplementedError
+
+
+class Sink:
+    def build(self, ctx: Context) -> SinkLogic:
+        raise NotImplementedError
