@@ -1,0 +1,57 @@
+"""ringflow's engine: describe a DAG, launch it across worker processes, wait for the result.
+
+The public API is what ``__all__`` lists; everything else is internal and may change.
+"""
+
+from engine.dag import Dag, Stream
+from engine.errors import (
+    ChannelClosed,
+    ChannelError,
+    ChannelTimeout,
+    DagError,
+    FrameTooLarge,
+    JobFailed,
+    RecordError,
+    RingflowError,
+)
+from engine.job import Job, launch, run
+from engine.operator import (
+    Context,
+    Operator,
+    OperatorLogic,
+    Sink,
+    SinkLogic,
+    Source,
+    SourceLogic,
+    Watermark,
+)
+from engine.records import Bar, Tick
+from engine.result import JobResult, NodeReport
+
+__all__ = [
+    "Bar",
+    "ChannelClosed",
+    "ChannelError",
+    "ChannelTimeout",
+    "Context",
+    "Dag",
+    "DagError",
+    "FrameTooLarge",
+    "Job",
+    "JobFailed",
+    "JobResult",
+    "NodeReport",
+    "Operator",
+    "OperatorLogic",
+    "RecordError",
+    "RingflowError",
+    "Sink",
+    "SinkLogic",
+    "Source",
+    "SourceLogic",
+    "Stream",
+    "Tick",
+    "Watermark",
+    "launch",
+    "run",
+]

@@ -227,7 +227,9 @@ class Writer:
     slot's capacity is split across consecutive slots (flag ``MORE`` on all but the last) unless
     ``split=False``, in which case ``FrameTooLarge`` is raised. Blocking for credit sleeps in
     ``poll``; every ``WAIT_SLICE_S`` it calls ``on_wait`` (heartbeats, stop requests: it may
-    raise to abort) and, with a ``timeout``, gives up with ``ChannelTimeout``.
+    raise to abort) and, with a ``timeout``, gives up with ``ChannelTimeout``. If that happens
+    in the middle of a split frame, the part already sent cannot be taken back: the writer
+    refuses to send again (the consumer would glue the next frame onto the torn one).
     """
 
     def __init__(self, end: TxEnd, *, on_wait: Callable[[], None] | None = None) -> None:
@@ -242,6 +244,7 @@ class Writer:
         self._poller = select.poll()
         self._poller.register(self._credit, select.POLLIN)
         self.closed = False
+        self._torn = False  # a split frame was interrupted after some of its slots went out
 
     @property
     def credits(self) -> int:
@@ -255,6 +258,11 @@ class Writer:
         split: bool = True,
         timeout: float | None = None,
     ) -> None:
+        if self._torn:
+            raise ChannelError(
+                f"channel {self.name!r}: an earlier split frame was interrupted after part of it "
+                "was sent, and the consumer cannot tell where it ends; close this writer"
+            )
         n = len(payload)
         if n <= self.capacity:
             self._acquire(timeout)
@@ -268,7 +276,11 @@ class Writer:
         view = memoryview(payload)
         cap = self.capacity
         for start in range(0, n, cap):
-            self._acquire(timeout)
+            try:
+                self._acquire(timeout)
+            except BaseException:
+                self._torn = start > 0
+                raise
             self._publish(kind, FLAG_MORE if start + cap < n else 0, view[start : start + cap])
 
     def _publish(self, kind: int, flags: int, payload: bytes | bytearray | memoryview) -> None:

@@ -88,7 +88,7 @@ class OperatorLogic:
 
 
 class SinkLogic:
-    def write(self, batch: Batch) -> None | Awaitable[None]:
+    def write(self, batch: Batch) -> Awaitable[None] | None:
         raise NotImplementedError
 
     def on_watermark(self, watermark: int) -> None:

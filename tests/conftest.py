@@ -9,11 +9,12 @@ import time
 import pytest
 
 SHM = "/dev/shm"
-PREFIX = "ringflow-"
 
 
 def _segments() -> set[str]:
-    return {name for name in os.listdir(SHM) if name.startswith(PREFIX)}
+    """This test process's segments: channel and job names start with the creator's pid."""
+    prefix = f"ringflow-{os.getpid()}-"
+    return {name for name in os.listdir(SHM) if name.startswith(prefix)}
 
 
 @pytest.fixture(autouse=True)

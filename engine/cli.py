@@ -1,0 +1,161 @@
+"""The command line: ``python -m engine run module:attribute`` and ``python -m engine bars``.
+
+Exit status: 0 when the job finished (or was stopped gracefully), 1 when it failed, 2 for a
+bad command line or a bad DAG, 130 when interrupted twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import signal
+import sys
+import time
+from typing import Any
+
+from engine.dag import Dag
+from engine.errors import DagError, JobFailed, RecordError, RingflowError
+from engine.job import Job, launch
+from engine.result import JobResult
+
+PROGRESS_EVERY_S = 1.0
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--param wants key=value, got {text!r}")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key, value
+
+
+def load_dag(target: str, params: dict[str, Any]) -> Dag:
+    """``module:attribute``: a Dag, or a function returning one (called with ``params``)."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise DagError(f"expected module:attribute, got {target!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DagError(f"cannot import {module_name!r}: {exc}") from None
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise DagError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(obj, Dag) and callable(obj):
+        obj = obj(**params)
+    elif params:
+        raise DagError(f"{target} is a Dag, not a function: it takes no --param")
+    if not isinstance(obj, Dag):
+        raise DagError(f"{target} is a {type(obj).__name__}, not a Dag or a function making one")
+    return obj
+
+
+def _progress(job: Job, started: float) -> str:
+    rows = job.status(timeout=1.0)
+    per_node: dict[str, int] = {}
+    for row in rows:
+        per_node[row["node"]] = per_node.get(row["node"], 0) + row["records_in"]
+    counts = " ".join(f"{node}={n:,}" for node, n in per_node.items())
+    return f"[{time.monotonic() - started:6.1f}s] records in: {counts}"
+
+
+def supervise(job: Job, *, quiet: bool = False) -> JobResult:
+    """Wait for ``job``, printing progress to stderr once a second."""
+    started = time.monotonic()
+    while True:
+        try:
+            return job.wait(timeout=PROGRESS_EVERY_S)
+        except TimeoutError:
+            if not quiet:
+                print(_progress(job, started), file=sys.stderr, flush=True)
+
+
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def execute(dag: Dag, settings: dict[str, Any], *, quiet: bool = False) -> JobResult:
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    job = launch(dag, **settings)
+    return supervise(job, quiet=quiet)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    dag = load_dag(args.target, dict(args.param))
+    settings: dict[str, Any] = {"linger": args.linger}
+    if args.metrics_port is not None:
+        settings["metrics_port"] = args.metrics_port
+    result = execute(dag, settings, quiet=args.quiet)
+    print(result.summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine",
+        description="ringflow: run streaming DAGs across worker processes joined by "
+        "shared-memory channels.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="run a DAG defined in a module",
+        description="Run a DAG object, or a function that builds one, from an importable "
+        "module. Prints progress to stderr while it runs and a summary at the end.",
+    )
+    run.add_argument("target", help="module:attribute, e.g. examples.minimal:build")
+    run.add_argument(
+        "--param",
+        action="append",
+        type=_parse_param,
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword argument for the builder function (repeatable; values "
+        "are Python literals or plain strings)",
+    )
+    run.add_argument(
+        "--linger",
+        type=float,
+        default=0.005,
+        help="longest time a record waits in a partial batch, seconds",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on 127.0.0.1:PORT while the job runs",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.set_defaults(handler=_cmd_run)
+    from engine.bars import add_bars_command
+
+    add_bars_command(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except (DagError, RecordError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except JobFailed as exc:
+        print(f"job failed: {exc}", file=sys.stderr)
+        if exc.traceback:
+            print(f"--- remote traceback ({exc.node}[{exc.replica}]) ---", file=sys.stderr)
+            print(exc.traceback.rstrip(), file=sys.stderr)
+        return 1
+    except RingflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,451 @@
+"""The coordinator process: creates every channel, starts one worker per (node, replica),
+watches them, answers the driver and tears everything down on every path.
+
+Lifecycle:
+
+1. create the stats block and one channel per link, all named ``ringflow-<job>-*``;
+2. spawn the workers, then close this process's copies of their pipe ends;
+3. once every worker reports ``ready`` (it has mapped its segments), unlink every segment
+   name: from then on nothing is left in /dev/shm whatever dies, as the kernel frees the
+   memory with its last mapping;
+4. watch, on a uvloop event loop: control messages (``done`` / ``error``), process
+   sentinels (death by any signal, seen at once), heartbeats (a hung worker) and the
+   driver's pipe (requests; end-of-file means the driver died);
+5. finish: report a ``JobResult`` or a ``JobFailed``; on failure, SIGTERM every worker
+   (sinks abort their temporary files), SIGKILL what is left after a grace period, reap
+   every process, unlink anything not yet unlinked.
+
+Workers die with the coordinator (PR_SET_PDEATHSIG), so no path leaves a process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import uvloop
+
+from engine.channel import Channel
+from engine.dag import SOURCE, Dag
+from engine.errors import JobFailed
+from engine.plan import plan
+from engine.result import JobResult, NodeReport
+from engine.stats import (
+    BACKPRESSURED_NS,
+    BYTES_OUT,
+    FINISHED,
+    HEARTBEAT,
+    IDLE_NS,
+    LATE,
+    RECORDS_IN,
+    RECORDS_OUT,
+    STARTED,
+    STATE,
+    WATERMARK,
+    State,
+    StatsBlock,
+)
+from engine.worker import OutputSpec, WorkerSpec, worker_main
+
+SEGMENT_PREFIX = "ringflow-"
+CHECK_INTERVAL_S = 0.1
+EXIT_STATUS_WAIT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Engine settings for one job (all picklable)."""
+
+    slots: int = 8
+    slot_size: int = 64 * 1024
+    linger: float = 0.005
+    heartbeat_timeout: float = 10.0
+    startup_timeout: float = 60.0
+    stop_grace: float = 3.0
+    metrics_port: int | None = None
+
+
+@dataclass
+class WorkerHandle:
+    node: str
+    replica: int
+    index: int
+    kind: str
+    process: Any
+    control: Connection
+    ready: bool = False
+    done: bool = False
+    report: dict[str, Any] | None = None
+
+
+def segment_prefix(job_id: str) -> str:
+    return f"{SEGMENT_PREFIX}{job_id}-"
+
+
+def remove_segments(job_id: str) -> list[str]:
+    """Unlink every segment of a job still named in /dev/shm (used after a crash)."""
+    prefix = segment_prefix(job_id)
+    removed = []
+    for name in os.listdir("/dev/shm"):
+        if name.startswith(prefix):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join("/dev/shm", name))
+                removed.append(name)
+    return removed
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def receive_all(conn: Connection, handle: Callable[[Any], None]) -> None:
+    """Hand every whole message waiting on ``conn`` to ``handle``.
+
+    The event loop puts the descriptors it watches in non-blocking mode, where a message
+    still being written (a large sink result) would fail half read. A message has started
+    to arrive when ``poll`` says so and its sender is writing the rest, so reading in
+    blocking mode waits only for that. ``EOFError`` once the peer has closed.
+    """
+    fd = conn.fileno()
+    os.set_blocking(fd, True)
+    try:
+        while conn.poll():
+            handle(conn.recv())
+    finally:
+        os.set_blocking(fd, False)
+
+
+def coordinator_main(dag: Dag, settings: Settings, job_id: str, driver: Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what Ctrl-C means
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwind through teardown
+    coordinator = Coordinator(dag, settings, job_id, driver)
+    try:
+        uvloop.run(coordinator.run())
+    finally:
+        coordinator.teardown()
+
+
+class Coordinator:
+    def __init__(self, dag: Dag, settings: Settings, job_id: str, driver: Connection) -> None:
+        self.dag = dag
+        self.settings = settings
+        self.job_id = job_id
+        self.driver = driver
+        self.plan = plan(dag)
+        self.channels: list[Channel] = []
+        self.workers: list[WorkerHandle] = []
+        self.stats: StatsBlock | None = None
+        self.unlinked = False
+        self.outcome: asyncio.Future[Any] | None = None
+        self.started = time.perf_counter()
+        self.stopping = False
+        self.metrics: Any = None
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def start_workers(self) -> None:
+        prefix = segment_prefix(self.job_id)
+        s = self.settings
+        replicas = self.plan.replicas
+        self.stats = StatsBlock(f"{prefix}stats", len(replicas), create=True)
+        for link in self.plan.links:
+            self.channels.append(
+                Channel.create(f"{prefix}{link.index}", slots=s.slots, slot_size=s.slot_size)
+            )
+        ctx = multiprocessing.get_context("spawn")
+        ours: list[Connection] = []
+        for index, (node, replica) in enumerate(replicas):
+            inputs = [
+                (self.channels[k.index].rx, k.record_type)
+                for k in self.plan.inputs(node.name, replica)
+            ]
+            outputs = []
+            for edge, links in self.plan.outputs(node.name, replica):
+                down = self.dag.node(edge.downstream)
+                ends = {k.down_replica: self.channels[k.index].tx for k in links}
+                rtype = links[0].record_type if links else None
+                outputs.append(
+                    OutputSpec(
+                        edge.output, self.dag.partitioner(edge), down.parallelism, ends, rtype
+                    )
+                )
+            mine, theirs = ctx.Pipe()
+            spec = WorkerSpec(
+                self.job_id,
+                node,
+                replica,
+                inputs,
+                outputs,
+                self.stats.name,
+                len(replicas),
+                index,
+                theirs,
+                s.linger,
+            )
+            process = ctx.Process(
+                target=worker_main,
+                args=(spec,),
+                name=f"ringflow:{node.name}[{replica}]",
+                daemon=True,
+            )
+            process.start()
+            ours.append(theirs)
+            self.workers.append(WorkerHandle(node.name, replica, index, node.kind, process, mine))
+        for conn in ours:
+            conn.close()
+        for channel in self.channels:
+            channel.close_ends()
+
+    def unlink_segments(self) -> None:
+        if self.unlinked:
+            return
+        self.unlinked = True
+        for channel in self.channels:
+            channel.ring.unlink()
+        if self.stats is not None:
+            self.stats.unlink()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.outcome = loop.create_future()
+        try:
+            self.start_workers()
+        except BaseException as exc:
+            self._send(("failed", JobFailed(f"job {self.job_id}: could not start: {exc}")))
+            raise
+        if self.settings.metrics_port is not None:
+            from engine.metrics import MetricsServer
+
+            self.metrics = MetricsServer(self, self.settings.metrics_port)
+            self.metrics.start()
+        for w in self.workers:
+            loop.add_reader(w.control.fileno(), self._on_control, w)
+            loop.add_reader(w.process.sentinel, self._on_exit, w)
+        loop.add_reader(self.driver.fileno(), self._on_driver)
+        watchdog = loop.create_task(self._watch())
+        try:
+            outcome = await self.outcome
+        finally:
+            watchdog.cancel()
+            for w in self.workers:
+                loop.remove_reader(w.control.fileno())
+                loop.remove_reader(w.process.sentinel)
+            loop.remove_reader(self.driver.fileno())
+        if isinstance(outcome, JobFailed):
+            self.kill_workers()
+            self._send(("failed", outcome))
+        elif outcome is not None:
+            self._reap()
+            self._send(("result", outcome))
+
+    def _finish(self, outcome: Any) -> None:
+        if self.outcome is not None and not self.outcome.done():
+            self.outcome.set_result(outcome)
+
+    def _fail(self, message: str, w: WorkerHandle | None = None, **info: Any) -> None:
+        if w is not None:
+            info.setdefault("node", w.node)
+            info.setdefault("replica", w.replica)
+        self._finish(JobFailed(message, **info))
+
+    def _on_control(self, w: WorkerHandle) -> None:
+        try:
+            receive_all(w.control, lambda message: self._handle(w, message))
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(w.control.fileno())
+
+    def _handle(self, w: WorkerHandle, message: tuple[Any, ...]) -> None:
+        tag = message[0]
+        if tag == "ready":
+            w.ready = True
+            if all(x.ready for x in self.workers):
+                self.unlink_segments()
+                self._send(("started", [(x.node, x.replica, x.process.pid) for x in self.workers]))
+        elif tag == "done":
+            w.done = True
+            w.report = message[1]
+        elif tag == "error":
+            _, error, text, tb = message
+            self._fail(
+                f"node {w.node!r} replica {w.replica} failed: {error}: {text}",
+                w,
+                error=error,
+                traceback=tb,
+            )
+
+    def _on_exit(self, w: WorkerHandle) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(w.process.sentinel)
+        # The sentinel turns readable when the child closes its files, a moment before the
+        # kernel lets us reap it; wait for the exit status (bounded).
+        w.process.join(EXIT_STATUS_WAIT_S)
+        self._on_control(w)  # a report sent just before exiting is still in the pipe
+        code = w.process.exitcode
+        if code == 0 and w.done:
+            if all(x.done for x in self.workers):
+                self._finish(self._result())
+            return
+        if self.outcome is not None and self.outcome.done():
+            return
+        if code is not None and code < 0:
+            how = f"was killed by signal {signal.Signals(-code).name}"
+        else:
+            how = f"exited with code {code}"
+        self._fail(
+            f"node {w.node!r} replica {w.replica} {how} (pid {w.process.pid})", w, exitcode=code
+        )
+
+    def _on_driver(self) -> None:
+        try:
+            receive_all(self.driver, self._on_request)
+        except (EOFError, OSError):
+            # The driver died or closed its end: nobody will collect the result.
+            asyncio.get_running_loop().remove_reader(self.driver.fileno())
+            self._fail(f"job {self.job_id}: the driver went away")
+
+    def _on_request(self, request: tuple[Any, ...]) -> None:
+        if request == ("stop",):
+            self.request_stop()
+        elif request == ("kill",):
+            self._fail(f"job {self.job_id} was killed by the driver")
+        elif request == ("status",):
+            self._send(("status", self.status()))
+
+    def request_stop(self) -> None:
+        """Graceful stop: sources end their streams; everything downstream drains."""
+        self.stopping = True
+        for w in self.workers:
+            if w.kind == SOURCE and w.process.exitcode is None:
+                with contextlib.suppress(OSError):
+                    w.control.send(("stop",))
+
+    async def _watch(self) -> None:
+        """Heartbeats and startup: a worker silent for too long is hung."""
+        s = self.settings
+        assert self.stats is not None
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL_S)
+            now = time.monotonic_ns()
+            age_limit = int(s.heartbeat_timeout * 1e9)
+            for w in self.workers:
+                state = self.stats.get(w.index, STATE)
+                beat = self.stats.get(w.index, HEARTBEAT)
+                if state == State.RUNNING and beat and now - beat > age_limit:
+                    self._fail(
+                        f"node {w.node!r} replica {w.replica} is hung: no heartbeat for "
+                        f"{(now - beat) / 1e9:.1f} s (limit {s.heartbeat_timeout} s)",
+                        w,
+                    )
+            if not self.unlinked and time.perf_counter() - self.started > s.startup_timeout:
+                late = [f"{w.node}[{w.replica}]" for w in self.workers if not w.ready]
+                self._fail(f"workers did not start within {s.startup_timeout} s: {late}")
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        assert self.stats is not None
+        now = time.monotonic_ns()
+        rows = []
+        for w in self.workers:
+            get = self.stats.get
+            beat = get(w.index, HEARTBEAT)
+            rows.append(
+                {
+                    "node": w.node,
+                    "replica": w.replica,
+                    "pid": w.process.pid,
+                    "state": State(get(w.index, STATE)).name.lower(),
+                    "alive": w.process.exitcode is None,
+                    "records_in": get(w.index, RECORDS_IN),
+                    "records_out": get(w.index, RECORDS_OUT),
+                    "bytes_out": get(w.index, BYTES_OUT),
+                    "idle_s": get(w.index, IDLE_NS) / 1e9,
+                    "backpressured_s": get(w.index, BACKPRESSURED_NS) / 1e9,
+                    "busy_s": self._busy_ns(w.index, now) / 1e9,
+                    "watermark": get(w.index, WATERMARK),
+                    "late": get(w.index, LATE),
+                    "heartbeat_age_s": (now - beat) / 1e9 if beat else None,
+                }
+            )
+        return rows
+
+    def _busy_ns(self, index: int, now: int) -> int:
+        assert self.stats is not None
+        get = self.stats.get
+        started = get(index, STARTED)
+        if not started:
+            return 0
+        end = get(index, FINISHED) or now
+        return max(0, end - started - get(index, IDLE_NS) - get(index, BACKPRESSURED_NS))
+
+    def _result(self) -> JobResult:
+        nodes = {n.name: NodeReport() for n in self.dag.nodes}
+        sinks: dict[str, list[Any]] = {}
+        stopped = False
+        for w in self.workers:
+            r = w.report or {}
+            nodes[w.node].add(
+                r.get("records_in", 0),
+                r.get("records_out", 0),
+                r.get("counters", {}),
+                r.get("unrouted", {}),
+            )
+            stopped = stopped or bool(r.get("stopped"))
+            if w.kind == "sink":
+                sinks.setdefault(w.node, []).append(r.get("result"))
+        return JobResult(
+            self.dag.name,
+            time.perf_counter() - self.started,
+            nodes,
+            sinks,
+            stopped or self.stopping,
+        )
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.driver.send(message)
+
+    # -- teardown -------------------------------------------------------------------------
+
+    def kill_workers(self) -> None:
+        """SIGTERM every live worker, SIGKILL those still alive after the grace period."""
+        live = [w.process for w in self.workers if w.process.exitcode is None]
+        for p in live:
+            with contextlib.suppress(OSError):
+                p.terminate()
+        deadline = time.monotonic() + self.settings.stop_grace
+        for p in live:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in live:
+            if p.exitcode is None:
+                p.kill()
+                p.join(5.0)
+
+    def _reap(self) -> None:
+        for w in self.workers:
+            w.process.join(5.0)
+
+    def teardown(self) -> None:
+        """Runs on every exit path of the coordinator."""
+        self.kill_workers()
+        self.unlink_segments()
+        remove_segments(self.job_id)
+        for channel in self.channels:
+            channel.close_ends()
+            channel.ring.close()
+        if self.stats is not None:
+            self.stats.close()
+        if self.metrics is not None:
+            self.metrics.stop()
+        for w in self.workers:
+            w.control.close()

@@ -1,0 +1,173 @@
+"""The driver's side: ``launch`` a DAG, then ``wait``, ``stop`` or ask for ``status``.
+
+``launch`` validates the DAG in this process (nothing starts if it is malformed), then
+spawns the coordinator and returns a ``Job``. Ctrl-C while waiting asks for a graceful stop
+(sources end, everything drains); a second Ctrl-C kills the job. If this process dies, the
+coordinator sees its pipe close and tears the job down; if the coordinator dies, its workers
+die with it and this side removes any segment left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import time
+import uuid
+from multiprocessing.connection import wait
+from typing import Any
+
+from engine.coordinator import Settings, coordinator_main, remove_segments
+from engine.dag import Dag
+from engine.errors import JobFailed, RingflowError
+from engine.result import JobResult
+
+
+class Job:
+    """A running job. Not thread-safe; use it from the thread that launched it."""
+
+    def __init__(self, dag: Dag, settings: Settings) -> None:
+        self.dag = dag
+        self.settings = settings
+        # Segment names start with the driver's pid, so leftovers are traceable to their run.
+        self.id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, theirs = ctx.Pipe()
+        self._process = ctx.Process(
+            target=coordinator_main,
+            args=(dag, settings, self.id, theirs),
+            name=f"ringflow:coordinator:{dag.name}",
+        )
+        self._process.start()
+        theirs.close()
+        self._outcome: JobResult | JobFailed | None = None
+        self._status: list[dict[str, Any]] = []
+        self.pids: list[int] = []
+        self.interrupted = False  # a Ctrl-C already asked for a graceful stop
+
+    @property
+    def coordinator_pid(self) -> int | None:
+        return self._process.pid
+
+    def _pump(self, timeout: float | None) -> None:
+        """Read whatever the coordinator sent, waiting up to ``timeout`` for something."""
+        if self._outcome is not None:
+            return
+        ready = wait([self._conn, self._process.sentinel], timeout)
+        if self._conn in ready or self._conn.poll():
+            try:
+                while self._conn.poll():
+                    self._take(self._conn.recv())
+                    if self._outcome is not None:
+                        return
+            except (EOFError, OSError):
+                pass
+        if self._process.sentinel in ready and self._outcome is None:
+            self._process.join(5.0)
+            remove_segments(self.id)
+            self._outcome = JobFailed(
+                f"job {self.dag.name!r}: the coordinator died (exit code "
+                f"{self._process.exitcode}) before reporting a result",
+                exitcode=self._process.exitcode,
+            )
+
+    def _take(self, message: tuple[Any, ...]) -> None:
+        tag = message[0]
+        if tag == "started":
+            self.pids = [pid for _, _, pid in message[1]]
+        elif tag == "status":
+            self._status = message[1]
+        elif tag in ("result", "failed"):
+            self._outcome = message[1]
+
+    def wait(self, timeout: float | None = None) -> JobResult:
+        """Block until the job ends; its result, or ``JobFailed``.
+
+        ``TimeoutError`` if ``timeout`` seconds pass first (the job keeps running). Ctrl-C
+        once: graceful stop, keep waiting; twice: kill, then raise ``KeyboardInterrupt``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._outcome is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"job {self.dag.name!r} still running after {timeout} s")
+            try:
+                self._pump(0.25 if left is None else min(left, 0.25))
+            except KeyboardInterrupt:
+                if self.interrupted:
+                    self.kill()
+                    with contextlib.suppress(RingflowError, TimeoutError):
+                        self.wait(timeout=30)
+                    raise
+                self.interrupted = True
+                self.stop()
+        return self._finish()
+
+    def _finish(self) -> JobResult:
+        self._process.join(10.0)
+        if self._process.exitcode is None:  # pragma: no cover - coordinator stuck in teardown
+            self._process.kill()
+            self._process.join(5.0)
+        remove_segments(self.id)
+        self._conn.close()
+        outcome = self._outcome
+        if isinstance(outcome, JobFailed):
+            raise outcome
+        assert outcome is not None
+        return outcome
+
+    def done(self) -> bool:
+        self._pump(0)
+        return self._outcome is not None
+
+    def status(self, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Each worker's state and counters, as the coordinator sees them now."""
+        self._status = []
+        if not self._request(("status",)):
+            return []
+        deadline = time.monotonic() + timeout
+        while not self._status and self._outcome is None and time.monotonic() < deadline:
+            self._pump(0.1)
+        return self._status
+
+    def stop(self) -> None:
+        """Graceful stop: sources end now, the records in flight drain to the sinks."""
+        self._request(("stop",))
+
+    def kill(self) -> None:
+        """Immediate stop: workers are terminated, sinks discard partial output."""
+        if not self._request(("kill",)) and self._process.exitcode is None:
+            self._process.terminate()
+
+    def _request(self, message: tuple[Any, ...]) -> bool:
+        if self._outcome is not None:
+            return False
+        try:
+            self._conn.send(message)
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def __enter__(self) -> Job:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._outcome is None:
+            self.kill()
+            with contextlib.suppress(RingflowError):
+                self.wait(timeout=30)
+
+
+def launch(dag: Dag, **settings: Any) -> Job:
+    """Validate ``dag`` and start it; settings are the fields of ``Settings``."""
+    dag.validate()
+    try:
+        config = Settings(**settings)
+    except TypeError as exc:
+        raise RingflowError(f"unknown engine setting: {exc}") from None
+    return Job(dag, config)
+
+
+def run(dag: Dag, *, timeout: float | None = None, **settings: Any) -> JobResult:
+    """``launch`` then ``wait``."""
+    return launch(dag, **settings).wait(timeout)

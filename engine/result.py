@@ -1,0 +1,63 @@
+"""What a finished job reports: per-node counts, counters, sink results and elapsed time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class NodeReport:
+    """Totals over a node's replicas. ``counters`` are the logic's own (``late``, ...);
+    ``unrouted`` counts side-output records no edge consumed, by side output."""
+
+    records_in: int = 0
+    records_out: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+    unrouted: dict[str, int] = field(default_factory=dict)
+
+    def add(
+        self, records_in: int, records_out: int, counters: dict[str, int], unrouted: dict[str, int]
+    ) -> None:
+        self.records_in += records_in
+        self.records_out += records_out
+        for name, n in counters.items():
+            self.counters[name] = self.counters.get(name, 0) + n
+        for name, n in unrouted.items():
+            self.unrouted[name] = self.unrouted.get(name, 0) + n
+
+
+@dataclass
+class JobResult:
+    """``sinks[name]`` lists each replica's ``close()`` result, by replica."""
+
+    job: str
+    seconds: float
+    nodes: dict[str, NodeReport]
+    sinks: dict[str, list[Any]]
+    stopped: bool = False
+
+    def collected(self, sink: str) -> list[Any]:
+        """All records a collecting sink received, replicas concatenated in replica order."""
+        out: list[Any] = []
+        for part in self.sinks[sink]:
+            out.extend(part)
+        return out
+
+    def counter(self, name: str) -> int:
+        """A logic counter (``late``, ``bad_rows``, ...) summed over every node."""
+        return sum(n.counters.get(name, 0) for n in self.nodes.values())
+
+    def summary(self) -> str:
+        lines = [
+            f"job {self.job!r} {'stopped' if self.stopped else 'finished'} in {self.seconds:.2f} s"
+        ]
+        for name, node in self.nodes.items():
+            extra = "".join(f", {k}={v}" for k, v in sorted(node.counters.items()))
+            lines.append(f"  {name}: in={node.records_in} out={node.records_out}{extra}")
+            for side, n in sorted(node.unrouted.items()):
+                lines.append(
+                    f"  {name}: {n} record(s) on side output {side!r} had no consumer; route "
+                    f"them with .side({side!r}).sink(...) to keep them"
+                )
+        return "\n".join(lines)

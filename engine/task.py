@@ -1,0 +1,212 @@
+"""What one replica of a node does with batches, watermarks and end-of-input.
+
+The semantics live here once, shared by the worker processes (``engine.worker``) and the
+inline runner (``engine.testing``), so a DAG run inline and the same DAG run across processes
+give the same output. A task talks to its downstream through ``Sender``\\ s: a
+``BatchBuilder`` over a channel in a worker, a direct call in the inline runner.
+
+Watermarks: a task's watermark is the minimum over its inputs (an input that has ended
+counts as +infinity); it only moves forward. When it moves, the logic's ``on_watermark`` runs
+and the new watermark is forwarded on every output, after the records it covers.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable
+from typing import Any, Protocol
+
+from engine.batch import MIN_WATERMARK
+from engine.dag import MAIN, SINK
+from engine.operator import Context, OperatorLogic, SinkLogic, SourceLogic, Watermark
+
+MAX_WATERMARK = 2**63 - 1
+
+
+class Sender(Protocol):
+    def extend(self, records: list[Any]) -> None: ...
+    def send_watermark(self, ts: int) -> None: ...
+    def send_eof(self) -> None: ...
+
+
+class Output:
+    """One outgoing edge of a replica: its splitter and a sender per downstream replica."""
+
+    def __init__(self, splitter: Any, senders: dict[int, Sender]) -> None:
+        self.split = splitter.split
+        self.senders = senders
+
+    def emit(self, records: list[Any]) -> None:
+        senders = self.senders
+        for replica, group in self.split(records):
+            senders[replica].extend(group)
+
+
+class Emitter:
+    """Routes a replica's results to the edges of each of its outputs."""
+
+    def __init__(self, ctx: Context, outputs: dict[str, list[Output]]) -> None:
+        self.ctx = ctx
+        self.outputs = outputs
+        self._main = outputs.get(MAIN, [])
+        self.records_out = 0
+        self.unrouted: dict[str, int] = {}
+
+    def emit(self, records: list[Any]) -> None:
+        if records:
+            self.records_out += len(records)
+            for out in self._main:
+                out.emit(records)
+        if self.ctx.side:
+            for name, side in self.ctx.take_side().items():
+                outs = self.outputs.get(name)
+                if not outs:
+                    self.unrouted[name] = self.unrouted.get(name, 0) + len(side)
+                    continue
+                self.records_out += len(side)
+                for out in outs:
+                    out.emit(side)
+
+    def senders(self) -> list[Sender]:
+        return [s for outs in self.outputs.values() for out in outs for s in out.senders.values()]
+
+    def watermark(self, ts: int) -> None:
+        for sender in self.senders():
+            sender.send_watermark(ts)
+
+    def eof(self) -> None:
+        for sender in self.senders():
+            sender.send_eof()
+
+
+class Task:
+    """One replica of an operator or a sink, fed by ``inputs`` upstream channels."""
+
+    def __init__(
+        self,
+        kind: str,
+        logic: OperatorLogic | SinkLogic,
+        ctx: Context,
+        inputs: int,
+        emitter: Emitter,
+        run_async: Any = None,
+    ) -> None:
+        self.is_sink = kind == SINK
+        self.logic = logic
+        self.ctx = ctx
+        self.emitter = emitter
+        self.watermarks = [MIN_WATERMARK] * inputs
+        self.watermark = MIN_WATERMARK
+        self.open_inputs = inputs
+        self.records_in = 0
+        self.result: Any = None
+        self.finished = False
+        self._run_async = run_async
+
+    def on_batch(self, records: list[Any]) -> None:
+        self.records_in += len(records)
+        if self.is_sink:
+            done = self.logic.write(records)  # type: ignore[union-attr]
+            if done is not None:
+                self._await(done)
+        else:
+            self.emitter.emit(self.logic.process(records))  # type: ignore[union-attr]
+
+    def on_watermark(self, index: int, ts: int) -> None:
+        if ts > self.watermarks[index]:
+            self.watermarks[index] = ts
+            self._advance()
+
+    def on_eof(self, index: int) -> None:
+        self.watermarks[index] = MAX_WATERMARK
+        self.open_inputs -= 1
+        if self.open_inputs:
+            self._advance()
+        else:
+            self.finish()
+
+    def _advance(self) -> None:
+        wm = min(self.watermarks)
+        if wm <= self.watermark or wm == MAX_WATERMARK:
+            return
+        self.watermark = self.ctx.watermark = wm
+        if self.is_sink:
+            self.logic.on_watermark(wm)
+            return
+        self.emitter.emit(self.logic.on_watermark(wm))  # type: ignore[union-attr]
+        self.emitter.watermark(wm)
+
+    def finish(self) -> None:
+        """All inputs ended: final results, end-of-stream downstream, the sink's result."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.is_sink:
+            result = self.logic.close()  # type: ignore[union-attr]
+            if inspect.isawaitable(result):
+                result = self._await(result)
+            self.result = result
+        else:
+            self.emitter.emit(self.logic.on_eof())  # type: ignore[union-attr]
+        self.emitter.eof()
+
+    def abort(self) -> None:
+        if self.is_sink and not self.finished:
+            self.finished = True
+            self.logic.abort()  # type: ignore[union-attr]
+
+    def _await(self, awaitable: Awaitable[Any]) -> Any:
+        if self._run_async is None:
+            raise TypeError(f"node {self.ctx.node!r}: async sink used without an event loop")
+        return self._run_async(awaitable)
+
+
+class SourceTask:
+    """One replica of a source, stepped one item (a batch or a watermark) at a time."""
+
+    def __init__(self, logic: SourceLogic, ctx: Context, emitter: Emitter, run_async: Any = None):
+        self.ctx = ctx
+        self.emitter = emitter
+        self.watermark = MIN_WATERMARK
+        self.records_in = 0
+        self.finished = False
+        self._items: Any = logic.batches()
+        self._is_async = hasattr(self._items, "__anext__")
+        if self._is_async and run_async is None:
+            raise TypeError(f"node {ctx.node!r}: async source used without an event loop")
+        self._run_async = run_async
+
+    def step(self) -> bool:
+        """Handle the source's next item; False (and end-of-stream sent) when it has no more."""
+        try:
+            item = self._run_async(anext(self._items)) if self._is_async else next(self._items)
+        except (StopIteration, StopAsyncIteration):
+            self.finish()
+            return False
+        if isinstance(item, Watermark):
+            if item.ts > self.watermark:
+                self.watermark = self.ctx.watermark = item.ts
+                self.emitter.emit([])
+                self.emitter.watermark(item.ts)
+        else:
+            self.records_in += len(item)
+            self.emitter.emit(item)
+        return True
+
+    def finish(self) -> None:
+        """End the stream now (normally, or on a graceful stop): EOF on every output."""
+        if self.finished:
+            return
+        self.finished = True
+        self.emitter.emit([])
+        self.emitter.eof()
+        self.close()
+
+    def close(self) -> None:
+        items, self._items = self._items, None
+        if items is None:
+            return
+        if self._is_async:
+            self._run_async(items.aclose())
+        elif hasattr(items, "close"):
+            items.close()

@@ -1,0 +1,148 @@
+"""DAG validation: every check runs before any process starts, and every message names the
+node (or edge) and says how to fix it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from engine.errors import DagError
+from engine.operator import Operator, Sink, Source
+from partitioning import KeyHash
+
+if TYPE_CHECKING:
+    from engine.dag import Dag
+
+_KIND_BASES = {"source": Source, "operator": Operator, "sink": Sink}
+
+
+def validate(dag: Dag) -> None:
+    from engine.dag import MAIN, OPERATOR, SINK, SOURCE, check_pickles
+
+    if not dag.nodes:
+        raise DagError(f"DAG {dag.name!r} has no nodes: add a source with dag.source(...)")
+    counts = Counter(n.name for n in dag.nodes)
+    for name, n in counts.items():
+        if n > 1:
+            raise DagError(
+                f"DAG {dag.name!r}: node name {name!r} is used {n} times; give each node a "
+                "unique name"
+            )
+    names = set(counts)
+    for node in dag.nodes:
+        if not node.name or not isinstance(node.name, str):
+            raise DagError(f"DAG {dag.name!r}: node names must be non-empty strings")
+        if not isinstance(node.parallelism, int) or node.parallelism < 1:
+            raise DagError(
+                f"node {node.name!r}: parallelism must be an integer >= 1, got {node.parallelism!r}"
+            )
+        base = _KIND_BASES[node.kind]
+        if not isinstance(node.config, base):
+            raise DagError(
+                f"node {node.name!r}: a {node.kind} needs a {base.__module__}.{base.__name__} "
+                f"config, got {type(node.config).__name__}"
+            )
+        limit = getattr(node.config, "max_parallelism", None)
+        if limit is not None and node.parallelism > limit:
+            raise DagError(
+                f"node {node.name!r}: {type(node.config).__name__} supports at most "
+                f"{limit} replica(s), got parallelism={node.parallelism}; lower it"
+            )
+    for edge in dag.edges:
+        for end in (edge.upstream, edge.downstream):
+            if end not in names:
+                raise DagError(
+                    f"edge {edge.upstream!r} -> {edge.downstream!r}: unknown node {end!r}; "
+                    f"known nodes: {sorted(names)}"
+                )
+    for node in dag.nodes:
+        ins, outs = dag.inputs(node.name), dag.outputs(node.name)
+        if node.kind == SOURCE and ins:
+            raise DagError(
+                f"source {node.name!r} has inputs from {[e.upstream for e in ins]}; sources "
+                "read from outside the DAG: make it an operator, or remove the edges"
+            )
+        if node.kind == SINK and outs:
+            raise DagError(
+                f"sink {node.name!r} has outputs to {[e.downstream for e in outs]}; sinks end "
+                "the DAG: use an operator to pass records on"
+            )
+        if node.kind == OPERATOR and not any(e.output == MAIN for e in outs):
+            raise DagError(
+                f"operator {node.name!r} has no downstream node, so its output would be lost: "
+                "add a sink with .sink(...)"
+            )
+        if node.kind == SOURCE and not outs:
+            raise DagError(f"source {node.name!r} feeds nothing: connect it to an operator or sink")
+        for edge in outs:
+            if edge.output == MAIN:
+                continue
+            declared = getattr(node.config, "side_outputs", ())
+            if edge.output not in declared:
+                raise DagError(
+                    f"node {node.name!r} has no side output {edge.output!r} (it declares "
+                    f"{list(declared)}); use one of those names"
+                )
+    _check_cycles(dag)
+    _check_reachable(dag)
+    for edge in dag.edges:
+        where = f"edge {edge.upstream!r} -> {edge.downstream!r}"
+        part = dag.partitioner(edge)
+        up, down = dag.node(edge.upstream), dag.node(edge.downstream)
+        if isinstance(part, KeyHash) and not part.key:
+            raise DagError(f"{where}: key_by needs a key, e.g. key_by('symbol')")
+        if not part.all_to_all and up.parallelism != down.parallelism:
+            raise DagError(
+                f"{where}: a forward edge needs equal parallelism, got {up.parallelism} and "
+                f"{down.parallelism}; use .rebalance() or .key_by(...) instead"
+            )
+        try:
+            part.build(down.parallelism, 0)
+        except DagError as exc:
+            raise DagError(f"{where}: {exc}") from None
+        check_pickles(f"{where}: partitioner {part.describe()}", part)
+    for node in dag.nodes:
+        check_pickles(f"node {node.name!r}: its {type(node.config).__name__} config", node.config)
+
+
+def _check_cycles(dag: Dag) -> None:
+    state: dict[str, int] = {}  # 1 on the current path, 2 finished
+    path: list[str] = []
+
+    def visit(name: str) -> None:
+        state[name] = 1
+        path.append(name)
+        for edge in dag.outputs(name):
+            nxt = edge.downstream
+            if state.get(nxt) == 1:
+                cycle = [*path[path.index(nxt) :], nxt]
+                raise DagError(
+                    f"DAG {dag.name!r} has a cycle: {' -> '.join(cycle)}; remove one of these edges"
+                )
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[name] = 2
+
+    for node in dag.nodes:
+        if node.name not in state:
+            visit(node.name)
+
+
+def _check_reachable(dag: Dag) -> None:
+    from engine.dag import SOURCE
+
+    seen = {n.name for n in dag.nodes if n.kind == SOURCE}
+    frontier = list(seen)
+    while frontier:
+        name = frontier.pop()
+        for edge in dag.outputs(name):
+            if edge.downstream not in seen:
+                seen.add(edge.downstream)
+                frontier.append(edge.downstream)
+    for node in dag.nodes:
+        if node.name not in seen:
+            raise DagError(
+                f"node {node.name!r} is not reachable from any source: connect an input to it "
+                "or remove it"
+            )

@@ -1,0 +1,292 @@
+"""The worker process: one replica of one node, from its input channels to its output channels.
+
+Loop (operators and sinks)::
+
+    frame = gate.next()            # epoll over every input's doorbell, fair across inputs
+    DATA      -> decode the batch, release the slot, logic.process, split, batch builders
+    WATERMARK -> min over inputs; on advance: logic.on_watermark, forward downstream
+    EOF       -> that input is done; after the last one: on_eof, flush, EOF downstream, exit 0
+
+A source steps its logic one batch at a time instead of reading a gate. Every step and every
+bounded wait refreshes the heartbeat in the job's stats block, so the coordinator can tell
+a busy worker from a hung one; any exception is reported to the coordinator with its
+traceback before the process exits non-zero.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from engine.batch import BatchBuilder, codec_for, decode_watermark
+from engine.channel import InputGate, RxEnd, TxEnd, Writer
+from engine.dag import SOURCE, Node
+from engine.operator import Context
+from engine.ring import P_BLOCKED_NS, Kind
+from engine.runtime_async import AsyncRunner
+from engine.stats import (
+    BACKPRESSURED_NS,
+    BYTES_OUT,
+    FINISHED,
+    HEARTBEAT,
+    IDLE_NS,
+    LATE,
+    PID,
+    RECORDS_IN,
+    RECORDS_OUT,
+    STARTED,
+    STATE,
+    WATERMARK,
+    State,
+    StatsBlock,
+)
+from engine.task import Emitter, Output, Sender, SourceTask, Task
+
+PR_SET_PDEATHSIG = 1
+WAIT_S = 0.25  # longest sleep without a heartbeat
+
+
+@dataclass
+class OutputSpec:
+    output: str
+    partitioner: Any
+    parallelism: int
+    ends: dict[int, TxEnd]
+    record_type: Any
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs, pickled into its process at spawn."""
+
+    job: str
+    node: Node
+    replica: int
+    inputs: list[tuple[RxEnd, Any]]
+    outputs: list[OutputSpec]
+    stats_name: str
+    stats_rows: int
+    index: int
+    control: Connection
+    linger: float
+
+
+class Stopped(BaseException):
+    """SIGTERM arrived: unwind, abort sinks, exit."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Stopped()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker if the coordinator dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    _die_with_parent()
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
+    control = spec.control
+    stats = StatsBlock(spec.stats_name, spec.stats_rows, create=False)
+    row = stats.row(spec.index)
+    row[PID] = os.getpid()
+    row[HEARTBEAT] = time.monotonic_ns()
+    worker: Worker | None = None
+    try:
+        worker = Worker(spec, row)
+        control.send(("ready",))
+        row[STARTED] = time.monotonic_ns()
+        row[STATE] = State.RUNNING
+        result = worker.run()
+        worker.close()
+        row[STATE] = State.DONE
+        control.send(("done", result))
+        code = 0
+    except BaseException as exc:
+        row[STATE] = State.FAILED
+        if worker is not None:
+            worker.abort()
+        if not isinstance(exc, Stopped):
+            try:
+                control.send(("error", type(exc).__name__, str(exc), traceback.format_exc()))
+            except OSError:
+                pass  # the coordinator is gone; PDEATHSIG takes us down
+        code = 1
+    finally:
+        row[FINISHED] = time.monotonic_ns()
+        row.release()
+        stats.close()
+    sys.exit(code)
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec, row: memoryview) -> None:
+        self.spec = spec
+        self.row = row
+        self.control = spec.control
+        self.stop_requested = False
+        node = spec.node
+        self.ctx = Context(node.name, spec.replica, node.parallelism)
+        self.readers = [end.open() for end, _ in spec.inputs]
+        self.decoders = [codec_for(rtype).decode for _, rtype in spec.inputs]
+        self.writers: list[Writer] = []
+        self.builders: list[BatchBuilder] = []
+        outputs: dict[str, list[Output]] = {}
+        for out in spec.outputs:
+            codec = codec_for(out.record_type)
+            senders: dict[int, Sender] = {}
+            for replica, end in out.ends.items():
+                writer = end.open(on_wait=self.on_wait)
+                builder = BatchBuilder(writer, codec, linger=spec.linger)
+                self.writers.append(writer)
+                self.builders.append(builder)
+                senders[replica] = builder
+            splitter = out.partitioner.build(out.parallelism, spec.replica)
+            outputs.setdefault(out.output, []).append(Output(splitter, senders))
+        self.emitter = Emitter(self.ctx, outputs)
+        self.runner = AsyncRunner()
+        logic = node.config.build(self.ctx)
+        self.task: Task | SourceTask
+        if node.kind == SOURCE:
+            self.task = SourceTask(logic, self.ctx, self.emitter, self.runner)
+        else:
+            self.task = Task(
+                node.kind, logic, self.ctx, len(self.readers), self.emitter, self.runner
+            )
+
+    # -- liveness -------------------------------------------------------------------------
+
+    def on_wait(self) -> None:
+        """Called while blocked on credit: heartbeat, and note a stop request."""
+        self.row[HEARTBEAT] = time.monotonic_ns()
+        self._update_stats()
+        self._check_control()
+
+    def _check_control(self) -> None:
+        if self.control.poll():
+            message = self.control.recv()
+            if message == ("stop",):
+                self.stop_requested = True
+
+    def _update_stats(self) -> None:
+        row = self.row
+        row[RECORDS_IN] = self.task.records_in
+        row[RECORDS_OUT] = self.emitter.records_out
+        row[BYTES_OUT] = sum(b.bytes_out for b in self.builders)
+        row[BACKPRESSURED_NS] = sum(w.ring.counters[P_BLOCKED_NS] for w in self.writers)
+        row[WATERMARK] = self.task.watermark
+        row[LATE] = self.ctx.counters.get("late", 0)
+
+    def _flush_due(self) -> None:
+        now = time.monotonic()
+        for builder in self.builders:
+            if builder.due(now):
+                builder.flush()
+
+    # -- loops ----------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        if isinstance(self.task, SourceTask):
+            self._run_source(self.task)
+        else:
+            self._run_task(self.task)
+        self._update_stats()
+        return {
+            "records_in": self.task.records_in,
+            "records_out": self.emitter.records_out,
+            "counters": dict(self.ctx.counters),
+            "unrouted": dict(self.emitter.unrouted),
+            "result": self.task.result if isinstance(self.task, Task) else None,
+            "stopped": self.stop_requested,
+        }
+
+    def _run_source(self, task: SourceTask) -> None:
+        row = self.row
+        control = self.control
+        last_check = 0.0
+        while task.step():
+            now = time.monotonic()
+            if now - last_check >= 0.01:
+                last_check = now
+                row[HEARTBEAT] = time.monotonic_ns()
+                self._update_stats()
+                self._flush_due()
+                if control.poll():
+                    self._check_control()
+            if self.stop_requested:
+                task.finish()
+                break
+
+    def _run_task(self, task: Task) -> None:
+        gate = InputGate(self.readers)
+        decoders = self.decoders
+        row = self.row
+        builders = self.builders
+        try:
+            while not gate.done:
+                waiting = any(b.pending for b in builders)
+                frame = gate.next(self.spec.linger if waiting else WAIT_S)
+                row[HEARTBEAT] = time.monotonic_ns()
+                if frame is None:
+                    self._flush_due()
+                    row[IDLE_NS] = gate.idle_ns
+                    self._update_stats()
+                    if self.control.poll():
+                        self._check_control()
+                    continue
+                index, kind, payload = frame
+                if kind == Kind.DATA:
+                    records = decoders[index](payload)
+                    gate.release()
+                    task.on_batch(records)
+                elif kind == Kind.WATERMARK:
+                    task.on_watermark(index, decode_watermark(payload))
+                elif kind == Kind.EOF:
+                    task.on_eof(index)
+                if waiting:
+                    self._flush_due()
+                row[IDLE_NS] = gate.idle_ns
+                row[RECORDS_IN] = task.records_in
+                row[RECORDS_OUT] = self.emitter.records_out
+            task.finish()
+        finally:
+            gate.close()
+
+    # -- teardown -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for reader in self.readers:
+            reader.close()
+        for writer in self.writers:
+            writer.close()
+        self.runner.close()
+
+    def abort(self) -> None:
+        """After a failure: let a sink discard partial output; close what is open."""
+        try:
+            if isinstance(self.task, Task):
+                self.task.abort()
+            else:
+                self.task.close()
+        finally:
+            for writer in self.writers:
+                if not writer.closed:
+                    writer.close()
+            for reader in self.readers:
+                if not reader.closed:
+                    reader.close()

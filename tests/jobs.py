@@ -1,0 +1,181 @@
+"""Small sources, operators and sinks for engine tests; importable by spawned workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from engine.operator import (
+    Context,
+    Operator,
+    OperatorLogic,
+    Sink,
+    SinkLogic,
+    Source,
+    SourceLogic,
+    Watermark,
+)
+
+
+@dataclass(frozen=True)
+class Numbered(Source):
+    """Records (key, seq, replica) for seq in this replica's share of range(count); a
+    watermark (= seq) after every batch."""
+
+    count: int
+    keys: int = 10
+    batch: int = 100
+    pause_every: int = 0  # sleep `pause` seconds every this many batches (0: never)
+    pause: float = 0.0
+    forever: bool = False
+
+    def build(self, ctx: Context) -> SourceLogic:
+        return _NumberedLogic(self, ctx)
+
+
+class _NumberedLogic(SourceLogic):
+    def __init__(self, cfg: Numbered, ctx: Context) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+
+    def batches(self) -> Any:
+        cfg, r, p = self.cfg, self.ctx.replica, self.ctx.parallelism
+        seq = r
+        n = 0
+        while cfg.forever or seq < cfg.count:
+            batch = []
+            while len(batch) < cfg.batch and (cfg.forever or seq < cfg.count):
+                batch.append((f"k{seq % cfg.keys}", seq, r))
+                seq += p
+            yield batch
+            yield Watermark(seq)
+            n += 1
+            if cfg.pause_every and n % cfg.pause_every == 0:
+                time.sleep(cfg.pause)
+
+
+@dataclass(frozen=True)
+class AsyncNumbered(Source):
+    count: int
+
+    def build(self, ctx: Context) -> SourceLogic:
+        return _AsyncLogic(self.count)
+
+
+class _AsyncLogic(SourceLogic):
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    async def batches(self) -> Any:  # type: ignore[override]
+        import asyncio
+
+        for i in range(0, self.count, 10):
+            await asyncio.sleep(0)
+            yield [("a", j, 0) for j in range(i, min(i + 10, self.count))]
+
+
+@dataclass(frozen=True)
+class RunningSum(Operator):
+    """Per (key, upstream replica): emits (key, seq, running count) for each record; the
+    output depends only on the order of records per (key, source replica), which the engine
+    preserves, not on how replicas interleave."""
+
+    def build(self, ctx: Context) -> OperatorLogic:
+        return _RunningSumLogic()
+
+
+class _RunningSumLogic(OperatorLogic):
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, int], int] = {}
+        self.last: dict[tuple[str, int], int] = {}
+
+    def process(self, batch: list[Any]) -> list[Any]:
+        out = []
+        counts = self.counts
+        last = self.last
+        for key, seq, replica in batch:
+            k = (key, replica)
+            if last.get(k, -1) >= seq:
+                raise AssertionError(f"order broken for {k}: {seq} after {last[k]}")
+            last[k] = seq
+            n = counts.get(k, 0) + 1
+            counts[k] = n
+            out.append((key, seq, n))
+        return out
+
+    def on_eof(self) -> list[Any]:
+        return [(key, -1 - r, n) for (key, r), n in sorted(self.counts.items())]
+
+
+@dataclass(frozen=True)
+class Explode(Operator):
+    """Raises after `after` records, or dies by `signal` after `after` records."""
+
+    after: int = 0
+    kill_signal: int = 0
+    hang: bool = False
+
+    def build(self, ctx: Context) -> OperatorLogic:
+        return _ExplodeLogic(self)
+
+
+class _ExplodeLogic(OperatorLogic):
+    def __init__(self, cfg: Explode) -> None:
+        self.cfg = cfg
+        self.seen = 0
+
+    def process(self, batch: list[Any]) -> list[Any]:
+        self.seen += len(batch)
+        if self.seen > self.cfg.after:
+            if self.cfg.kill_signal:
+                os.kill(os.getpid(), self.cfg.kill_signal)
+            if self.cfg.hang:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                while True:
+                    time.sleep(1)
+            raise ValueError(f"boom after {self.seen} records")
+        return batch
+
+
+@dataclass(frozen=True)
+class Collect(Sink):
+    def build(self, ctx: Context) -> SinkLogic:
+        return _CollectLogic()
+
+
+class _CollectLogic(SinkLogic):
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def write(self, batch: list[Any]) -> None:
+        self.records.extend(batch)
+
+    def close(self) -> Any:
+        return self.records
+
+
+@dataclass(frozen=True)
+class Stall(Sink):
+    """Never returns from its first write until the file `release` exists."""
+
+    release: str
+
+    def build(self, ctx: Context) -> SinkLogic:
+        return _StallLogic(self.release)
+
+
+class _StallLogic(SinkLogic):
+    def __init__(self, release: str) -> None:
+        self.release = release
+        self.n = 0
+
+    def write(self, batch: list[Any]) -> None:
+        while not os.path.exists(self.release):
+            time.sleep(0.01)
+        self.n += len(batch)
+
+    def close(self) -> Any:
+        return self.n
