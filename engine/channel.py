@@ -300,24 +300,25 @@ class Writer:
             self._wait_credit(timeout)
 
     def _wait_credit(self, timeout: float | None) -> None:
-        """Sleep until at least one credit comes back; the time counts as backpressured."""
-        started = time.perf_counter_ns()
+        """Sleep until at least one credit comes back; the time counts as backpressured
+        (added after every slice, so the counter moves while the producer is blocked)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            while True:
-                wait = WAIT_SLICE_S
-                if deadline is not None:
-                    wait = min(wait, max(0.0, deadline - time.monotonic()))
-                if self._poller.poll(wait * 1000.0) and self._refill():
-                    return
-                if self._on_wait is not None:
-                    self._on_wait()
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise ChannelTimeout(
-                        f"channel {self.name!r}: no credit from the consumer in {timeout} s"
-                    )
-        finally:
-            self._counters[P_BLOCKED_NS] += time.perf_counter_ns() - started
+        counters = self._counters
+        while True:
+            wait = WAIT_SLICE_S
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - time.monotonic()))
+            started = time.perf_counter_ns()
+            ready = self._poller.poll(wait * 1000.0)
+            counters[P_BLOCKED_NS] += time.perf_counter_ns() - started
+            if ready and self._refill():
+                return
+            if self._on_wait is not None:
+                self._on_wait()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ChannelTimeout(
+                    f"channel {self.name!r}: no credit from the consumer in {timeout} s"
+                )
 
     def _refill(self) -> bool:
         try:

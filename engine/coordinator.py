@@ -58,6 +58,7 @@ from engine.worker import OutputSpec, WorkerSpec, worker_main
 SEGMENT_PREFIX = "ringflow-"
 CHECK_INTERVAL_S = 0.1
 EXIT_STATUS_WAIT_S = 2.0
+SECONDARY_WAIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class WorkerHandle:
     control: Connection
     ready: bool = False
     done: bool = False
+    secondary: bool = False  # failed only because a channel peer went away
     report: dict[str, Any] | None = None
 
 
@@ -295,7 +297,7 @@ class Coordinator:
             if all(x.done for x in self.workers):
                 self._finish(self._result())
             return
-        if self.outcome is not None and self.outcome.done():
+        if (self.outcome is not None and self.outcome.done()) or w.secondary:
             return
         if code is not None and code < 0:
             how = f"was killed by signal {signal.Signals(-code).name}"

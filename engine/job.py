@@ -99,7 +99,7 @@ class Job:
                     with contextlib.suppress(RingflowError, TimeoutError):
                         self.wait(timeout=30)
                     raise
-                self.interrupted = True
+                self.interrupted = True  # before stop(): a second Ctrl-C may land inside it
                 self.stop()
         return self._finish()
 

@@ -1,0 +1,270 @@
+"""End-to-end runs across real processes, and every way a job can end.
+
+Each test bounds its waits; the autouse fixture checks that no segment of this test process
+is left in /dev/shm, and ``_assert_gone`` that no process of the job is left running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from jobs import AsyncNumbered, Collect, Explode, Numbered, RunningSum, Stall
+
+from engine import Dag, JobFailed, launch, run
+from engine.testing import run_inline
+
+WAIT = 60.0  # generous bound for a loaded 2-core machine; tests finish far sooner
+
+
+def key(record):
+    return record[0]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _assert_gone(pids: list[int], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not [p for p in pids if _alive(p)], "processes of the job are still running"
+
+
+def _wait_started(job, within: float = WAIT) -> list[int]:
+    deadline = time.monotonic() + within
+    while not job.pids and time.monotonic() < deadline:
+        job.status(timeout=0.5)
+    assert job.pids, "workers did not start"
+    return list(job.pids)
+
+
+def keyed_dag(count: int = 20_000, **source) -> Dag:
+    dag = Dag("keyed")
+    src = dag.source("src", Numbered(count, keys=13, **source), parallelism=2)
+    summed = src.key_by(key).apply("sum", RunningSum(), parallelism=3)
+    summed.sink("out", Collect())
+    return dag
+
+
+def test_keyed_dag_across_processes_equals_inline():
+    result = run(keyed_dag(), timeout=WAIT)
+    inline = run_inline(keyed_dag())
+    assert sorted(result.collected("out")) == sorted(inline.collected("out"))
+    assert result.nodes["src"].records_out == 20_000
+    assert result.nodes["sum"].records_in == 20_000
+    assert result.nodes["out"].records_in == inline.nodes["out"].records_in
+
+
+def test_async_source_runs_on_the_event_loop():
+    dag = Dag("async")
+    dag.source("src", AsyncNumbered(95)).sink("out", Collect())
+    result = run(dag, timeout=WAIT)
+    assert [r[1] for r in result.collected("out")] == list(range(95))
+
+
+def test_user_exception_fails_the_job_with_node_and_traceback():
+    dag = Dag("boom")
+    dag.source("src", Numbered(10_000)).rebalance().apply("explode", Explode(after=500), 2).sink(
+        "out", Collect()
+    )
+    job = launch(dag)
+    with pytest.raises(JobFailed) as info:
+        job.wait(WAIT)
+    failure = info.value
+    assert failure.node == "explode"
+    assert failure.replica in (0, 1)
+    assert failure.error == "ValueError"
+    assert "boom after" in str(failure)
+    assert "raise ValueError" in (failure.traceback or "")
+    _assert_gone([*job.pids, job.coordinator_pid])
+
+
+def test_worker_killed_with_sigkill_is_reported_with_its_signal():
+    dag = Dag("killed")
+    dag.source("src", Numbered(0, forever=True)).apply(
+        "victim", Explode(after=1000, kill_signal=signal.SIGKILL)
+    ).sink("out", Collect())
+    job = launch(dag)
+    with pytest.raises(JobFailed) as info:
+        job.wait(WAIT)
+    assert info.value.node == "victim"
+    assert info.value.exitcode == -signal.SIGKILL
+    assert "killed by signal SIGKILL" in str(info.value)
+    _assert_gone([*job.pids, job.coordinator_pid])
+
+
+def test_external_sigkill_is_detected_within_a_second():
+    dag = Dag("external")
+    dag.source("src", Numbered(0, forever=True, pause_every=1, pause=0.001)).sink("out", Collect())
+    job = launch(dag)
+    pids = _wait_started(job)
+    os.kill(pids[-1], signal.SIGKILL)
+    killed_at = time.monotonic()
+    with pytest.raises(JobFailed, match="killed by signal SIGKILL"):
+        job.wait(WAIT)
+    # Detection is by the process sentinel; the bound here leaves room for teardown.
+    assert time.monotonic() - killed_at < 5.0
+    _assert_gone([*pids, job.coordinator_pid])
+
+
+def test_hung_worker_fails_on_heartbeat_timeout():
+    dag = Dag("hung")
+    dag.source("src", Numbered(0, forever=True, pause_every=1, pause=0.001)).apply(
+        "stuck", Explode(after=100, hang=True)
+    ).sink("out", Collect())
+    job = launch(dag, heartbeat_timeout=0.5, stop_grace=0.5)
+    with pytest.raises(JobFailed, match=r"node 'stuck' replica 0 is hung: no heartbeat"):
+        job.wait(WAIT)
+    _assert_gone([*job.pids, job.coordinator_pid])
+
+
+def test_graceful_stop_drains_what_was_produced():
+    job = launch(keyed_dag(0, forever=True, pause_every=1, pause=0.002))
+    _wait_started(job)
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        rows = job.status()
+        if sum(r["records_in"] for r in rows if r["node"] == "out") > 1000:
+            break
+    job.stop()
+    result = job.wait(WAIT)
+    assert result.stopped
+    produced = result.nodes["src"].records_out
+    assert produced > 1000
+    assert result.nodes["sum"].records_in == produced
+    assert len([r for r in result.collected("out") if r[1] >= 0]) == produced
+    _assert_gone([*job.pids, job.coordinator_pid])
+
+
+def test_status_reports_every_worker():
+    job = launch(keyed_dag(0, forever=True, pause_every=1, pause=0.002))
+    _wait_started(job)
+    rows = job.status()
+    assert {(r["node"], r["replica"]) for r in rows} == {
+        ("src", 0),
+        ("src", 1),
+        ("sum", 0),
+        ("sum", 1),
+        ("sum", 2),
+        ("out", 0),
+    }
+    assert all(r["alive"] and r["pid"] for r in rows)
+    job.stop()
+    job.wait(WAIT)
+    _assert_gone([*job.pids, job.coordinator_pid])
+
+
+def test_backpressure_holds_the_source_at_the_credit_limit(tmp_path):
+    release = tmp_path / "release"
+    dag = Dag("stalled")
+    dag.source("src", Numbered(50_000, batch=50)).sink("out", Stall(str(release)))
+    job = launch(dag, slots=4, slot_size=1024, heartbeat_timeout=WAIT, linger=0.0)
+    _wait_started(job)
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        src = next(r for r in job.status() if r["node"] == "src")
+        if src["backpressured_s"] > 0.2:
+            break
+    assert src["backpressured_s"] > 0.2
+    assert src["records_out"] < 50_000  # held back, not buffered without bound
+    release.touch()
+    result = job.wait(WAIT)
+    assert result.sinks["out"] == [50_000]
+
+
+_DRIVER = textwrap.dedent(
+    """
+    import signal, sys, time
+    sys.path.insert(0, {tests!r})
+    from engine import Dag, launch
+    from jobs import Collect, Numbered, Stall
+    if __name__ == "__main__":
+        dag = Dag("orphan")
+        dag.source("src", Numbered(0, forever=True, pause_every=1, pause=0.002)).sink(
+            "out", {sink})
+        def noisy(signum, frame):
+            print("SIGINT", flush=True)
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGINT, noisy)
+        job = launch(dag, heartbeat_timeout=120)
+        while not job.pids:
+            job.status(timeout=0.5)
+        print(job.id, job.coordinator_pid, *job.pids, flush=True)
+        {then}
+    """
+)
+
+
+def _driver(then: str, sink: str = "Collect()") -> tuple[subprocess.Popen[str], str, list[int]]:
+    tests = os.path.dirname(__file__)
+    code = _DRIVER.format(tests=tests, then=then, sink=sink)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tests
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().split()
+    assert line, "driver did not start its job"
+    return proc, line[0], [int(p) for p in line[1:]]
+
+
+def _job_segments(job_id: str) -> list[str]:
+    return [n for n in os.listdir("/dev/shm") if n.startswith(f"ringflow-{job_id}-")]
+
+
+def test_driver_death_tears_the_job_down():
+    proc, job_id, pids = _driver("time.sleep(600)")
+    proc.kill()
+    proc.wait(WAIT)
+    _assert_gone(pids, within=WAIT)
+    assert not _job_segments(job_id)
+
+
+def test_coordinator_death_takes_the_workers_with_it():
+    proc, job_id, pids = _driver(
+        "try:\n        job.wait(60)\n    except Exception as e:\n"
+        "        print('FAILED', e, flush=True)"
+    )
+    coordinator, workers = pids[0], pids[1:]
+    os.kill(coordinator, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=WAIT)
+    assert "FAILED" in out and "coordinator died" in out
+    _assert_gone(workers, within=WAIT)
+    assert not _job_segments(job_id)
+
+
+def test_sigint_once_stops_gracefully():
+    proc, job_id, pids = _driver("r = job.wait(60)\n    print('STOPPED', r.stopped, flush=True)")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=WAIT)
+    assert "STOPPED True" in out
+    _assert_gone(pids, within=WAIT)
+    assert not _job_segments(job_id)
+
+
+def test_sigint_twice_kills_a_job_that_cannot_drain(tmp_path):
+    never = tmp_path / "never"
+    proc, job_id, pids = _driver(
+        "try:\n        job.wait(60)\n    except KeyboardInterrupt:\n"
+        "        print('KILLED', flush=True)",
+        sink=f"Stall({str(never)!r})",
+    )
+    assert proc.stdout is not None
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout.readline().strip() == "SIGINT"
+    assert all(_alive(p) for p in pids)  # the stalled sink holds the graceful stop up
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=WAIT)
+    assert "KILLED" in out
+    _assert_gone(pids, within=WAIT)
+    assert not _job_segments(job_id)
