@@ -56,7 +56,7 @@ class MsgpackCodec(Codec):
     def __init__(self, record_type: Any) -> None:
         self.record_type = record_type
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder(list[record_type])  # type: ignore[valid-type]
+        self._decoder = msgspec.msgpack.Decoder(list[record_type])
 
     def encode(self, records: list[Any]) -> bytes:
         try:

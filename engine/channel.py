@@ -285,15 +285,15 @@ class Writer:
 
     def _publish(self, kind: int, flags: int, payload: bytes | bytearray | memoryview) -> None:
         self.ring.write(self._seq, kind, flags, payload)
+        self._seq += 1
+        self._credits -= 1
+        c = self._counters  # counted before the doorbell, so in_use never reads negative
+        c[P_SLOTS] = self._seq
+        c[P_BYTES] += len(payload)
         try:
             os.write(self._doorbell, b"\x01")
         except BrokenPipeError:
             raise self._closed_error() from None
-        self._seq += 1
-        self._credits -= 1
-        c = self._counters
-        c[P_SLOTS] = self._seq
-        c[P_BYTES] += len(payload)
 
     def _acquire(self, timeout: float | None) -> None:
         if not self._credits and not self._refill():
@@ -468,6 +468,8 @@ class Reader:
             if self.pull():
                 continue
             self.check_alive()
+            if self.producer_gone:
+                raise ChannelClosed(f"channel {self.name!r}: end of stream (EOF was taken)")
             wait = WAIT_SLICE_S if deadline is None else max(0.0, deadline - time.monotonic())
             started = time.perf_counter_ns()
             poller.poll(min(wait, WAIT_SLICE_S) * 1000.0)

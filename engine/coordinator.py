@@ -85,6 +85,7 @@ class WorkerHandle:
     ready: bool = False
     done: bool = False
     secondary: bool = False  # failed only because a channel peer went away
+    exited: bool = False  # set by the event loop when the process's sentinel fires
     report: dict[str, Any] | None = None
 
 
@@ -288,6 +289,7 @@ class Coordinator:
     def _on_exit(self, w: WorkerHandle) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(w.process.sentinel)
+        w.exited = True
         # The sentinel turns readable when the child closes its files, a moment before the
         # kernel lets us reap it; wait for the exit status (bounded).
         w.process.join(EXIT_STATUS_WAIT_S)
@@ -354,6 +356,14 @@ class Coordinator:
 
     # -- reporting ------------------------------------------------------------------------
 
+    def state(self) -> str:
+        """starting, running, stopping, done or failed."""
+        if self.outcome is not None and self.outcome.done():
+            return "failed" if isinstance(self.outcome.result(), JobFailed) else "done"
+        if self.stopping:
+            return "stopping"
+        return "running" if self.unlinked else "starting"
+
     def status(self) -> list[dict[str, Any]]:
         assert self.stats is not None
         now = time.monotonic_ns()
@@ -367,7 +377,7 @@ class Coordinator:
                     "replica": w.replica,
                     "pid": w.process.pid,
                     "state": State(get(w.index, STATE)).name.lower(),
-                    "alive": w.process.exitcode is None,
+                    "alive": not w.exited,
                     "records_in": get(w.index, RECORDS_IN),
                     "records_out": get(w.index, RECORDS_OUT),
                     "bytes_out": get(w.index, BYTES_OUT),

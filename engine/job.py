@@ -1,10 +1,12 @@
 """The driver's side: ``launch`` a DAG, then ``wait``, ``stop`` or ask for ``status``.
 
 ``launch`` validates the DAG in this process (nothing starts if it is malformed), then
-spawns the coordinator and returns a ``Job``. Ctrl-C while waiting asks for a graceful stop
-(sources end, everything drains); a second Ctrl-C kills the job. If this process dies, the
-coordinator sees its pipe close and tears the job down; if the coordinator dies, its workers
-die with it and this side removes any segment left behind.
+spawns the coordinator and returns a ``Job``. Ctrl-C while the job runs asks for a graceful
+stop (sources end, everything drains); a second Ctrl-C kills the job (``launch`` installs
+that SIGINT handler in the main thread unless the program has its own, and restores it at
+the end). If this process dies, the coordinator sees its pipe close and tears the job down;
+if the coordinator dies, its workers die with it and this side removes any segment left
+behind.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 import uuid
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
+from multiprocessing.util import Finalize
 from typing import Any
 
 from engine.coordinator import Settings, coordinator_main, remove_segments
@@ -44,6 +50,37 @@ class Job:
         self._status: list[dict[str, Any]] = []
         self.pids: list[int] = []
         self.interrupted = False  # a Ctrl-C already asked for a graceful stop
+        self._previous_sigint: Any = None
+        self._install_sigint()
+        # If this process exits without waiting, close the pipe first: the coordinator sees
+        # it, tears the job down and exits, so the interpreter's join on it returns.
+        self._finalizer = Finalize(self, _abandon, args=(self._conn,), exitpriority=100)
+
+    def _install_sigint(self) -> None:
+        """Own Ctrl-C while the job runs, unless the program has its own handler."""
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if not self.interrupted:
+            self.interrupted = True
+            print(
+                f"ringflow: stopping job {self.dag.name!r} gracefully; Ctrl-C again to kill it",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.stop()
+            return
+        self.kill()
+        raise KeyboardInterrupt
 
     @property
     def coordinator_pid(self) -> int | None:
@@ -104,6 +141,7 @@ class Job:
         return self._finish()
 
     def _finish(self) -> JobResult:
+        self._restore_sigint()
         self._process.join(10.0)
         if self._process.exitcode is None:  # pragma: no cover - coordinator stuck in teardown
             self._process.kill()
@@ -156,6 +194,11 @@ class Job:
             self.kill()
             with contextlib.suppress(RingflowError):
                 self.wait(timeout=30)
+
+
+def _abandon(conn: Connection) -> None:
+    with contextlib.suppress(OSError):
+        conn.close()
 
 
 def launch(dag: Dag, **settings: Any) -> Job:

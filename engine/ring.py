@@ -146,7 +146,9 @@ class Ring:
     def attach(cls, name: str, slots: int, slot_size: int) -> Ring:
         return cls(name, slots, slot_size, create=False)
 
-    def write(self, seq: int, kind: int, flags: int, payload: bytes | memoryview) -> None:
+    def write(
+        self, seq: int, kind: int, flags: int, payload: bytes | bytearray | memoryview
+    ) -> None:
         """Fill slot ``seq % K``: payload first, then the header."""
         n = len(payload)
         off = HEADER_SIZE + (seq % self.slots) * self.slot_size
@@ -163,15 +165,16 @@ class Ring:
         return kind, flags, self.buf[start : start + n]
 
     def close(self) -> None:
-        """Unmap this process's view. Views still held elsewhere keep the mapping alive."""
+        """Unmap this process's view. If a payload view is still held somewhere (a traceback
+        frame, say), the mapping stays until that view is garbage; this never raises."""
         if self._mmap.closed:
             return
-        self.counters.release()
-        self.buf.release()
         try:
+            self.counters.release()
+            self.buf.release()
             self._mmap.close()
         except BufferError:
-            pass  # a caller still holds a payload view; the mapping goes with it
+            pass
 
     def unlink(self) -> None:
         """Remove the segment's name (owner only). Mappings stay valid until closed."""

@@ -92,7 +92,7 @@ class Task:
         run_async: Any = None,
     ) -> None:
         self.is_sink = kind == SINK
-        self.logic = logic
+        self.logic: Any = logic  # OperatorLogic or SinkLogic, by is_sink
         self.ctx = ctx
         self.emitter = emitter
         self.watermarks = [MIN_WATERMARK] * inputs
@@ -106,11 +106,11 @@ class Task:
     def on_batch(self, records: list[Any]) -> None:
         self.records_in += len(records)
         if self.is_sink:
-            done = self.logic.write(records)  # type: ignore[union-attr]
+            done = self.logic.write(records)
             if done is not None:
                 self._await(done)
         else:
-            self.emitter.emit(self.logic.process(records))  # type: ignore[union-attr]
+            self.emitter.emit(self.logic.process(records))
 
     def on_watermark(self, index: int, ts: int) -> None:
         if ts > self.watermarks[index]:
@@ -133,7 +133,7 @@ class Task:
         if self.is_sink:
             self.logic.on_watermark(wm)
             return
-        self.emitter.emit(self.logic.on_watermark(wm))  # type: ignore[union-attr]
+        self.emitter.emit(self.logic.on_watermark(wm))
         self.emitter.watermark(wm)
 
     def finish(self) -> None:
@@ -142,18 +142,18 @@ class Task:
             return
         self.finished = True
         if self.is_sink:
-            result = self.logic.close()  # type: ignore[union-attr]
+            result = self.logic.close()
             if inspect.isawaitable(result):
                 result = self._await(result)
             self.result = result
         else:
-            self.emitter.emit(self.logic.on_eof())  # type: ignore[union-attr]
+            self.emitter.emit(self.logic.on_eof())
         self.emitter.eof()
 
     def abort(self) -> None:
         if self.is_sink and not self.finished:
             self.finished = True
-            self.logic.abort()  # type: ignore[union-attr]
+            self.logic.abort()
 
     def _await(self, awaitable: Awaitable[Any]) -> Any:
         if self._run_async is None:

@@ -119,13 +119,14 @@ def worker_main(spec: WorkerSpec) -> None:
         code = 0
     except BaseException as exc:
         row[STATE] = State.FAILED
-        if worker is not None:
-            worker.abort()
         if not isinstance(exc, Stopped):
+            # Report the cause first: closing our channels makes neighbours fail too.
             try:
                 control.send(("error", type(exc).__name__, str(exc), traceback.format_exc()))
             except OSError:
                 pass  # the coordinator is gone; PDEATHSIG takes us down
+        if worker is not None:
+            worker.abort()
         code = 1
     finally:
         row[FINISHED] = time.monotonic_ns()
@@ -277,16 +278,12 @@ class Worker:
         self.runner.close()
 
     def abort(self) -> None:
-        """After a failure: let a sink discard partial output; close what is open."""
-        try:
-            if isinstance(self.task, Task):
-                self.task.abort()
-            else:
-                self.task.close()
-        finally:
-            for writer in self.writers:
-                if not writer.closed:
-                    writer.close()
-            for reader in self.readers:
-                if not reader.closed:
-                    reader.close()
+        """After a failure: let a sink discard partial output; close what is open. Errors
+        here are secondary to the one being reported, so they are not raised."""
+        steps = [self.task.abort if isinstance(self.task, Task) else self.task.close]
+        steps += [w.close for w in self.writers] + [r.close for r in self.readers]
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                pass

@@ -1,0 +1,41 @@
+"""ringflow's operators: transforms, event-time windows, aggregations and market plumbing.
+
+Implementation lives in one small module per concept; this package re-exports the public
+names, and ``__all__`` lists them (a test pins it).
+"""
+
+from operators.aggregations import OHLCV, Aggregation, Count, Vwap, WindowValue
+from operators.assigners import Session, Sliding, Tumbling
+from operators.basic import Filter, FlatMap, Map
+from operators.durations import parse_duration
+from operators.market import Dedupe, Router, Throttle
+from operators.sinks import Collect, CountSink, CsvBars, CsvTicksSink, JsonLinesBars
+from operators.sources import CsvTicks, Generator, generate
+from operators.windows import WindowAggregate
+
+__all__ = [
+    "OHLCV",
+    "Aggregation",
+    "Collect",
+    "Count",
+    "CountSink",
+    "CsvBars",
+    "CsvTicks",
+    "CsvTicksSink",
+    "Dedupe",
+    "Filter",
+    "FlatMap",
+    "Generator",
+    "JsonLinesBars",
+    "Map",
+    "Router",
+    "Session",
+    "Sliding",
+    "Throttle",
+    "Tumbling",
+    "Vwap",
+    "WindowAggregate",
+    "WindowValue",
+    "generate",
+    "parse_duration",
+]

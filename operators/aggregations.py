@@ -1,0 +1,199 @@
+"""Aggregations: what a window computes over its records.
+
+An aggregation is a small, frozen, picklable object with no state of its own; the state of
+each open window is its *accumulator*, which the window operator keeps::
+
+    acc = agg.initial()
+    acc = agg.add(acc, record)           # records of one window, in arrival order
+    acc = agg.merge(a, b)                # session windows joining; a's records came first
+    out = agg.result(acc, key, start, end)
+
+``add`` and ``merge`` return the accumulator, which may be the one they were given,
+mutated: mutable accumulators (a list) are the fast choice, immutable ones (an int) work too.
+``output_type`` is the msgspec Struct ``result`` returns (or None), so edges carrying the
+results get the typed codec. Write your own by subclassing ``Aggregation``; keep it at module
+level so it pickles.
+
+Field names are settings (``OHLCV(price="bid")``). ``add`` is the hot path (once per record
+and window): OHLCV compiles it for its field names (see ``operators.codegen``) and keeps its
+accumulator in a flat list.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any
+
+import msgspec
+
+from engine.records import Bar
+from operators.codegen import compile_function, identifier
+
+__all__ = ["OHLCV", "Aggregation", "Count", "Vwap", "WindowValue"]
+
+
+class WindowValue(msgspec.Struct, array_like=True, frozen=True):
+    """A single value computed over the window ``[window_start, window_end)`` of ``key``."""
+
+    key: Any
+    window_start: int
+    window_end: int
+    value: Any
+
+
+class Aggregation:
+    """Base of aggregations; subclasses implement initial, add, merge and result."""
+
+    output_type: Any = None
+
+    def initial(self) -> Any:
+        raise NotImplementedError
+
+    def add(self, acc: Any, record: Any) -> Any:
+        raise NotImplementedError
+
+    def merge(self, a: Any, b: Any) -> Any:
+        raise NotImplementedError
+
+    def result(self, acc: Any, key: Any, start: int, end: int) -> Any:
+        raise NotImplementedError
+
+
+# OHLCV accumulator layout: a flat list, the cheapest mutable thing CPython indexes.
+OPEN_TS, OPEN, HIGH, LOW, CLOSE_TS, CLOSE, VOLUME, PV, N = range(9)
+_NO_TS_HIGH = 2**63  # beyond any int64 ns: the first record is always earlier
+_NO_TS_LOW = -(2**63) - 1
+
+
+_OHLCV_ADD = """\
+def add(acc, record):
+    t = record.{time}
+    p = record.{price}
+    if t < acc[0]:
+        acc[0] = t
+        acc[1] = p
+    if t >= acc[4]:
+        acc[4] = t
+        acc[5] = p
+    if p > acc[2]:
+        acc[2] = p
+    if p < acc[3]:
+        acc[3] = p
+    s = record.{size}
+    acc[6] += s
+    acc[7] += p * s
+    acc[8] += 1
+    return acc
+"""
+
+
+@functools.lru_cache(maxsize=64)
+def _ohlcv_add(time: str, price: str, size: str) -> Callable[[list[Any], Any], list[Any]]:
+    return compile_function("add", _OHLCV_ADD.format(time=time, price=price, size=size))
+
+
+@dataclass(frozen=True)
+class OHLCV(Aggregation):
+    """Open/high/low/close/volume bars as ``engine.records.Bar``.
+
+    open and close are the prices of the earliest and latest records by event time (``time``
+    field); among records with equal event times the earlier-arriving one is the open and the
+    later-arriving one the close. volume is the sum of ``size``; vwap is
+    ``sum(price * size) / sum(size)`` (NaN when the volume is 0); count is the record count.
+    Sums run in arrival order, so results are reproducible to the bit for the same input.
+    The bar's ``symbol`` is the window key: keep the key a str where bars cross a typed edge.
+    ``add`` is compiled for the field names (and so is not a method: pickling rebuilds it).
+    """
+
+    price: str = "price"
+    size: str = "size"
+    time: str = "ts"
+
+    output_type = Bar
+
+    def __post_init__(self) -> None:
+        for what in ("price", "size", "time"):
+            identifier(getattr(self, what), f"OHLCV {what}")
+        # An instance attribute, so agg.add is a plain function: no bound method per call.
+        object.__setattr__(self, "add", _ohlcv_add(self.time, self.price, self.size))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (OHLCV, (self.price, self.size, self.time))
+
+    def initial(self) -> list[Any]:
+        inf = math.inf
+        return [_NO_TS_HIGH, 0.0, -inf, inf, _NO_TS_LOW, 0.0, 0.0, 0.0, 0]
+
+    def merge(self, a: list[Any], b: list[Any]) -> list[Any]:
+        out = list(a)
+        if b[OPEN_TS] < a[OPEN_TS]:
+            out[OPEN_TS], out[OPEN] = b[OPEN_TS], b[OPEN]
+        if b[CLOSE_TS] >= a[CLOSE_TS]:
+            out[CLOSE_TS], out[CLOSE] = b[CLOSE_TS], b[CLOSE]
+        out[HIGH] = max(a[HIGH], b[HIGH])
+        out[LOW] = min(a[LOW], b[LOW])
+        out[VOLUME] = a[VOLUME] + b[VOLUME]
+        out[PV] = a[PV] + b[PV]
+        out[N] = a[N] + b[N]
+        return out
+
+    def result(self, acc: list[Any], key: Any, start: int, end: int) -> Bar:
+        volume = acc[VOLUME]
+        vwap = acc[PV] / volume if volume else math.nan
+        return Bar(
+            key, start, end, acc[OPEN], acc[HIGH], acc[LOW], acc[CLOSE], volume, vwap, acc[N]
+        )
+
+
+@dataclass(frozen=True)
+class Count(Aggregation):
+    """The number of records in the window, as ``WindowValue(value=int)``."""
+
+    output_type = WindowValue
+
+    def initial(self) -> int:
+        return 0
+
+    def add(self, acc: int, record: Any) -> int:
+        return acc + 1
+
+    def merge(self, a: int, b: int) -> int:
+        return a + b
+
+    def result(self, acc: int, key: Any, start: int, end: int) -> WindowValue:
+        return WindowValue(key, start, end, acc)
+
+
+@dataclass(frozen=True)
+class Vwap(Aggregation):
+    """Volume-weighted average price, as ``WindowValue(value=float)``; NaN for no volume."""
+
+    price: str = "price"
+    size: str = "size"
+    _get: Any = field(init=False, repr=False, compare=False)
+
+    output_type = WindowValue
+
+    def __post_init__(self) -> None:
+        for what in ("price", "size"):
+            identifier(getattr(self, what), f"Vwap {what}")
+        object.__setattr__(self, "_get", attrgetter(self.price, self.size))
+
+    def initial(self) -> list[float]:
+        return [0.0, 0.0]
+
+    def add(self, acc: list[float], record: Any) -> list[float]:
+        p, s = self._get(record)
+        acc[0] += p * s
+        acc[1] += s
+        return acc
+
+    def merge(self, a: list[float], b: list[float]) -> list[float]:
+        return [a[0] + b[0], a[1] + b[1]]
+
+    def result(self, acc: list[float], key: Any, start: int, end: int) -> WindowValue:
+        return WindowValue(key, start, end, acc[0] / acc[1] if acc[1] else math.nan)

@@ -1,0 +1,246 @@
+"""``CsvTicks``: ticks from a CSV file, optionally read as parallel byte ranges.
+
+Format: UTF-8 text, a header line ``symbol,ts,price,size`` (a UTF-8 BOM and ``\\r\\n`` line
+ends are accepted), then one tick per line: ``ts`` an integer (ns since the epoch), ``price``
+a finite float, ``size`` a finite float > 0, ``symbol`` non-empty and taken verbatim. Fields
+are split on ``,`` with no quoting, so a field cannot hold a comma. The last line may lack its
+newline; every other empty line is a bad row (``empty line``).
+
+Bad rows: by default the job stops with ``RecordError("path:line: reason ...")``, ``line``
+being the physical line number (the header is line 1). With ``dead_letter=path`` each bad
+row is written to that CSV (``line,raw,reason``; ``raw`` is the line without its line end,
+bytes that are not UTF-8 shown as ``\\xNN``) and the job goes on. The file is written to a
+temporary and renamed into place when the replica reaches the end of its input; if the
+source is closed before that (the job failed or stopped), the temporary is removed and an
+older file at that path is left alone. With several replicas each writes
+``<name>.<replica>.<ext>``. Bad rows are counted as ``bad_rows``.
+
+Byte ranges: the file is cut into ``ranges`` byte ranges (default: one per replica) and
+replica ``r`` of ``P`` reads ranges ``r, r + P, ...`` in turn (see ``operators.csvio``).
+Watermarks follow each replica's own rows: after every batch, ``max ts read by this replica
+- lateness_ns``. Downstream takes the minimum over its inputs, so a row can be late there
+only if it is late against the rows before it in its own replica's input, a subset of the
+rows before it in the file: splitting never makes a row late that a sequential read would
+not. The cost is that event time advances only as fast as the slowest range: for a
+time-sorted file, windows of later ranges wait in downstream state until the earlier ranges
+are done, and the same ``lateness_ns`` as for a sequential read is enough.
+
+Speed: the file is read in 1 MiB blocks of whole lines; each block is parsed by the fast
+path of ``operators.csvparse`` (msgspec, in C), and a block it refuses is parsed a batch of
+lines at a time, again fast where it can and else with the ``str.split(',')`` loop that finds
+the bad lines. A bad line is explained, and its line number found (by counting newlines up to
+its block, onward from the last count), only when one occurs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
+
+from engine.errors import DagError, RecordError
+from engine.operator import Batch, Context, Source, SourceLogic, Watermark
+from engine.records import Tick
+from operators.csvio import (
+    DEAD_LETTER_HEADER,
+    TICK_HEADER,
+    AtomicFile,
+    RangeReader,
+    count_newlines,
+    replica_path,
+    split_points,
+)
+from operators.csvparse import diagnose, parse_block, parse_lines
+
+__all__ = ["CsvTicks", "check_header"]
+
+MIN_TS = -(2**63)
+_TS = attrgetter("ts")
+
+
+class _Undecodable(str):
+    """Stands in for a line that is not UTF-8: its text (one NUL) never parses."""
+
+    raw: str
+
+
+@dataclass(frozen=True)
+class CsvTicks(Source):
+    """Config of a CSV tick source: ``CsvTicks("ticks.csv", lateness_ns=5_000_000)``.
+
+    ``batch`` is ticks per batch (the last one may hold fewer).
+    ``ranges=None`` reads one byte range per replica; a number splits the file that many ways
+    whatever the parallelism.
+    """
+
+    path: str
+    lateness_ns: int = 0
+    batch: int = 1000
+    dead_letter: str | None = None
+    ranges: int | None = None
+
+    output_type = Tick
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", os.fspath(self.path))
+        if self.dead_letter is not None:
+            object.__setattr__(self, "dead_letter", os.fspath(self.dead_letter))
+        problems = []
+        if self.lateness_ns < 0:
+            problems.append(f"lateness_ns must be >= 0, got {self.lateness_ns}")
+        if self.batch < 1:
+            problems.append(f"batch must be >= 1, got {self.batch}")
+        if self.ranges is not None and self.ranges < 1:
+            problems.append(f"ranges must be >= 1 or None, got {self.ranges}")
+        if problems:
+            raise DagError(f"invalid CsvTicks({self.path!r}) config: {'; '.join(problems)}")
+
+    def build(self, ctx: Context) -> CsvTicksLogic:
+        check_header(self.path)
+        return CsvTicksLogic(self, ctx)
+
+
+def check_header(path: str) -> None:
+    """Raise ``RecordError`` naming the file unless its first line is the tick header."""
+    with open(path, "rb") as f:
+        first = f.readline()
+    if not first:
+        raise RecordError(f"{path}: the file is empty; expected the header line {TICK_HEADER!r}")
+    text = first.decode("utf-8", "replace").removeprefix("\ufeff").rstrip("\r\n")
+    if text != TICK_HEADER:
+        raise RecordError(f"{path}:1: expected the header {TICK_HEADER!r}, got {text!r}")
+
+
+class CsvTicksLogic(SourceLogic):
+    """One replica of a ``CsvTicks`` source."""
+
+    def __init__(self, config: CsvTicks, ctx: Context) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.high = MIN_TS  # highest ts this replica has emitted
+        self.buffer: list[Tick] = []  # parsed, not yet emitted
+        self.dead: AtomicFile | None = None
+        self.dead_rows: Any = None  # a csv writer into self.dead
+        self._counted = (0, 0)  # (offset, newlines before it): line numbers, counted lazily
+
+    def batches(self) -> Iterator[Batch | Watermark]:
+        cfg, ctx = self.config, self.ctx
+        n = cfg.ranges or ctx.parallelism
+        bounds = split_points(os.path.getsize(cfg.path), n)
+        if cfg.dead_letter is not None:
+            self.dead = AtomicFile(replica_path(cfg.dead_letter, ctx.replica, ctx.parallelism))
+            self.dead_rows = csv.writer(self.dead, lineterminator="\n")
+            self.dead_rows.writerow(DEAD_LETTER_HEADER)
+        try:
+            with open(cfg.path, "rb") as f:
+                for k in range(ctx.replica, n, ctx.parallelism):
+                    yield from self._range(f, bounds[k], bounds[k + 1])
+            yield from self._emit(final=True)
+            if self.dead is not None:
+                self.dead.commit()
+        finally:
+            if self.dead is not None:
+                self.dead.abort()  # no-op after commit
+
+    def _emit(self, final: bool) -> Iterator[Batch | Watermark]:
+        """Yield the buffered ticks in batches (the remainder too when ``final``)."""
+        buffer, size, lateness = self.buffer, self.config.batch, self.config.lateness_ns
+        full = len(buffer) if final else len(buffer) - len(buffer) % size
+        for a in range(0, full, size):
+            out = buffer[a : a + size]
+            top = max(map(_TS, out))
+            if top > self.high:
+                self.high = top
+            yield out
+            yield Watermark(self.high - lateness)
+        del buffer[:full]
+
+    def _range(self, f: io.BufferedReader, start: int, end: int) -> Iterator[Batch | Watermark]:
+        """Parse the lines of one byte range a block at a time, emitting full batches."""
+        reader = RangeReader(f, start, end)
+        header = reader.first == 0  # then the range's first line is the file's header
+        for offset, block in reader.blocks():
+            if header:
+                cut = block.find(b"\n") + 1
+                block = block[cut:] if cut else b""
+                offset += cut
+                header = False
+            ticks = parse_block(block)
+            if ticks is None:
+                yield from self._lines(_split_lines(block), offset)
+            else:
+                self.buffer += ticks
+                yield from self._emit(final=False)
+
+    def _lines(self, lines: list[str], offset: int) -> Iterator[Batch | Watermark]:
+        """Parse lines the fast path refused as a block, a batch of lines at a time;
+        ``offset`` is where ``lines[0]`` starts in the file."""
+        size = self.config.batch
+        for a in range(0, len(lines), size):
+            chunk = lines[a : a + size]
+            ticks = parse_block(("\n".join(chunk) + "\n").encode())
+            if ticks is None:
+                ticks = []
+                bad: list[str] = []
+                parse_lines(chunk, ticks, bad)
+                if bad:
+                    self._reject(lines, a, bad, offset)
+            self.buffer += ticks
+            yield from self._emit(final=False)
+
+    def _reject(self, lines: list[str], a: int, bad: list[str], offset: int) -> None:
+        """Report ``bad``, the bad lines among ``lines[a:]`` in order; ``lines[0]`` starts
+        at ``offset`` in the file."""
+        self.ctx.count("bad_rows", len(bad))
+        first = self._line_at(offset)
+        for line in bad:
+            # Equal lines parse alike, so the first equal line from a on is this one.
+            i = lines.index(line, a)
+            a = i + 1
+            found = lines[i]
+            if isinstance(found, _Undecodable):
+                raw, reason = found.raw, "not valid UTF-8"
+            else:
+                raw, reason = found.removesuffix("\r"), diagnose(found)
+            if self.dead_rows is None:
+                raise RecordError(
+                    f"{self.config.path}:{first + i}: {reason}; row: {raw!r} (to set bad rows "
+                    "aside and go on, give CsvTicks a dead_letter='bad_rows.csv')"
+                )
+            self.dead_rows.writerow((first + i, raw, reason))
+
+    def _line_at(self, offset: int) -> int:
+        """The physical line number of the line starting at ``offset``."""
+        known, lines = self._counted if offset >= self._counted[0] else (0, 0)
+        lines += count_newlines(self.config.path, known, offset)
+        self._counted = (offset, lines)
+        return lines + 1
+
+
+def _split_lines(block: bytes) -> list[str]:
+    """The lines of a block of whole lines; a line that is not UTF-8 becomes a marker."""
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        lines = text.split("\n")
+        if text.endswith("\n"):
+            lines.pop()
+        return lines
+    raw = block.split(b"\n")
+    if block.endswith(b"\n"):
+        raw.pop()
+    lines = []
+    for chunk in raw:
+        try:
+            lines.append(chunk.decode("utf-8"))
+        except UnicodeDecodeError:
+            marker = _Undecodable("\x00")
+            marker.raw = chunk.decode("utf-8", "backslashreplace").removesuffix("\r")
+            lines.append(marker)
+    return lines

@@ -1,0 +1,250 @@
+"""Market-data plumbing: ``Dedupe``, ``Throttle`` and ``Router``.
+
+None of them loses a record without saying so: Dedupe counts what it drops
+(``duplicates``), Throttle sends what exceeds its rate to a side output, Router sends every
+record to exactly one output. Functions (keys, predicates) travel to workers by pickle, so
+they must be module-level ``def``s, not lambdas or closures.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any, cast
+
+from engine.errors import DagError
+from engine.operator import Batch, Context, Operator, OperatorLogic
+from operators.basic import check_function, describe
+from operators.durations import to_ns
+from operators.keys import KeySpec, check_key, key_getter
+
+__all__ = ["Dedupe", "Router", "Throttle"]
+
+
+def _side_name(name: Any, who: str) -> str:
+    if not isinstance(name, str) or name in ("", "main"):
+        raise DagError(f"{who} must name a side output other than 'main', got {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class Dedupe(Operator):
+    """Drop records whose identity was already seen within ``horizon_ns`` of event time.
+
+    The identity is ``key`` of the record (a field name, a tuple of field names, a function;
+    None: the record itself, which must be hashable, as frozen msgspec Structs are). A record
+    is a duplicate when an earlier record with the same identity was *kept* and their event
+    times (``time`` field) differ by at most ``horizon_ns``; duplicates are dropped and
+    counted as ``duplicates``.
+
+    Memory is bounded: an identity is forgotten once the watermark passes its time plus the
+    horizon (no later on-time record can be within the horizon of it), and when more than
+    ``max_keys`` are held after a batch the oldest are forgotten early and counted as
+    ``dedupe_evicted`` (a duplicate of one of those would then pass).
+    """
+
+    key: KeySpec | None
+    horizon_ns: int | str
+    time: str = "ts"
+    max_keys: int = 1_000_000
+    output_type: Any = None
+
+    def __post_init__(self) -> None:
+        if self.key is not None:
+            check_key(self.key, "Dedupe")
+        horizon = to_ns(self.horizon_ns, "Dedupe horizon_ns")
+        if horizon < 0:
+            raise DagError(f"Dedupe horizon_ns must not be negative, got {self.horizon_ns!r}")
+        object.__setattr__(self, "horizon_ns", horizon)
+        if not isinstance(self.time, str) or not self.time:
+            raise DagError(f"Dedupe time must be a field name, got {self.time!r}")
+        if isinstance(self.max_keys, bool) or not isinstance(self.max_keys, int):
+            raise DagError(f"Dedupe max_keys must be an int, got {self.max_keys!r}")
+        if self.max_keys < 1:
+            raise DagError(f"Dedupe max_keys must be at least 1, got {self.max_keys}")
+
+    def build(self, ctx: Context) -> OperatorLogic:
+        return _DedupeLogic(self, ctx)
+
+
+class _DedupeLogic(OperatorLogic):
+    def __init__(self, config: Dedupe, ctx: Context) -> None:
+        self._ctx = ctx
+        self._identity = None if config.key is None else key_getter(config.key)
+        self._time = attrgetter(config.time)
+        self._horizon = cast(int, config.horizon_ns)  # an int since __post_init__
+        self._max_keys = config.max_keys
+        self._seen: OrderedDict[Any, int] = OrderedDict()  # identity -> ts, oldest first
+
+    def process(self, batch: Batch) -> Batch:
+        identity, get_time, horizon, seen = self._identity, self._time, self._horizon, self._seen
+        kept = []
+        duplicates = 0
+        for record in batch:
+            ident = record if identity is None else identity(record)
+            t = get_time(record)
+            prev = seen.get(ident)
+            if prev is not None:
+                if -horizon <= t - prev <= horizon:
+                    duplicates += 1
+                    continue
+                seen.move_to_end(ident)
+            seen[ident] = t
+            kept.append(record)
+        if duplicates:
+            self._ctx.count("duplicates", duplicates)
+        over = len(seen) - self._max_keys
+        if over > 0:
+            for _ in range(over):
+                seen.popitem(last=False)
+            self._ctx.count("dedupe_evicted", over)
+        return kept
+
+    def on_watermark(self, watermark: int) -> Batch:
+        seen, horizon = self._seen, self._horizon
+        # Insertion order is close to event-time order; an older entry stuck behind a newer
+        # one waits for a later watermark (or the max_keys cap).
+        while seen:
+            ident, t = next(iter(seen.items()))
+            if t + horizon >= watermark:
+                break
+            del seen[ident]
+        return []
+
+
+@dataclass(frozen=True)
+class Throttle(Operator):
+    """Pass at most ``max_records`` per key per interval of processing time.
+
+    Intervals are ``interval_ns`` long and aligned to the clock's zero (``ctx.clock() //
+    interval_ns``); the clock is read once per batch. Records over the limit are counted as
+    ``throttled`` and sent, in arrival order, to the side output ``side_output``. ``key``:
+    a field name, a tuple of field names, a function, or None for one limit over all records.
+    Memory: one count per key seen in the current interval.
+    """
+
+    key: KeySpec | None
+    max_records: int
+    interval_ns: int | str
+    side_output: str = "throttled"
+    output_type: Any = None
+
+    def __post_init__(self) -> None:
+        if self.key is not None:
+            check_key(self.key, "Throttle")
+        if isinstance(self.max_records, bool) or not isinstance(self.max_records, int):
+            raise DagError(f"Throttle max_records must be an int, got {self.max_records!r}")
+        if self.max_records < 0:
+            raise DagError(f"Throttle max_records must not be negative, got {self.max_records}")
+        interval = to_ns(self.interval_ns, "Throttle interval_ns")
+        if interval <= 0:
+            raise DagError(f"Throttle interval_ns must be positive, got {self.interval_ns!r}")
+        object.__setattr__(self, "interval_ns", interval)
+        _side_name(self.side_output, "Throttle side_output")
+        object.__setattr__(self, "side_outputs", (self.side_output,))
+        object.__setattr__(self, "side_types", {self.side_output: self.output_type})
+
+    def build(self, ctx: Context) -> OperatorLogic:
+        return _ThrottleLogic(self, ctx)
+
+
+class _ThrottleLogic(OperatorLogic):
+    def __init__(self, config: Throttle, ctx: Context) -> None:
+        self._ctx = ctx
+        self._key = None if config.key is None else key_getter(config.key)
+        self._max = config.max_records
+        self._interval = cast(int, config.interval_ns)  # an int since __post_init__
+        self._side = config.side_output
+        self._current: int | None = None
+        self._counts: dict[Any, int] = {}
+
+    def process(self, batch: Batch) -> Batch:
+        interval = self._ctx.clock() // self._interval
+        if interval != self._current:
+            self._current = interval
+            self._counts.clear()
+        counts, limit, get_key = self._counts, self._max, self._key
+        passed: list[Any] = []
+        over: list[Any] = []
+        for record in batch:
+            key = None if get_key is None else get_key(record)
+            n = counts.get(key, 0)
+            if n < limit:
+                counts[key] = n + 1
+                passed.append(record)
+            else:
+                over.append(record)
+        if over:
+            self._ctx.count("throttled", len(over))
+            self._ctx.emit_side(self._side, over)
+        return passed
+
+
+@dataclass(frozen=True, repr=False)
+class Router(Operator):
+    """Send each record to the side output of the first route whose predicate holds.
+
+    ``routes`` maps side-output names to predicates (module-level functions of a record),
+    tried in order. A record no predicate accepts goes to the main output, or to the side
+    output ``default`` when one is named (which may be one of the routes). Every record goes
+    to exactly one output. ``output_type`` is the record type, on every output.
+    """
+
+    routes: Mapping[str, Callable[[Any], Any]]
+    default: str | None = None
+    output_type: Any = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.routes, Mapping) or not self.routes:
+            raise DagError(
+                "Router routes must be a non-empty dict of side-output name -> predicate, "
+                f"got {self.routes!r}"
+            )
+        routes = dict(self.routes)
+        for name, predicate in routes.items():
+            _side_name(name, "Router route name")
+            check_function(predicate, f"Router route {name!r}")
+        object.__setattr__(self, "routes", routes)
+        sides = tuple(routes)
+        if self.default is not None:
+            _side_name(self.default, "Router default")
+            if self.default not in routes:
+                sides += (self.default,)
+        object.__setattr__(self, "side_outputs", sides)
+        object.__setattr__(self, "side_types", dict.fromkeys(sides, self.output_type))
+
+    def __hash__(self) -> int:
+        return hash((tuple(self.routes.items()), self.default, self.output_type))
+
+    def __repr__(self) -> str:
+        routes = ", ".join(f"{name!r}: {describe(fn)}" for name, fn in self.routes.items())
+        return f"Router({{{routes}}}, default={self.default!r})"
+
+    def build(self, ctx: Context) -> OperatorLogic:
+        return _RouterLogic(self, ctx)
+
+
+class _RouterLogic(OperatorLogic):
+    def __init__(self, config: Router, ctx: Context) -> None:
+        self._ctx = ctx
+        self._routes = list(config.routes.items())
+        self._default = config.default
+
+    def process(self, batch: Batch) -> Batch:
+        routes = self._routes
+        buckets: dict[str, list[Any]] = {name: [] for name, _ in routes}
+        rest: list[Any] = []
+        # Unrouted records go straight to their output, so every output keeps arrival order.
+        fallback = rest if self._default is None else buckets.setdefault(self._default, [])
+        for record in batch:
+            for name, predicate in routes:
+                if predicate(record):
+                    buckets[name].append(record)
+                    break
+            else:
+                fallback.append(record)
+        for name, records in buckets.items():
+            self._ctx.emit_side(name, records)
+        return rest

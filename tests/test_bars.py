@@ -1,0 +1,187 @@
+"""The bars job end to end: the command line, against a brute-force reference."""
+
+from __future__ import annotations
+
+import csv
+import random
+import subprocess
+import sys
+from collections import defaultdict
+
+import pytest
+
+from engine.bars import bars_dag
+from engine.cli import main
+from engine.testing import run_inline
+
+WAIT = 120
+SECOND = 1_000_000_000
+
+
+def _write_ticks(path, rows):
+    with open(path, "w") as f:
+        f.write("symbol,ts,price,size\n")
+        for symbol, ts, price, size in rows:
+            f.write(f"{symbol},{ts},{price},{size}\n")
+
+
+def _ticks(n=3000, seed=7, disorder=SECOND // 2):
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        ts = 1_700_000_000 * SECOND + i * 5_000_000 - rng.randrange(disorder)
+        if rng.random() < 0.03:
+            ts -= 10 * SECOND  # a straggler, far behind the watermark
+        rows.append((f"S{rng.randrange(12)}", ts, round(rng.uniform(10, 20), 2), rng.randint(1, 9)))
+    return rows
+
+
+def _reference(rows, window, lateness, batch=1000):
+    """Bars and late ticks by the definitions, in file order; the source's watermark
+    (max event time - lateness) moves after each batch of ``batch`` rows."""
+    state = defaultdict(list)
+    late = []
+    high = None
+    watermark = None
+    for i, row in enumerate(rows):
+        symbol, ts = row[0], row[1]
+        start = ts - ts % window
+        if watermark is not None and start + window <= watermark:
+            late.append(row)
+        else:
+            state[(symbol, start)].append(row)
+        high = ts if high is None else max(high, ts)
+        if (i + 1) % batch == 0:
+            watermark = high - lateness
+    bars = {}
+    for (symbol, start), ticks in state.items():
+        order = sorted(range(len(ticks)), key=lambda i: (ticks[i][1], i))
+        volume = sum(t[3] for t in ticks)
+        bars[(symbol, start)] = (
+            ticks[order[0]][2],
+            max(t[2] for t in ticks),
+            min(t[2] for t in ticks),
+            ticks[order[-1]][2],
+            volume,
+            sum(t[2] * t[3] for t in ticks) / volume,
+            len(ticks),
+        )
+    return bars, late
+
+
+def _read_bars(path):
+    with open(path) as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        assert header == [
+            "symbol",
+            "window_start",
+            "window_end",
+            "open",
+            "high",
+            "low",
+            "close",
+            "volume",
+            "vwap",
+            "count",
+        ]
+        out = {}
+        for r in reader:
+            key = (r[0], int(r[1]))
+            assert key not in out
+            assert int(r[2]) - int(r[1]) == SECOND
+            out[key] = (*map(float, r[3:9]), int(r[9]))
+        return out
+
+
+def _same(bars, reference):
+    assert bars.keys() == reference.keys()
+    for key, got in bars.items():
+        want = reference[key]
+        assert got[:5] == pytest.approx(want[:5]) and got[6] == want[6], key
+        assert got[5] == pytest.approx(want[5], rel=1e-12), key
+
+
+def test_bars_command_matches_the_reference(tmp_path, capsys):
+    rows = _ticks()
+    src = tmp_path / "ticks.csv"
+    _write_ticks(src, rows)
+    out, late = tmp_path / "bars.csv", tmp_path / "late.csv"
+    code = main(
+        [
+            "bars",
+            str(src),
+            "--output",
+            str(out),
+            "--window",
+            "1s",
+            "--lateness",
+            "200ms",
+            "--replicas",
+            "2",
+            "--late-output",
+            str(late),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    bars, late_ref = _reference(rows, SECOND, SECOND // 5)
+    assert late_ref, "the data should have late ticks"
+    _same(_read_bars(out), bars)
+    with open(late) as f:
+        late_rows = list(csv.reader(f))
+    assert late_rows[0] == ["symbol", "ts", "price", "size"]
+    assert sorted((r[0], int(r[1])) for r in late_rows[1:]) == sorted(
+        (r[0], r[1]) for r in late_ref
+    )
+    summary = capsys.readouterr().out
+    assert f"ticks in {len(rows):,}" in summary and f"late {len(late_ref):,}" in summary
+
+
+def test_bars_inline_equals_multiprocess(tmp_path):
+    rows = _ticks(2000, seed=3)
+    src = tmp_path / "ticks.csv"
+    _write_ticks(src, rows)
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    assert main(["bars", str(src), "--output", str(a), "--replicas", "3", "--quiet"]) == 0
+    run_inline(bars_dag(str(b), input=str(src), replicas=3))
+    assert _read_bars(a) == _read_bars(b)
+
+
+def test_bad_row_stops_the_job_with_file_and_line(tmp_path, capsys):
+    src = tmp_path / "ticks.csv"
+    src.write_text("symbol,ts,price,size\nA,1,10.0,1\nA,2,oops,1\n")
+    out = tmp_path / "bars.csv"
+    assert main(["bars", str(src), "--output", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"{src}:3:" in err and "price" in err
+    assert not out.exists()
+
+
+def test_dead_letter_keeps_bad_rows_and_goes_on(tmp_path, capsys):
+    src = tmp_path / "ticks.csv"
+    src.write_text("symbol,ts,price,size\nA,1,10.0,1\nA,2,oops,1\n,3,1.0,1\nA,4,11.0,2\n")
+    out, bad = tmp_path / "bars.csv", tmp_path / "bad.csv"
+    assert main(["bars", str(src), "--output", str(out), "--dead-letter", str(bad), "--quiet"]) == 0
+    with open(bad) as f:
+        dead = list(csv.reader(f))
+    assert dead[0] == ["line", "raw", "reason"]
+    assert [r[0] for r in dead[1:]] == ["3", "4"]
+    assert "bad rows 2" in capsys.readouterr().out
+    assert _read_bars(out)[("A", 0)][-1] == 2
+
+
+def test_bad_command_line_is_refused_before_starting(tmp_path, capsys):
+    assert main(["bars", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "o.csv")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_help_documents_the_commands():
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=True,
+    ).stdout
+    assert "bars" in out and "run" in out
