@@ -45,6 +45,9 @@ from engine.stats import (
     HEARTBEAT,
     IDLE_NS,
     LATE,
+    PAUSED_NS,
+    PAUSES,
+    QUEUE_DEPTH,
     RECORDS_IN,
     RECORDS_OUT,
     STARTED,
@@ -386,6 +389,9 @@ class Coordinator:
                     "busy_s": self._busy_ns(w.index, now) / 1e9,
                     "watermark": get(w.index, WATERMARK),
                     "late": get(w.index, LATE),
+                    "paused_s": get(w.index, PAUSED_NS) / 1e9,
+                    "pauses": get(w.index, PAUSES),
+                    "queue_depth": get(w.index, QUEUE_DEPTH),
                     "heartbeat_age_s": (now - beat) / 1e9 if beat else None,
                 }
             )
@@ -424,8 +430,15 @@ class Coordinator:
         )
 
     def _send(self, message: tuple[Any, ...]) -> None:
+        """Send to the driver in blocking mode (the event loop made the descriptor
+        non-blocking, where a large result would fail half written)."""
         with contextlib.suppress(OSError, ValueError):
-            self.driver.send(message)
+            fd = self.driver.fileno()
+            os.set_blocking(fd, True)
+            try:
+                self.driver.send(message)
+            finally:
+                os.set_blocking(fd, False)
 
     # -- teardown -------------------------------------------------------------------------
 

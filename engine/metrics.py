@@ -94,6 +94,22 @@ class JobCollector(Collector):
             "ringflow_worker_up",
             "1 while the worker process is alive, 0 after it exited.",
         )
+        paused = family(
+            CounterMetricFamily,
+            "ringflow_sink_paused_seconds",
+            "Time a sink held its input back because its destination (a store's write queue) "
+            "was above its high watermark.",
+        )
+        pauses = family(
+            CounterMetricFamily,
+            "ringflow_sink_pauses",
+            "Pauses a sink began because its destination was above its high watermark.",
+        )
+        depth = family(
+            GaugeMetricFamily,
+            "ringflow_sink_queue_depth",
+            "Queue depth of a sink's destination, as last reported (0 if none).",
+        )
         ratio = family(
             GaugeMetricFamily,
             "ringflow_backpressured_ratio",
@@ -114,10 +130,14 @@ class JobCollector(Collector):
             age = row["heartbeat_age_s"]
             beat.add_metric(labels, age if age is not None else math.nan)
             up.add_metric(labels, 1.0 if row["alive"] else 0.0)
+            paused.add_metric(labels, row["paused_s"])
+            pauses.add_metric(labels, row["pauses"])
+            depth.add_metric(labels, row["queue_depth"])
             ratio.add_metric(
                 labels, self._ratio((row["node"], row["replica"]), row["backpressured_s"])
             )
-        yield from (records_in, records_out, bytes_out, busy, idle, bp, late, lag, beat, up, ratio)
+        yield from (records_in, records_out, bytes_out, busy, idle, bp, late, lag, beat, up)
+        yield from (paused, pauses, depth, ratio)
         yield self._channels(job)
         yield from self._job(job)
 

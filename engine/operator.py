@@ -42,7 +42,9 @@ class Context:
 
     ``clock`` returns processing time in ns (inject a fake one in tests). ``counters`` are
     named monotonic counts the logic keeps (``late``, ``throttled``, ...); the engine reports
-    them in metrics and in the job result. ``watermark`` is the current input watermark.
+    them in the job result, and these in Prometheus metrics too: ``late``, ``paused_ns`` and
+    ``pauses`` (a sink held back by its destination). ``gauges`` hold last values (the
+    metrics export ``queue_depth``). ``watermark`` is the current input watermark.
     """
 
     node: str
@@ -51,6 +53,7 @@ class Context:
     clock: Callable[[], int] = time.time_ns
     watermark: int = MIN_WATERMARK
     counters: dict[str, int] = field(default_factory=dict)
+    gauges: dict[str, float] = field(default_factory=dict)
     side: dict[str, list[Any]] = field(default_factory=dict)
 
     def emit_side(self, name: str, records: list[Any]) -> None:
@@ -64,6 +67,9 @@ class Context:
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+    def gauge(self, name: str, value: float) -> None:
+        self.gauges[name] = value
 
     def take_side(self) -> dict[str, list[Any]]:
         """Hand over and forget what was emitted to side outputs since the last call."""

@@ -19,6 +19,10 @@ cast, so a reader never sees a torn value. Workers write only their own row.
     9     watermark          current watermark (ns since epoch)
     10    late               records counted late
     11    finished_ns        monotonic ns when the worker stopped running
+    12    paused_ns          time a sink spent paused by its destination (a store's
+                             queue above its high watermark)
+    13    pauses             how many such pauses began
+    14    queue_depth        the destination's queue depth, last reported
     ====  =================  ===============================================
 """
 
@@ -34,6 +38,7 @@ ROW_BYTES = 128
 ROW = ROW_BYTES // 8
 HEARTBEAT, STATE, PID, STARTED, RECORDS_IN, RECORDS_OUT, BYTES_OUT = range(7)
 IDLE_NS, BACKPRESSURED_NS, WATERMARK, LATE, FINISHED = range(7, 12)
+PAUSED_NS, PAUSES, QUEUE_DEPTH = range(12, 15)
 
 
 class State(IntEnum):

@@ -39,7 +39,10 @@ from engine.stats import (
     HEARTBEAT,
     IDLE_NS,
     LATE,
+    PAUSED_NS,
+    PAUSES,
     PID,
+    QUEUE_DEPTH,
     RECORDS_IN,
     RECORDS_OUT,
     STARTED,
@@ -160,7 +163,7 @@ class Worker:
             splitter = out.partitioner.build(out.parallelism, spec.replica)
             outputs.setdefault(out.output, []).append(Output(splitter, senders))
         self.emitter = Emitter(self.ctx, outputs)
-        self.runner = AsyncRunner()
+        self.runner = AsyncRunner(on_tick=self.on_wait)
         logic = node.config.build(self.ctx)
         self.task: Task | SourceTask
         if node.kind == SOURCE:
@@ -191,7 +194,11 @@ class Worker:
         row[BYTES_OUT] = sum(b.bytes_out for b in self.builders)
         row[BACKPRESSURED_NS] = sum(w.ring.counters[P_BLOCKED_NS] for w in self.writers)
         row[WATERMARK] = self.task.watermark
-        row[LATE] = self.ctx.counters.get("late", 0)
+        counters = self.ctx.counters
+        row[LATE] = counters.get("late", 0)
+        row[PAUSED_NS] = counters.get("paused_ns", 0)
+        row[PAUSES] = counters.get("pauses", 0)
+        row[QUEUE_DEPTH] = int(self.ctx.gauges.get("queue_depth", 0))
 
     def _flush_due(self) -> None:
         now = time.monotonic()

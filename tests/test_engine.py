@@ -268,3 +268,10 @@ def test_sigint_twice_kills_a_job_that_cannot_drain(tmp_path):
     assert "KILLED" in out, err
     _assert_gone(pids, within=WAIT)
     assert not _job_segments(job_id)
+
+
+def test_a_large_sink_result_reaches_the_driver():
+    dag = Dag("large")
+    dag.source("src", Numbered(300_000, batch=1000)).sink("out", Collect())
+    result = run(dag, timeout=WAIT)
+    assert len(result.collected("out")) == 300_000
