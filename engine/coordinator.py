@@ -27,7 +27,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -45,6 +45,7 @@ from engine.stats import (
     HEARTBEAT,
     IDLE_NS,
     LATE,
+    LOGIC_NS,
     PAUSED_NS,
     PAUSES,
     QUEUE_DEPTH,
@@ -89,6 +90,8 @@ class WorkerHandle:
     done: bool = False
     secondary: bool = False  # failed only because a channel peer went away
     exited: bool = False  # set by the event loop when the process's sentinel fires
+    counters: dict[str, int] = field(default_factory=dict)  # the logic's, as last reported
+    gauges: dict[str, float] = field(default_factory=dict)
     report: dict[str, Any] | None = None
 
 
@@ -277,9 +280,12 @@ class Coordinator:
             if all(x.ready for x in self.workers):
                 self.unlink_segments()
                 self._send(("started", [(x.node, x.replica, x.process.pid) for x in self.workers]))
+        elif tag == "counters":
+            w.counters, w.gauges = message[1], message[2]
         elif tag == "done":
             w.done = True
             w.report = message[1]
+            w.counters = dict(message[1].get("counters", {}))
         elif tag == "error":
             _, error, text, tb = message
             self._fail(
@@ -387,12 +393,15 @@ class Coordinator:
                     "idle_s": get(w.index, IDLE_NS) / 1e9,
                     "backpressured_s": get(w.index, BACKPRESSURED_NS) / 1e9,
                     "busy_s": self._busy_ns(w.index, now) / 1e9,
+                    "logic_s": get(w.index, LOGIC_NS) / 1e9,
                     "watermark": get(w.index, WATERMARK),
                     "late": get(w.index, LATE),
                     "paused_s": get(w.index, PAUSED_NS) / 1e9,
                     "pauses": get(w.index, PAUSES),
                     "queue_depth": get(w.index, QUEUE_DEPTH),
                     "heartbeat_age_s": (now - beat) / 1e9 if beat else None,
+                    "counters": dict(w.counters),
+                    "gauges": dict(w.gauges),
                 }
             )
         return rows
@@ -417,6 +426,7 @@ class Coordinator:
                 r.get("records_out", 0),
                 r.get("counters", {}),
                 r.get("unrouted", {}),
+                r.get("timing", {}),
             )
             stopped = stopped or bool(r.get("stopped"))
             if w.kind == "sink":

@@ -102,9 +102,16 @@ class Job:
         if self._process.sentinel in ready and self._outcome is None:
             self._process.join(5.0)
             remove_segments(self.id)
+            hint = ""
+            if self._process.exitcode == 1 and not self.pids:
+                hint = (
+                    "; if the script that launched it starts the job at import time, put "
+                    "that under `if __name__ == '__main__':` (worker processes are spawned "
+                    "and import the main module again)"
+                )
             self._outcome = JobFailed(
                 f"job {self.dag.name!r}: the coordinator died (exit code "
-                f"{self._process.exitcode}) before reporting a result",
+                f"{self._process.exitcode}) before reporting a result{hint}",
                 exitcode=self._process.exitcode,
             )
 

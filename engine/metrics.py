@@ -37,6 +37,7 @@ class JobCollector(Collector):
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
         self._last: dict[tuple[str, int], tuple[float, float]] = {}  # (t, backpressured_s)
+        self._busy: dict[tuple[str, int], float] = {}  # highest busy_s exported so far
         self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Any]:
@@ -121,7 +122,7 @@ class JobCollector(Collector):
             records_in.add_metric(labels, row["records_in"])
             records_out.add_metric(labels, row["records_out"])
             bytes_out.add_metric(labels, row["bytes_out"])
-            busy.add_metric(labels, row["busy_s"])
+            busy.add_metric(labels, self._busy_total((row["node"], row["replica"]), row["busy_s"]))
             idle.add_metric(labels, row["idle_s"])
             bp.add_metric(labels, row["backpressured_s"])
             late.add_metric(labels, row["late"])
@@ -138,8 +139,40 @@ class JobCollector(Collector):
             )
         yield from (records_in, records_out, bytes_out, busy, idle, bp, late, lag, beat, up)
         yield from (paused, pauses, depth, ratio)
+        yield from self._logic(job, rows)
         yield self._channels(job)
         yield from self._job(job)
+
+    def _logic(self, job: str, rows: list[dict[str, Any]]) -> Iterator[Any]:
+        """The logic's own named counters and gauges (dedupe, throttle, providers...), as
+        workers last reported them (every half second while they change)."""
+        counters = CounterMetricFamily(
+            "ringflow_logic_counter",
+            "A node's own named counter (label `counter`), e.g. duplicates, throttled, "
+            "bad_rows, provider failovers; reported by workers every 0.5 s.",
+            labels=[*LABELS, "counter"],
+        )
+        gauges = GaugeMetricFamily(
+            "ringflow_logic_gauge",
+            "A node's own named gauge (label `gauge`), e.g. a circuit breaker's state.",
+            labels=[*LABELS, "gauge"],
+        )
+        for row in rows:
+            labels = [job, row["node"], str(row["replica"])]
+            for name, value in sorted(row["counters"].items()):
+                counters.add_metric([*labels, name], value)
+            for name, value in sorted(row["gauges"].items()):
+                gauges.add_metric([*labels, name], value)
+        yield counters
+        yield gauges
+
+    def _busy_total(self, key: tuple[str, int], busy: float) -> float:
+        """``busy_s`` is derived (now - started - idle - backpressured), and a worker publishes
+        idle and backpressured time in steps of up to 0.25 s, so it saws back by as much;
+        a counter must not go down, so export the highest value seen."""
+        with self._lock:
+            busy = self._busy[key] = max(self._busy.get(key, 0.0), busy)
+        return busy
 
     def _ratio(self, key: tuple[str, int], backpressured: float) -> float:
         now = time.monotonic()

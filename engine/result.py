@@ -9,15 +9,25 @@ from typing import Any
 @dataclass
 class NodeReport:
     """Totals over a node's replicas. ``counters`` are the logic's own (``late``, ...);
-    ``unrouted`` counts side-output records no edge consumed, by side output."""
+    ``unrouted`` counts side-output records no edge consumed, by side output. ``timing``
+    sums seconds over replicas: ``cpu_s`` (process CPU time after startup), ``busy_s``
+    (wall time neither idle nor backpressured), ``logic_s`` (CPU time
+    inside the node's own logic; cpu minus logic is the engine's cost), ``idle_s``,
+    ``backpressured_s``."""
 
     records_in: int = 0
     records_out: int = 0
     counters: dict[str, int] = field(default_factory=dict)
     unrouted: dict[str, int] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
 
     def add(
-        self, records_in: int, records_out: int, counters: dict[str, int], unrouted: dict[str, int]
+        self,
+        records_in: int,
+        records_out: int,
+        counters: dict[str, int],
+        unrouted: dict[str, int],
+        timing: dict[str, float] | None = None,
     ) -> None:
         self.records_in += records_in
         self.records_out += records_out
@@ -25,6 +35,8 @@ class NodeReport:
             self.counters[name] = self.counters.get(name, 0) + n
         for name, n in unrouted.items():
             self.unrouted[name] = self.unrouted.get(name, 0) + n
+        for name, seconds in (timing or {}).items():
+            self.timing[name] = self.timing.get(name, 0.0) + seconds
 
 
 @dataclass

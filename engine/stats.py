@@ -23,6 +23,8 @@ cast, so a reader never sees a torn value. Workers write only their own row.
                              queue above its high watermark)
     13    pauses             how many such pauses began
     14    queue_depth        the destination's queue depth, last reported
+    15    logic_ns           CPU time inside the node's own logic (CPU minus this is the
+                             engine's cost: decoding, partitioning, framing, channels)
     ====  =================  ===============================================
 """
 
@@ -38,7 +40,7 @@ ROW_BYTES = 128
 ROW = ROW_BYTES // 8
 HEARTBEAT, STATE, PID, STARTED, RECORDS_IN, RECORDS_OUT, BYTES_OUT = range(7)
 IDLE_NS, BACKPRESSURED_NS, WATERMARK, LATE, FINISHED = range(7, 12)
-PAUSED_NS, PAUSES, QUEUE_DEPTH = range(12, 15)
+PAUSED_NS, PAUSES, QUEUE_DEPTH, LOGIC_NS = range(12, 16)
 
 
 class State(IntEnum):

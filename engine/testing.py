@@ -107,6 +107,7 @@ def _report(
             emitter.records_out,
             contexts[(name, replica)].counters,
             emitter.unrouted,
+            {"logic_s": task.logic_ns / 1e9},
         )
         if isinstance(task, Task) and task.is_sink:
             sinks.setdefault(name, []).append(task.result)

@@ -39,6 +39,7 @@ from engine.stats import (
     HEARTBEAT,
     IDLE_NS,
     LATE,
+    LOGIC_NS,
     PAUSED_NS,
     PAUSES,
     PID,
@@ -55,6 +56,7 @@ from engine.task import Emitter, Output, Sender, SourceTask, Task
 
 PR_SET_PDEATHSIG = 1
 WAIT_S = 0.25  # longest sleep without a heartbeat
+COUNTERS_EVERY_S = 0.5
 
 
 @dataclass
@@ -144,6 +146,8 @@ class Worker:
         self.row = row
         self.control = spec.control
         self.stop_requested = False
+        self._counters_due = 0.0
+        self._counters_sent: tuple[dict[str, int], dict[str, float]] = ({}, {})
         node = spec.node
         self.ctx = Context(node.name, spec.replica, node.parallelism)
         self.readers = [end.open() for end, _ in spec.inputs]
@@ -199,6 +203,20 @@ class Worker:
         row[PAUSED_NS] = counters.get("paused_ns", 0)
         row[PAUSES] = counters.get("pauses", 0)
         row[QUEUE_DEPTH] = int(self.ctx.gauges.get("queue_depth", 0))
+        row[LOGIC_NS] = self.task.logic_ns
+        self._publish_counters()
+
+    def _publish_counters(self) -> None:
+        """Send the logic's named counters and gauges to the coordinator (for metrics) when
+        they changed, at most every ``COUNTERS_EVERY_S``."""
+        now = time.monotonic()
+        if now < self._counters_due:
+            return
+        self._counters_due = now + COUNTERS_EVERY_S
+        snapshot = (dict(self.ctx.counters), dict(self.ctx.gauges))
+        if snapshot != self._counters_sent:
+            self._counters_sent = snapshot
+            self.control.send(("counters", *snapshot))
 
     def _flush_due(self) -> None:
         now = time.monotonic()
@@ -209,12 +227,23 @@ class Worker:
     # -- loops ----------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
+        self.cpu_at_start = time.process_time()  # after imports and setup
         if isinstance(self.task, SourceTask):
             self._run_source(self.task)
         else:
             self._run_task(self.task)
         self._update_stats()
+        row = self.row
+        run_ns = time.monotonic_ns() - row[STARTED]
+        waiting = row[IDLE_NS] + row[BACKPRESSURED_NS]
         return {
+            "timing": {
+                "cpu_s": time.process_time() - self.cpu_at_start,
+                "busy_s": max(0, run_ns - waiting) / 1e9,
+                "logic_s": self.task.logic_ns / 1e9,
+                "idle_s": row[IDLE_NS] / 1e9,
+                "backpressured_s": row[BACKPRESSURED_NS] / 1e9,
+            },
             "records_in": self.task.records_in,
             "records_out": self.emitter.records_out,
             "counters": dict(self.ctx.counters),

@@ -79,7 +79,7 @@ class CsvTicks(Source):
 
     path: str
     lateness_ns: int = 0
-    batch: int = 1000
+    batch: int = 4096
     dead_letter: str | None = None
     ranges: int | None = None
 

@@ -77,7 +77,7 @@ class Generator(Source):
     lateness_ns: int | None = None
     late_fraction: float = 0.0
     late_by_ns: int | None = None
-    batch: int = 1000
+    batch: int = 4096
     start_ns: int = DEFAULT_START_NS
     step_ns: int = 10_000
     sleep: Callable[[float], Any] | None = None

@@ -25,7 +25,7 @@ def _write_ticks(path, rows):
             f.write(f"{symbol},{ts},{price},{size}\n")
 
 
-def _ticks(n=3000, seed=7, disorder=SECOND // 2):
+def _ticks(n=12_000, seed=7, disorder=SECOND // 2):
     rng = random.Random(seed)
     rows = []
     for i in range(n):
@@ -36,7 +36,7 @@ def _ticks(n=3000, seed=7, disorder=SECOND // 2):
     return rows
 
 
-def _reference(rows, window, lateness, batch=1000):
+def _reference(rows, window, lateness, batch=4096):
     """Bars and late ticks by the definitions, in file order; the source's watermark
     (max event time - lateness) moves after each batch of ``batch`` rows."""
     state = defaultdict(list)
