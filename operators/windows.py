@@ -30,15 +30,18 @@ Cost per record is what this operator is about. The tumbling ``process`` loop is
 for the key and time field names (``operators.codegen``: ``record.ts`` costs a fraction of
 ``attrgetter("ts")(record)``); per record it does integer arithmetic, two dict look-ups and
 one call of ``aggregation.add``, and allocates nothing the aggregation does not. Sliding and
-session windows do more per record (several windows; overlap checks) in plain loops.
+session windows do more per record (several windows; overlap checks) in plain loops; a
+session record finds the sessions it touches by bisection, so many open sessions per key
+cost O(log) each, not a scan.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -250,21 +253,39 @@ class _SlidingLogic(_FixedLogic):
         return []
 
 
-# A session: [start (first ts), end (last ts + gap), accumulator], mutated in place.
-_START, _END, _ACC = 0, 1, 2
+# A session: [start (first ts), end (last ts + gap), accumulator, open], mutated in place;
+# ``open`` turns False when the session fires or is merged into an earlier one.
+_START, _END, _ACC, _OPEN = 0, 1, 2, 3
+_start_of, _end_of = itemgetter(_START), itemgetter(_END)
 
 
 class _SessionLogic(_WindowLogic):
-    """Session windows: ``{key: [session, ...]}`` (rarely more than one open per key) and a
-    heap of ``(end, seq, key)`` with, for every open session, an entry no later than its end;
-    entries go stale as sessions grow or fire and are checked when they come up."""
+    """Session windows. State:
+
+    * ``{key: [session, ...]}``: the open sessions of each key, sorted by start. They never
+      overlap (a record merges every session its window touches, and the merged session is
+      the union of what it bridged), so they are sorted by end too: the sessions a record
+      touches are one run found by bisection (or by looking at the last one or two, for
+      records in order), and the sessions a watermark fires are a prefix.
+    * a heap of ``(end, seq, key, session)``: one entry per open session, no later than its
+      end (sessions only grow), plus one per merged-away session until it comes up. A
+      popped entry is dropped if its session has closed, fires the session if it has
+      ended, and is otherwise pushed again at the session's current end, past the watermark.
+
+    So a record costs O(log open sessions of its key) plus a list splice (a C memmove), and
+    a watermark O(entries due * log heap): entries are pushed once per session and once per
+    pop that finds its session grown since, and every pop takes out an entry at or before
+    the watermark and pushes nothing at or before it, so ``_fire`` always ends. (An earlier
+    heap of ``(end, seq, key)`` could not tell which session an entry was for: it re-pushed
+    every entry of a key while the key had any session open, so the heap kept an entry for
+    each session the key ever had and each watermark went through all of them.)"""
 
     def __init__(self, config: WindowAggregate, ctx: Context) -> None:
         assert isinstance(config.assigner, Session)
         super().__init__(config, ctx)
         self._gap = config.assigner.gap
         self._sessions: dict[Any, list[list[Any]]] = {}
-        self._heap: list[tuple[int, int, Any]] = []
+        self._heap: list[tuple[int, int, Any, list[Any]]] = []
         self._seq = itertools.count()
 
     def process(self, batch: Batch) -> Batch:
@@ -277,26 +298,52 @@ class _SessionLogic(_WindowLogic):
             self._seq,
         )
         agg = self._agg
+        add, initial, merge = agg.add, agg.initial, agg.merge
+        bisect_left, bisect_right, heappush = (
+            bisect.bisect_left,
+            bisect.bisect_right,
+            heapq.heappush,
+        )
         late: list[Any] = []
         for record in batch:
             key, t = key_time(record)
             end = t + gap
             open_ = sessions.get(key)
-            hits = [] if open_ is None else [s for s in open_ if s[_START] < end and t < s[_END]]
-            if not hits:
+            if open_ is None:
                 if end <= watermark:
                     late.append(record)
                     continue
-                session = [t, end, agg.add(agg.initial(), record)]
-                if open_ is None:
-                    sessions[key] = [session]
-                else:
-                    open_.append(session)
-                heapq.heappush(heap, (end, next(seq), key))
+                session = [t, end, add(initial(), record), True]
+                sessions[key] = [session]
+                heappush(heap, (end, next(seq), key, session))
                 continue
-            assert open_ is not None
-            session = hits[0] if len(hits) == 1 else self._merge(open_, hits)
-            session[_ACC] = agg.add(session[_ACC], record)
+            # The run open_[lo:hi] of sessions touching [t, end): ends after t, starts before end.
+            last = open_[-1]
+            if last[_END] <= t:  # in order: after every open session
+                lo = hi = len(open_)
+            elif last[_START] < end and (len(open_) == 1 or open_[-2][_END] <= t):
+                lo, hi = len(open_) - 1, len(open_)  # in order: extends the last session
+            else:
+                lo = bisect_right(open_, t, key=_end_of)
+                hi = bisect_left(open_, end, lo, key=_start_of)
+            if lo == hi:
+                if end <= watermark:
+                    late.append(record)
+                    continue
+                session = [t, end, add(initial(), record), True]
+                open_.insert(lo, session)
+                heappush(heap, (end, next(seq), key, session))
+                continue
+            session = open_[lo]
+            if hi - lo > 1:  # the record bridges sessions: merge them into the earliest
+                acc = session[_ACC]
+                for other in open_[lo + 1 : hi]:
+                    acc = merge(acc, other[_ACC])
+                    other[_OPEN] = False  # its heap entry is dropped when it comes up
+                session[_ACC] = acc
+                session[_END] = open_[hi - 1][_END]
+                del open_[lo + 1 : hi]
+            session[_ACC] = add(session[_ACC], record)
             if t < session[_START]:
                 session[_START] = t
             if end > session[_END]:
@@ -305,48 +352,35 @@ class _SessionLogic(_WindowLogic):
             self._late(late)
         return []
 
-    def _merge(self, open_: list[list[Any]], hits: list[list[Any]]) -> list[Any]:
-        """Replace ``hits`` (open sessions of one key) with one session holding them all."""
-        hits.sort(key=itemgetter(_START))
-        acc = hits[0][_ACC]
-        for other in hits[1:]:
-            acc = self._agg.merge(acc, other[_ACC])
-        merged = [hits[0][_START], max(s[_END] for s in hits), acc]
-        open_[:] = [s for s in open_ if all(s is not h for h in hits)]
-        open_.append(merged)
-        return merged
-
     def _fire(self, watermark: int | None) -> Batch:
         fired: list[tuple[int, Any, int, Any]] = []
+        sessions, heap = self._sessions, self._heap
         if watermark is None:
-            for key, open_ in self._sessions.items():
+            for key, open_ in sessions.items():
                 fired.extend((s[_END], key, s[_START], s[_ACC]) for s in open_)
-            self._sessions.clear()
-            self._heap.clear()
-        else:
-            heap, sessions = self._heap, self._sessions
-            while heap and heap[0][0] <= watermark:
-                key = heapq.heappop(heap)[2]
-                held = sessions.get(key)
-                if held is None:
-                    continue  # stale: the key's sessions fired through another entry
-                keep = _fire_sessions(held, key, watermark, fired)
-                if keep:
-                    sessions[key] = keep
-                    heapq.heappush(heap, (min(s[_END] for s in keep), next(self._seq), key))
-                else:
-                    del sessions[key]
+            sessions.clear()
+            heap.clear()
+            return self._results(fired) if fired else []
+        touched: dict[Any, None] = {}
+        heappop, heappush, seq = heapq.heappop, heapq.heappush, self._seq
+        while heap and heap[0][0] <= watermark:
+            _, _, key, session = heappop(heap)
+            if not session[_OPEN]:
+                continue
+            end = session[_END]
+            if end > watermark:  # it grew since this entry: come back at its end
+                heappush(heap, (end, next(seq), key, session))
+                continue
+            session[_OPEN] = False
+            fired.append((end, key, session[_START], session[_ACC]))
+            touched[key] = None
+        for key in touched:  # what fired is a prefix of each key's open sessions
+            open_ = sessions[key]
+            n = 0
+            while n < len(open_) and not open_[n][_OPEN]:
+                n += 1
+            if n == len(open_):
+                del sessions[key]
+            else:
+                del open_[:n]
         return self._results(fired) if fired else []
-
-
-def _fire_sessions(
-    open_: Iterable[list[Any]], key: Any, watermark: int, fired: list[tuple[int, Any, int, Any]]
-) -> list[list[Any]]:
-    """Append the sessions of ``key`` that end by ``watermark`` to ``fired``; return the rest."""
-    keep = []
-    for s in open_:
-        if s[_END] <= watermark:
-            fired.append((s[_END], key, s[_START], s[_ACC]))
-        else:
-            keep.append(s)
-    return keep

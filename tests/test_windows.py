@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import pickle
+import random
 from collections import defaultdict
 from typing import Any, cast
 
@@ -205,6 +206,12 @@ def same_bars(got: list[list[Bar]], want: list[list[Bar]], *, exact: bool = True
 # Property tests against the reference
 
 
+# Each property test stays around a second: examples are small (streams() draws at most 60
+# ticks and 20 cuts) and few. No deadline (timings vary under a loaded full run); a hang is
+# caught by the bounded regression tests below instead.
+PROPERTY = settings(max_examples=200, deadline=None)
+
+
 @st.composite
 def streams(draw: Any) -> tuple[list[Tick], list[int], int]:
     """Ticks over a few symbols, with disorder sometimes within, sometimes beyond, the
@@ -235,7 +242,7 @@ def streams(draw: Any) -> tuple[list[Tick], list[int], int]:
     return ticks, cuts, lateness
 
 
-@settings(max_examples=300, deadline=None)
+@PROPERTY
 @given(streams(), st.integers(1, 30), st.integers(-50, 50))
 def test_tumbling_matches_reference(stream: Any, size: int, offset: int) -> None:
     ticks, cuts, lateness = stream
@@ -247,7 +254,7 @@ def test_tumbling_matches_reference(stream: Any, size: int, offset: int) -> None
     assert counters.get("late", 0) == len(want_late)
 
 
-@settings(max_examples=300, deadline=None)
+@PROPERTY
 @given(streams(), st.integers(1, 30), st.data())
 def test_sliding_matches_reference(stream: Any, size: int, data: Any) -> None:
     ticks, cuts, lateness = stream
@@ -261,7 +268,7 @@ def test_sliding_matches_reference(stream: Any, size: int, data: Any) -> None:
     assert counters.get("late", 0) == len(want_late)
 
 
-@settings(max_examples=300, deadline=None)
+@PROPERTY
 @given(streams(), st.integers(1, 20))
 def test_session_matches_reference(stream: Any, gap: int) -> None:
     ticks, cuts, lateness = stream
@@ -276,7 +283,7 @@ def test_session_matches_reference(stream: Any, gap: int) -> None:
 ASSIGNERS = [Tumbling(7, 3), Sliding(9, 4, -2), Session(5)]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(PROPERTY, max_examples=100)
 @given(streams(), st.sampled_from(ASSIGNERS), st.data())
 def test_batch_cuts_change_nothing_but_watermarks(stream: Any, assigner: Any, data: Any) -> None:
     """Cutting a batch in two without a watermark between the halves changes no output."""
@@ -398,6 +405,58 @@ def test_session_record_touching_an_open_session_is_not_late() -> None:
     assert fired == [[], [], [WindowValue("AAPL", 0, 18, 3)], []]
     fired, late, _ = drive(config, [[tick(0)], [tick(50)], 40, [tick(15)]])
     assert late == [tick(15)]
+
+
+def test_session_state_stays_bounded_on_a_long_stream() -> None:
+    """Regression: a key that always had an open session kept the heap entry of every session
+    it ever had, and each watermark popped and pushed them all again, so the cost of a
+    watermark grew with the length of the stream (quadratic in all: 18 s for 4000 records).
+    Now the heap holds one entry per open session (plus merged-away ones not yet due) and a
+    watermark touches only what is due; the old code fails this within a few records."""
+    gap, lag = 10, 5
+    logic = WindowAggregate(Session(gap), Count()).build(Context(node="w"))
+    state: Any = logic
+    fired: list[Any] = []
+    for i in range(5000):
+        t = i * 2 * gap  # every record starts a session; lag + 1 of them are open at a time
+        logic.process([tick(t)])
+        fired += logic.on_watermark(t - lag * 2 * gap)
+        assert len(state._heap) <= lag + 1, i
+        assert sum(map(len, state._sessions.values())) <= lag + 1, i
+    fired += logic.on_eof()
+    assert fired == [WindowValue("AAPL", i * 2 * gap, i * 2 * gap + gap, 1) for i in range(5000)]
+    assert state._heap == [] and state._sessions == {}
+
+
+def test_session_many_open_sessions_of_one_key_match_reference() -> None:
+    """Many sessions of a key open at once (a gap much shorter than the lateness), records
+    far out of order, sessions merging in the middle of the key's list: the case where a
+    per-record scan of the key's sessions was quadratic."""
+    rng = random.Random(20240611)
+    ticks = [
+        tick(rng.randrange(0, 6000), rng.choice([1.0, 2.0, 3.5]), 1.0, rng.choice("AB"))
+        for _ in range(600)
+    ]
+    cuts = sorted(rng.sample(range(1, len(ticks)), 40))
+    for gap, lateness in [(3, 5000), (7, 2000), (40, 300)]:
+        steps = as_source(ticks, cuts, lateness)
+        fired, late, counters = drive(WindowAggregate(Session(gap), OHLCV()), steps)
+        want, want_late = reference_session(steps, gap)
+        same_bars(fired, want, exact=False)
+        assert late == want_late
+        assert counters.get("late", 0) == len(want_late)
+
+
+def test_session_records_filling_gaps_chain_merges_in_reverse() -> None:
+    """Sessions [0, 5), [10, 15), ...; then records at 5, 15, ... (last first) each bridge
+    two sessions, so they merge from the end of the key's list back to one session."""
+    n = 2000
+    config = WindowAggregate(Session(6), Count())
+    fired, late, _ = drive(config, [[tick(10 * i) for i in range(n)], 0])
+    assert fired[-1] == [WindowValue("AAPL", 10 * i, 10 * i + 6, 1) for i in range(n)]
+    steps = [[tick(10 * i) for i in range(n)], 0, [tick(10 * i + 5) for i in reversed(range(n))]]
+    fired, late, _ = drive(config, steps)
+    assert late == [] and fired == [[], [WindowValue("AAPL", 0, 10 * n + 1, 2 * n)]]
 
 
 def test_initial_watermark_comes_from_the_context() -> None:
