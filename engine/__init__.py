@@ -13,6 +13,7 @@ from engine.errors import (
     JobFailed,
     RecordError,
     RingflowError,
+    StoreError,
 )
 from engine.job import Job, launch, run
 from engine.operator import (
@@ -27,6 +28,7 @@ from engine.operator import (
 )
 from engine.records import Bar, Tick
 from engine.result import JobResult, NodeReport
+from engine.runtime import PipelineRuntime
 
 __all__ = [
     "Bar",
@@ -43,12 +45,14 @@ __all__ = [
     "NodeReport",
     "Operator",
     "OperatorLogic",
+    "PipelineRuntime",
     "RecordError",
     "RingflowError",
     "Sink",
     "SinkLogic",
     "Source",
     "SourceLogic",
+    "StoreError",
     "Stream",
     "Tick",
     "Watermark",

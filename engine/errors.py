@@ -31,6 +31,10 @@ class RecordError(RingflowError):
     """A record could not be parsed or encoded; the message names where it came from."""
 
 
+class StoreError(RingflowError):
+    """A store behind a sink could not be built, refused work, or did not drain in time."""
+
+
 class JobFailed(RingflowError):
     """A job stopped because one of its workers failed.
 

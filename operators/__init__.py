@@ -9,8 +9,10 @@ from operators.assigners import Session, Sliding, Tumbling
 from operators.basic import Filter, FlatMap, Map
 from operators.durations import parse_duration
 from operators.market import Dedupe, Router, Throttle
+from operators.memstore import MemoryStore
 from operators.sinks import Collect, CountSink, CsvBars, CsvTicksSink, JsonLinesBars
 from operators.sources import CsvTicks, Generator, generate
+from operators.store import StoreSink, WriteCoordinatorFactory
 from operators.windows import WindowAggregate
 
 __all__ = [
@@ -28,14 +30,17 @@ __all__ = [
     "Generator",
     "JsonLinesBars",
     "Map",
+    "MemoryStore",
     "Router",
     "Session",
     "Sliding",
+    "StoreSink",
     "Throttle",
     "Tumbling",
     "Vwap",
     "WindowAggregate",
     "WindowValue",
+    "WriteCoordinatorFactory",
     "generate",
     "parse_duration",
 ]

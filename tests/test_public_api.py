@@ -35,6 +35,8 @@ ENGINE = {
     "Watermark",
     "launch",
     "run",
+    "PipelineRuntime",
+    "StoreError",
 }
 OPERATORS = {
     "OHLCV",
@@ -61,6 +63,9 @@ OPERATORS = {
     "WindowValue",
     "generate",
     "parse_duration",
+    "MemoryStore",
+    "StoreSink",
+    "WriteCoordinatorFactory",
 }
 
 
@@ -85,6 +90,7 @@ def test_every_error_is_a_ringflow_error():
         "FrameTooLarge",
         "JobFailed",
         "RecordError",
+        "StoreError",
     ):
         assert issubclass(getattr(engine, name), engine.RingflowError)
 

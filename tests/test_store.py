@@ -1,0 +1,345 @@
+"""The store sink: pausing at the store's high watermark, resuming at its low one, counters,
+nothing lost, failures that must not pass silently, and backpressure across processes.
+
+The in-process tests drive ``StoreSinkLogic`` on an asyncio loop the way a worker does, and
+sequence the store by hand (``rate=0`` holds it, ``release(n)`` lets exactly ``n`` records
+through): no test depends on how fast anything runs, only on bounded waits for a condition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+import types
+from typing import Any
+
+import pytest
+from jobs import Numbered
+
+from engine import Context, Dag, DagError, launch
+from operators.memstore import MemoryStore, RateLimitedStore, StoreReport
+from operators.store import (
+    StoreError,
+    StoreResult,
+    StoreSink,
+    StoreSinkLogic,
+    WriteCoordinatorFactory,
+    WriteCoordinatorLike,
+)
+
+WAIT = 30.0  # bound on every wait for a condition; a loaded machine needs far less
+
+
+async def until(condition: Any, what: str) -> None:
+    """Yield to the loop until ``condition()`` holds (bounded)."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.001)
+
+
+def logic_for(sink: StoreSink, node: str = "store") -> tuple[StoreSinkLogic, Context]:
+    ctx = Context(node)
+    logic = sink.build(ctx)
+    assert isinstance(logic, StoreSinkLogic)
+    return logic, ctx
+
+
+def store_of(logic: StoreSinkLogic) -> RateLimitedStore:
+    store = logic.coordinator
+    assert isinstance(store, RateLimitedStore)
+    return store
+
+
+def store_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("ringflow-store:")]
+
+
+def small_store(ctx: Context) -> RateLimitedStore:
+    """A module-level factory, for the "module:attribute" form."""
+    return RateLimitedStore(capacity=50)
+
+
+def not_a_store(ctx: Context) -> list[Any]:
+    return []
+
+
+# -- config ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"high_watermark": 0, "low_watermark": 0}, "high_watermark must be an integer >= 1"),
+        ({"high_watermark": 10, "low_watermark": 10}, "0 <= low_watermark < high_watermark"),
+        ({"high_watermark": 10, "low_watermark": -1}, "0 <= low_watermark < high_watermark"),
+        ({"high_watermark": 10, "low_watermark": 1, "poll_interval": 0}, "poll_interval"),
+    ],
+)
+def test_bad_watermarks_are_refused_with_the_rule(kwargs, message):
+    with pytest.raises(DagError, match=message):
+        StoreSink(MemoryStore(), **kwargs)
+
+
+def test_a_coordinator_that_is_neither_callable_nor_a_path_is_refused():
+    with pytest.raises(DagError, match="'module:attribute' string"):
+        StoreSink("no_colon_here", 10, 1)
+    with pytest.raises(DagError, match="capacity must be an integer >= 1"):
+        MemoryStore(capacity=0)
+
+
+def test_the_in_repo_store_and_the_config_pickle_and_satisfy_the_protocol():
+    import pickle
+
+    sink = StoreSink(MemoryStore(capacity=10, rate=5.0), 8, 2)
+    assert pickle.loads(pickle.dumps(sink)) == sink
+    assert isinstance(MemoryStore()(Context("s")), WriteCoordinatorLike)
+    assert "StoreSink(MemoryStore(capacity=10" in repr(sink)
+
+
+# -- pausing --------------------------------------------------------------------------------
+
+
+def test_pauses_at_the_high_watermark_and_resumes_only_at_the_low_one():
+    logic, ctx = logic_for(StoreSink(MemoryStore(capacity=100, rate=0), 50, 10))
+
+    async def scenario() -> StoreResult:
+        write = asyncio.ensure_future(logic.write(list(range(60))))
+        await until(lambda: ctx.counters.get("pauses") == 1, "the pause")
+        store = store_of(logic)
+        assert ctx.gauges["queue_depth"] == 60
+        store.release(30)  # depth 30: below high, above low, so still paused
+        await until(lambda: ctx.gauges["queue_depth"] == 30, "the sink to see depth 30")
+        assert not write.done()
+        store.release(25)  # depth 5 <= low: resume
+        await asyncio.wait_for(write, WAIT)
+        assert ctx.gauges["queue_depth"] == 5
+        assert ctx.counters["paused_ns"] > 0
+        store.set_rate(None)
+        await logic.write(list(range(60, 100)))  # at most 5 + 40 queued: no second pause
+        return await logic.close()
+
+    result = asyncio.run(scenario())
+    assert result.records == 100
+    assert result.pauses == ctx.counters["pauses"] == 1
+    assert result.paused_s == ctx.counters["paused_ns"] / 1e9
+    assert result.max_queue_depth >= 60
+    assert result.store == StoreReport(100, list(range(100)), None)  # nothing lost, in order
+    assert not store_threads()
+
+
+def test_no_pause_while_the_queue_stays_below_the_high_watermark():
+    logic, ctx = logic_for(StoreSink(MemoryStore(capacity=1000, rate=0), 500, 100))
+
+    async def scenario() -> StoreResult:
+        for i in range(0, 400, 100):
+            await logic.write(list(range(i, i + 100)))
+        assert ctx.gauges["queue_depth"] == 400
+        store_of(logic).set_rate(None)
+        return await logic.close()
+
+    result = asyncio.run(scenario())
+    assert result.pauses == 0 and "paused_ns" not in ctx.counters
+    assert result.store.records == list(range(400))
+
+
+def test_each_crossing_of_the_high_watermark_is_one_pause():
+    logic, ctx = logic_for(StoreSink(MemoryStore(capacity=100, rate=0), 20, 5))
+
+    async def scenario() -> StoreResult:
+        store: RateLimitedStore | None = None
+        for n in range(1, 4):
+            write = asyncio.ensure_future(logic.write(list(range(25 * (n - 1), 25 * n))))
+            await until(lambda n=n: ctx.counters.get("pauses") == n, f"pause {n}")
+            store = store_of(logic)
+            store.release(25)
+            await asyncio.wait_for(write, WAIT)
+        assert store is not None
+        return await logic.close()
+
+    result = asyncio.run(scenario())
+    assert result.pauses == 3
+    assert result.store.records == list(range(75))
+
+
+def test_a_string_factory_is_imported_in_the_worker():
+    logic, _ = logic_for(StoreSink("test_store:small_store", 40, 10))
+
+    async def scenario() -> StoreResult:
+        await logic.write([1, 2, 3])
+        return await logic.close()
+
+    assert asyncio.run(scenario()).store.records == [1, 2, 3]
+    with pytest.raises(StoreError, match="cannot import 'no_such_module'"):
+        StoreSink("no_such_module:factory", 10, 1).build(Context("s"))
+
+
+# -- failures -------------------------------------------------------------------------------
+
+
+def test_close_fails_rather_than_lose_records_the_store_did_not_drain(tmp_path):
+    path = tmp_path / "stored.jsonl"
+    sink = StoreSink(MemoryStore(capacity=100, rate=0, path=str(path)), 90, 10, drain_timeout=0.05)
+    logic, _ = logic_for(sink)
+
+    async def scenario() -> None:
+        await logic.write(list(range(30)))
+        store_of(logic).release(10)
+        await logic.close()
+
+    with pytest.raises(StoreError, match=r"still held 20 record\(s\) after draining"):
+        asyncio.run(scenario())
+    assert not os.listdir(tmp_path), "an undrained store must not leave a file that looks whole"
+    assert not store_threads()
+
+
+def test_abort_stops_the_store_without_draining_and_removes_its_file(tmp_path):
+    path = tmp_path / "stored.jsonl"
+    logic, _ = logic_for(StoreSink(MemoryStore(capacity=100, path=str(path), rate=0), 90, 10))
+    asyncio.run(logic.write(list(range(30))))
+    store = store_of(logic)
+    logic.abort()
+    assert store.health().workers_alive == 0
+    assert store.stored == 0
+    assert not os.listdir(tmp_path)
+    assert not store_threads()
+
+
+def test_a_file_store_commits_every_record_on_close(tmp_path):
+    path = tmp_path / "stored.jsonl"
+    logic, _ = logic_for(StoreSink(MemoryStore(capacity=100, path=str(path), keep=False), 90, 10))
+
+    async def scenario() -> StoreResult:
+        await logic.write([{"i": i} for i in range(50)])
+        return await logic.close()
+
+    result = asyncio.run(scenario())
+    assert result.store == StoreReport(50, None, str(path))
+    assert path.read_text().splitlines() == [f'{{"i":{i}}}' for i in range(50)]
+
+
+def test_a_store_whose_workers_died_fails_the_sink_instead_of_pausing_forever(tmp_path):
+    # Records the file cannot encode kill the in-repo store's drain task.
+    sink = StoreSink(MemoryStore(capacity=20, rate=0, path=str(tmp_path / "s.jsonl")), 5, 1)
+    logic, ctx = logic_for(sink)
+
+    async def release_when_paused() -> None:
+        await until(lambda: ctx.counters.get("pauses") == 1, "the pause")
+        store_of(logic).release(6)
+
+    async def scenario() -> None:
+        await asyncio.gather(logic.write([object() for _ in range(6)]), release_when_paused())
+
+    with pytest.raises(StoreError, match="the store has no live workers"):
+        asyncio.run(scenario())
+    logic.abort()
+    assert not store_threads()
+
+
+def test_a_high_watermark_above_the_store_capacity_is_refused():
+    logic, _ = logic_for(StoreSink(MemoryStore(capacity=10), 11, 1))
+    with pytest.raises(StoreError, match="high_watermark 11 is above the store's capacity 10"):
+        asyncio.run(logic.write([1]))
+    logic.abort()
+
+
+def test_a_factory_that_returns_no_store_is_named():
+    logic, _ = logic_for(StoreSink(not_a_store, 10, 1))
+    with pytest.raises(
+        StoreError, match="returned a list, which lacks start, stop, submit_many, health"
+    ):
+        asyncio.run(logic.write([1]))
+    logic.abort()
+    assert not store_threads()
+
+
+# -- market_data_store ----------------------------------------------------------------------
+
+
+def test_write_coordinator_factory_says_how_to_get_market_data_store(monkeypatch):
+    monkeypatch.setitem(sys.modules, "market_data_store", None)  # import fails, as uninstalled
+    factory = WriteCoordinatorFactory(writer=list)
+    with pytest.raises(StoreError, match=r"pip install market-data-store"):
+        factory(Context("db"))
+
+
+class FakeWriter:
+    def __init__(self, ctx: Context) -> None:
+        self.batches: list[list[Any]] = []
+
+    async def write(self, batch: Any) -> None:
+        self.batches.append(list(batch))
+
+
+class FakeWriteCoordinator(RateLimitedStore):
+    """Stands in for market_data_store.coordinator.WriteCoordinator: same keyword arguments."""
+
+    made: list[dict[str, Any]] = []
+
+    def __init__(self, *, sink: Any, capacity: int, overflow_strategy: str, **kwargs: Any):
+        super().__init__(capacity=capacity)
+        self.made.append(
+            {"sink": sink, "capacity": capacity, "overflow": overflow_strategy, **kwargs}
+        )
+
+
+def test_write_coordinator_factory_builds_market_data_stores_coordinator(monkeypatch):
+    package = types.ModuleType("market_data_store")
+    module = types.ModuleType("market_data_store.coordinator")
+    module.WriteCoordinator = FakeWriteCoordinator  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "market_data_store", package)
+    monkeypatch.setitem(sys.modules, "market_data_store.coordinator", module)
+    FakeWriteCoordinator.made.clear()
+    sink = StoreSink(WriteCoordinatorFactory(writer=FakeWriter, capacity=64), 32, 8)
+    logic, _ = logic_for(sink, node="db")
+
+    async def scenario() -> StoreResult:
+        await logic.write(list(range(10)))
+        return await logic.close()
+
+    assert asyncio.run(scenario()).store.records == list(range(10))
+    (made,) = FakeWriteCoordinator.made
+    assert isinstance(made.pop("sink"), FakeWriter)
+    assert made == {
+        "capacity": 64,
+        "overflow": "block",
+        "workers": 4,
+        "batch_size": 500,
+        "flush_interval": 0.25,
+        "coord_id": "db-0",
+    }
+
+
+# -- across processes -----------------------------------------------------------------------
+
+
+def test_a_slow_store_backpressures_the_source_and_loses_nothing(tmp_path):
+    gate = tmp_path / "gate"
+    count = 5_000
+    dag = Dag("slow_store")
+    store = StoreSink(MemoryStore(capacity=200, gate=str(gate)), 100, 20)
+    dag.source("src", Numbered(count, batch=50)).sink("store", store)
+    job = launch(dag, slots=2, slot_size=4096, linger=0.0, heartbeat_timeout=WAIT)
+    try:
+        deadline = time.monotonic() + WAIT
+        while True:
+            rows = {r["node"]: r for r in job.status()}
+            src, sink = rows.get("src"), rows.get("store")
+            if src and sink and src["backpressured_s"] > 0 and sink["paused_s"] > 0:
+                break
+            assert time.monotonic() < deadline, f"no backpressure seen: {rows}"
+            time.sleep(0.02)
+        assert sink["pauses"] == 1  # held at the gate: one pause, still going
+        assert sink["queue_depth"] >= 100
+        assert src["records_out"] < count  # held back, not buffered without bound
+    finally:
+        gate.touch()
+    result = job.wait(WAIT)
+    (stored,) = result.sinks["store"]
+    assert stored.records == count
+    assert stored.store.records == [(f"k{i % 10}", i, 0) for i in range(count)]
+    assert result.nodes["store"].counters["pauses"] >= 1
+    assert result.nodes["store"].counters["paused_ns"] > 0
