@@ -229,14 +229,14 @@ class Coordinator:
         self.outcome = loop.create_future()
         try:
             self.start_workers()
+            if self.settings.metrics_port is not None:
+                from engine.metrics import MetricsServer
+
+                self.metrics = MetricsServer(self, self.settings.metrics_port)
+                self.metrics.start()
         except BaseException as exc:
             self._send(("failed", JobFailed(f"job {self.job_id}: could not start: {exc}")))
             raise
-        if self.settings.metrics_port is not None:
-            from engine.metrics import MetricsServer
-
-            self.metrics = MetricsServer(self, self.settings.metrics_port)
-            self.metrics.start()
         for w in self.workers:
             loop.add_reader(w.control.fileno(), self._on_control, w)
             loop.add_reader(w.process.sentinel, self._on_exit, w)
@@ -472,6 +472,9 @@ class Coordinator:
 
     def teardown(self) -> None:
         """Runs on every exit path of the coordinator."""
+        if self.metrics is not None:  # first: no scrape may read counters being unmapped
+            self.metrics.stop()
+            self.metrics = None
         self.kill_workers()
         self.unlink_segments()
         remove_segments(self.job_id)
@@ -480,7 +483,5 @@ class Coordinator:
             channel.ring.close()
         if self.stats is not None:
             self.stats.close()
-        if self.metrics is not None:
-            self.metrics.stop()
         for w in self.workers:
             w.control.close()

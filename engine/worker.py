@@ -56,6 +56,7 @@ from engine.task import Emitter, Output, Sender, SourceTask, Task
 
 PR_SET_PDEATHSIG = 1
 WAIT_S = 0.25  # longest sleep without a heartbeat
+STATS_EVERY_S = 0.01  # longest a busy worker's published counters may lag its own
 COUNTERS_EVERY_S = 0.5
 
 
@@ -114,6 +115,7 @@ def worker_main(spec: WorkerSpec) -> None:
     worker: Worker | None = None
     try:
         worker = Worker(spec, row)
+        worker._update_stats()  # the row starts zeroed: a 0 watermark would read as 1970
         control.send(("ready",))
         row[STARTED] = time.monotonic_ns()
         row[STATE] = State.RUNNING
@@ -274,6 +276,7 @@ class Worker:
         decoders = self.decoders
         row = self.row
         builders = self.builders
+        stats_due = 0.0
         try:
             while not gate.done:
                 waiting = any(b.pending for b in builders)
@@ -300,6 +303,10 @@ class Worker:
                 row[IDLE_NS] = gate.idle_ns
                 row[RECORDS_IN] = task.records_in
                 row[RECORDS_OUT] = self.emitter.records_out
+                now = time.monotonic()
+                if now >= stats_due:  # steady input never times out the wait above
+                    stats_due = now + STATS_EVERY_S
+                    self._update_stats()
             task.finish()
         finally:
             gate.close()
