@@ -186,6 +186,8 @@ def test_backpressure_holds_the_source_at_the_credit_limit(tmp_path):
 _DRIVER = textwrap.dedent(
     """
     import signal, sys, time
+    # As in an interactive program, even if this test run was started with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {tests!r})
     from engine import Dag, launch
     from jobs import Collect, Numbered, Stall
