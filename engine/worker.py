@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
+import logging
 import os
 import signal
 import sys
@@ -107,6 +108,12 @@ def worker_main(spec: WorkerSpec) -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     _die_with_parent()
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
+    if not logging.getLogger().handlers:  # a spawned worker starts with none: state changes
+        logging.basicConfig(  # (breakers, failovers) are logged at INFO, one line each
+            level=logging.INFO,
+            format=f"%(asctime)s {spec.node.name}[{spec.replica}] %(name)s %(levelname)s: "
+            "%(message)s",
+        )
     control = spec.control
     stats = StatsBlock(spec.stats_name, spec.stats_rows, create=False)
     row = stats.row(spec.index)

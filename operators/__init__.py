@@ -10,6 +10,7 @@ from operators.basic import Filter, FlatMap, Map
 from operators.durations import parse_duration
 from operators.market import Dedupe, Router, Throttle
 from operators.memstore import MemoryStore
+from operators.providers import ProviderSource, Replay
 from operators.sinks import Collect, CountSink, CsvBars, CsvTicksSink, JsonLinesBars
 from operators.sources import CsvTicks, Generator, generate
 from operators.store import StoreSink, WriteCoordinatorFactory
@@ -31,6 +32,8 @@ __all__ = [
     "JsonLinesBars",
     "Map",
     "MemoryStore",
+    "ProviderSource",
+    "Replay",
     "Router",
     "Session",
     "Sliding",

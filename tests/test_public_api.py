@@ -39,6 +39,8 @@ ENGINE = {
     "StoreError",
 }
 OPERATORS = {
+    "ProviderSource",
+    "Replay",
     "OHLCV",
     "Aggregation",
     "Collect",
