@@ -17,6 +17,7 @@ import argparse
 import os
 from typing import Any
 
+from engine.batch import DEFAULT_LINGER_S
 from engine.dag import Dag
 from engine.errors import DagError
 
@@ -186,7 +187,7 @@ def add_bars_command(sub: Any) -> None:
     bars.add_argument(
         "--linger",
         type=float,
-        default=0.005,
+        default=DEFAULT_LINGER_S,
         help="longest wait of a record in a partial batch, seconds",
     )
     bars.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Any
 
+from engine.batch import DEFAULT_LINGER_S
 from engine.dag import Dag
 from engine.errors import DagError, JobFailed, RecordError, RingflowError
 from engine.job import Job, launch
@@ -121,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--linger",
         type=float,
-        default=0.005,
+        default=DEFAULT_LINGER_S,
         help="longest time a record waits in a partial batch, seconds",
     )
     run.add_argument(

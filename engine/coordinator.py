@@ -33,6 +33,7 @@ from typing import Any
 
 import uvloop
 
+from engine.batch import DEFAULT_LINGER_S
 from engine.channel import Channel
 from engine.dag import SOURCE, Dag
 from engine.errors import JobFailed
@@ -71,7 +72,7 @@ class Settings:
 
     slots: int = 8
     slot_size: int = 64 * 1024
-    linger: float = 0.005
+    linger: float = DEFAULT_LINGER_S
     heartbeat_timeout: float = 10.0
     startup_timeout: float = 60.0
     stop_grace: float = 3.0

@@ -286,8 +286,14 @@ class Worker:
         stats_due = 0.0
         try:
             while not gate.done:
-                waiting = any(b.pending for b in builders)
-                frame = gate.next(self.spec.linger if waiting else WAIT_S)
+                frame = gate.next(0.0)
+                if frame is None:
+                    # Idle: no input to batch with, so pending output goes now rather than
+                    # after its linger (linger only trades latency for size under load).
+                    for builder in builders:
+                        if builder.pending:
+                            builder.flush()
+                    frame = gate.next(WAIT_S)
                 row[HEARTBEAT] = time.monotonic_ns()
                 if frame is None:
                     self._flush_due()
@@ -305,8 +311,7 @@ class Worker:
                     task.on_watermark(index, decode_watermark(payload))
                 elif kind == Kind.EOF:
                     task.on_eof(index)
-                if waiting:
-                    self._flush_due()
+                self._flush_due()
                 row[IDLE_NS] = gate.idle_ns
                 row[RECORDS_IN] = task.records_in
                 row[RECORDS_OUT] = self.emitter.records_out

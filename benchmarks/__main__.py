@@ -1,0 +1,442 @@
+"""``python -m benchmarks``: the bars job through ringflow against the baselines.
+
+Usage::
+
+    python -m benchmarks [--quick] [--ticks N] [--replicas 1,2] [--sources 1,2] [--json]
+                         [--out DIR] [--only throughput,latency,memory]
+                         [--engines ringflow,single_process,mp_queue,bytewax,ray]
+
+Sections (``--only`` picks some):
+
+* ``throughput``: ``single_process`` (the reference digest), then per replica count R:
+  ``ringflow`` (per source replica count tried), ``mp_queue``, ``bytewax`` and ``ray`` when
+  installed. Every engine's bar digest must equal the single-process one, or the run stops
+  with ``ChecksumMismatch`` (exit status 3). Then the ratios, the per-node engine overhead
+  of each ringflow run, a piece-by-piece CPU breakdown, and the scaling picture
+  (``DIR/scaling.svg``) and rows (``DIR/scaling.jsonl``).
+* ``latency``: ``benchmarks.latency`` at half the measured maximum rate, for two linger
+  settings.
+* ``memory``: peak RSS of the job and its workers, and the stalled-sink experiment.
+
+``--json`` prints one JSON object per line (``bench`` says which kind); otherwise tables.
+Every row also goes to ``DIR/results.jsonl``. ``DIR`` defaults to ``benchmarks/out``,
+created with a ``.gitignore`` that ignores it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks import chart, engines, external, latency, memory, mpqueue
+from benchmarks.breakdown import breakdown
+from benchmarks.common import ChecksumMismatch, Workload, load_average, machine
+from engine.batch import DEFAULT_LINGER_S
+
+ENGINES = ("ringflow", "single_process", "mp_queue", "bytewax", "ray")
+SECTIONS = ("throughput", "latency", "memory")
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+LINGERS = (DEFAULT_LINGER_S, 0.0005)  # the engine's default, and a shorter one
+P99_TARGET_MS = 10.0
+TARGET_VS_SINGLE = 1.2
+TARGET_VS_MP_QUEUE = 2.0
+# "msgspec decoding and mmh3 routing about 0.1 [us] each: the engine's own cost must stay in
+# that range": the engine's CPU per tick, every node's (cpu - logic) added up.
+ENGINE_TARGET_US = 0.2
+
+
+class Report:
+    """Collects rows, prints them (JSON lines or tables) and keeps them for results.jsonl."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.rows: list[dict[str, Any]] = []
+
+    def emit(self, row: dict[str, Any], text: str | None = None) -> None:
+        self.rows.append(row)
+        if self.as_json:
+            print(json.dumps(row), flush=True)
+        elif text is not None:
+            print(text, flush=True)
+
+    def say(self, text: str) -> None:
+        """Human-only text: headings, notes (stderr under --json, to keep stdout clean)."""
+        print(text, file=sys.stderr if self.as_json else sys.stdout, flush=True)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Throughput, latency and memory of the bars job: ringflow against a "
+        "single process, multiprocessing.Queue workers, bytewax and ray.",
+    )
+    parser.add_argument("--quick", action="store_true", help="small run (< 1 min on 2 cores)")
+    parser.add_argument("--ticks", type=int, help="ticks per throughput run")
+    parser.add_argument("--replicas", help="aggregation replica counts (default 1..nproc)")
+    parser.add_argument(
+        "--sources",
+        help="ringflow source replica counts to try per R (default: 1, ceil(R/2) and R)",
+    )
+    parser.add_argument("--json", action="store_true", help="JSON lines on stdout")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="folder for the SVG and JSON files")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="sections to run")
+    parser.add_argument("--engines", default=",".join(ENGINES), help="engines to run")
+    args = parser.parse_args(argv)
+    args.only = [s for s in args.only.split(",") if s]
+    args.engines = [e for e in args.engines.split(",") if e]
+    for what, chosen, known in (
+        ("--only", args.only, SECTIONS),
+        ("--engines", args.engines, ENGINES),
+    ):
+        unknown = sorted(set(chosen) - set(known))
+        if unknown:
+            parser.error(f"{what}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    return args
+
+
+def _sources_for(replicas: int, chosen: list[int] | None) -> list[int]:
+    if chosen:
+        return chosen
+    return sorted({1, math.ceil(replicas / 2), replicas})
+
+
+# --- throughput ------------------------------------------------------------------------
+
+_T_HEAD = (
+    f"{'engine':<15}{'R':>3}{'P':>3}{'ticks':>11}{'seconds':>9}{'ticks/s':>12}"
+    f"{'wall s':>8}{'CPU us/tick':>12}  checksum"
+)
+
+
+def _t_line(row: dict[str, Any]) -> str:
+    cpu = row.get("cpu_us_per_tick")
+    return (
+        f"{row['engine']:<15}{row['replicas']:>3}{row.get('sources', ''):>3}{row['ticks']:>11,}"
+        f"{row['seconds']:>9.3f}{row['ticks_per_s']:>12,}{row['wall_s']:>8.2f}"
+        f"{'' if cpu is None else f'{cpu:.3f}':>12}  {row['checksum']}"
+    )
+
+
+def throughput(
+    args: argparse.Namespace, work: Workload, replicas: list[int], report: Report
+) -> list[dict[str, Any]]:
+    """Every engine's rows, checked against the single-process digest as they come."""
+    have = external.available()
+    runners: dict[str, Callable[[int], dict[str, Any]]] = {
+        "mp_queue": lambda r: mpqueue.run_mp_queue(work, r),
+        "bytewax": lambda r: external.run_bytewax(work, r),
+        "ray": lambda r: external.run_ray(work, r),
+    }
+    report.say(f"\n## Throughput: {work.ticks:,} ticks, {work.symbols:,} symbols, 1 s windows")
+    report.say(
+        "seconds: first source batch to last sink end of input (start-up excluded); "
+        "wall s: including process start-up and teardown"
+    )
+    for name in ("bytewax", "ray"):
+        if name in args.engines and not have[name]:
+            report.say(f"note: {name} is not installed (pip install -e '.[bench]'); skipped")
+    report.say(_T_HEAD)
+    reference = engines.run_single_process(work)
+    report.emit({"bench": "throughput", **reference}, _t_line(reference))
+    rows = [reference]
+    overheads = []
+
+    def check(row: dict[str, Any]) -> None:
+        rows.append(row)
+        report.emit({"bench": "throughput", **row}, _t_line(row))
+        if row["checksum"] != reference["checksum"] or row.get("late"):
+            raise ChecksumMismatch(
+                f"CHECKSUM MISMATCH: {row['engine']} with R={row['replicas']} produced bars "
+                f"{row['checksum']} (late ticks {row.get('late', 0)}), single_process "
+                f"{reference['checksum']}: its numbers are void"
+            )
+
+    sources_arg = _ints(args.sources) if args.sources else None
+    try:
+        for r in replicas:
+            if "ringflow" in args.engines:
+                for p in _sources_for(r, sources_arg):
+                    row, result = engines.run_ringflow(work, r, p)
+                    check(row)
+                    overheads.append(engines.overhead(result, r, p))
+            for name, run in runners.items():
+                if name in args.engines and (name == "mp_queue" or have[name]):
+                    check(run(r))
+    finally:
+        external.shutdown()
+    _ratios(rows, replicas, report)
+    _overhead(overheads, work, report)
+    return rows
+
+
+def _best(rows: list[dict[str, Any]], engine: str, replicas: int | None = None) -> float:
+    rates = [
+        r["ticks_per_s"]
+        for r in rows
+        if r["engine"] == engine and (replicas is None or r["replicas"] == replicas)
+    ]
+    return max(rates, default=0)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def _ratios(rows: list[dict[str, Any]], replicas: list[int], report: Report) -> None:
+    single = _best(rows, "single_process")
+    report.say("\nratios (ringflow: best over source replica counts)")
+    for r in replicas:
+        rf = _best(rows, "ringflow", r)
+        row = {
+            "bench": "ratio",
+            "replicas": r,
+            "ringflow_vs_single_process": _ratio(rf, single),
+            "ringflow_vs_mp_queue": _ratio(rf, _best(rows, "mp_queue", r)),
+            "ringflow_vs_bytewax": _ratio(rf, _best(rows, "bytewax", r)),
+            "ringflow_vs_ray": _ratio(rf, _best(rows, "ray", r)),
+        }
+        text = f"  R={r}: " + ", ".join(
+            f"{k.removeprefix('ringflow_vs_')} {v}x"
+            for k, v in row.items()
+            if k.startswith("ringflow_vs") and v is not None
+        )
+        report.emit(row, text)
+    best = {
+        "bench": "ratio",
+        "replicas": "best",
+        "ringflow_vs_single_process": _ratio(_best(rows, "ringflow"), single),
+        "ringflow_vs_mp_queue": _ratio(_best(rows, "ringflow"), _best(rows, "mp_queue")),
+    }
+    report.emit(
+        best,
+        f"  each engine at its best R: ringflow / single_process "
+        f"{best['ringflow_vs_single_process']}x (target >= {TARGET_VS_SINGLE}x on 2 cores), "
+        f"ringflow / mp_queue {best['ringflow_vs_mp_queue']}x (target >= {TARGET_VS_MP_QUEUE}x)",
+    )
+
+
+def _overhead(overheads: list[dict[str, Any]], work: Workload, report: Report) -> None:
+    if not overheads:
+        return
+    parts = breakdown(Workload(ticks=min(work.ticks, 500_000)), 1)
+    report.say(
+        "\n## Engine overhead: CPU us per input tick, summed over replicas "
+        "(logic = inside the node's logic; engine = the rest of the worker's CPU; "
+        "rest = engine minus the pieces timed alone: split + encode at the source, decode "
+        "at bars)"
+    )
+    report.say(
+        f"{'R':>3}{'P':>3}  {'source logic':>12}{'engine':>8}{'rest':>7}  {'bars logic':>10}"
+        f"{'engine':>8}{'rest':>7}  {'sink logic':>10}{'engine':>8}  {'total':>7}{'engine':>8}"
+    )
+    for o in overheads:
+        o["source_rest_us"] = round(
+            o["ticks_engine_us"] - parts["split_us"] - parts["encode_us"], 3
+        )
+        o["bars_rest_us"] = round(o["bars_engine_us"] - parts["decode_us"], 3)
+        report.emit(
+            o,
+            f"{o['replicas']:>3}{o['sources']:>3}  {o['ticks_logic_us']:>12.3f}"
+            f"{o['ticks_engine_us']:>8.3f}{o['source_rest_us']:>7.3f}  {o['bars_logic_us']:>10.3f}"
+            f"{o['bars_engine_us']:>8.3f}{o['bars_rest_us']:>7.3f}"
+            f"  {o['digest_logic_us']:>10.3f}{o['digest_engine_us']:>8.3f}"
+            f"  {o['total_cpu_us']:>7.3f}{o['total_engine_us']:>8.3f}",
+        )
+    report.emit(
+        parts,
+        "pieces, timed alone in one process (us per tick, R=1): "
+        + ", ".join(f"{k.removesuffix('_us')} {v}" for k, v in parts.items() if k.endswith("_us")),
+    )
+
+
+def write_scaling(
+    rows: list[dict[str, Any]], out: str, info: dict[str, Any], report: Report
+) -> None:
+    keys = ("engine", "replicas", "ticks", "seconds", "ticks_per_s", "checksum")
+    with open(os.path.join(out, "scaling.jsonl"), "w") as f:
+        for row in rows:
+            f.write(json.dumps({k: row[k] for k in keys} | {"sources": row.get("sources")}) + "\n")
+    subtitle = (
+        f"{info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, "
+        f"{rows[0]['ticks']:,} ticks, {info['date']}, load {info['load_avg']}"
+    )
+    svg = chart.scaling_svg(rows, "bars job: ticks/s against aggregation replicas", subtitle)
+    with open(os.path.join(out, "scaling.svg"), "w") as f:
+        f.write(svg)
+    report.say(f"scaling picture: {os.path.join(out, 'scaling.svg')}")
+
+
+# --- latency ---------------------------------------------------------------------------
+
+
+def latency_section(
+    args: argparse.Namespace, rows: list[dict[str, Any]], report: Report
+) -> list[dict[str, Any]]:
+    replicas = max(1, (os.cpu_count() or 2) - 1)
+    maximum = _best(rows, "ringflow", replicas)
+    how = "the throughput section"
+    if not maximum:
+        row, _ = engines.run_ringflow(Workload(ticks=500_000), replicas, 1)
+        maximum, how = row["ticks_per_s"], "a 500,000-tick calibration run"
+    rate = maximum / 2
+    seconds = 2.0 if args.quick else 8.0
+    report.say(
+        f"\n## Latency: {rate:,.0f} ticks/s (half of {maximum:,} from {how}), R={replicas}, "
+        f"{seconds:g} s per run, first second not sampled"
+    )
+    report.say(
+        f"{'pipeline':<9}{'linger ms':>10}{'samples':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'p99.9 ms':>10}{'max ms':>9}"
+    )
+    out = []
+    for mode in ("ticks", "bars"):
+        for linger in LINGERS:
+            row = latency.run_latency(mode, rate, linger, seconds, replicas)
+            out.append(row)
+            report.emit(
+                row,
+                f"{mode:<9}{row['linger_ms']:>10g}{row['samples']:>10,}{row.get('p50_ms', 0):>9.2f}"
+                f"{row.get('p99_ms', 0):>9.2f}{row.get('p999_ms', 0):>10.2f}"
+                f"{row.get('max_ms', 0):>9.2f}",
+            )
+    return out
+
+
+# --- memory ----------------------------------------------------------------------------
+
+
+def memory_section(
+    args: argparse.Namespace, work: Workload, replicas: list[int], report: Report
+) -> list[dict[str, Any]]:
+    r = max(replicas)
+    report.say(f"\n## Memory: the bars job, {work.ticks:,} ticks, R={r}, P=1")
+    peak = memory.peak_rss(work, r, 1)
+    workers = ", ".join(f"{k} {v}" for k, v in peak["worker_peak_rss_mb"].items())
+    report.emit(
+        peak,
+        f"job peak RSS {peak['job_peak_rss_mb']} MB (private {peak['job_peak_anon_mb']} MB); "
+        f"per process peak (VmHWM, MB): {workers}",
+    )
+    run_s, stall_s = (1.0, 2.0) if args.quick else (2.0, 5.0)
+    report.say(
+        f"\n## Backpressure: endless generator, R={r}, sink stalled for {stall_s:g} s "
+        f"after {run_s:g} s, then resumed for {run_s:g} s"
+    )
+    row, series = memory.stall(work, r, run_s, stall_s)
+    with open(os.path.join(args.out, "stall-series.jsonl"), "w") as f:
+        for point in series:
+            f.write(json.dumps(point) + "\n")
+    report.emit(
+        row,
+        f"job RSS: running {row['rss_running_mb']} MB, stalled {row['rss_stall_settled_mb']} MB "
+        f"-> {row['rss_stall_peak_mb']} MB (growth after settling {row['rss_stall_growth_mb']} "
+        f"MB), resumed {row['rss_resumed_mb']} MB\n"
+        f"source ticks/s: running {row['source_ticks_per_s_running']:,}, stalled "
+        f"{row['source_ticks_per_s_stalled']:,}, resumed {row['source_ticks_per_s_resumed']:,}"
+        f"\nflat: {row['flat']}, source held back: {row['held_back']}, "
+        f"recovered: {row['recovered']}",
+    )
+    return [peak, row]
+
+
+# --- summary ---------------------------------------------------------------------------
+
+
+def targets(report: Report) -> None:
+    rows = report.rows
+    lines: list[tuple[str, Any, str, str]] = []
+    nproc = os.cpu_count() or 0
+    best = next((r for r in rows if r.get("bench") == "ratio" and r["replicas"] == "best"), None)
+    if best:
+        for key, goal in (
+            ("ringflow_vs_single_process", TARGET_VS_SINGLE),
+            ("ringflow_vs_mp_queue", TARGET_VS_MP_QUEUE),
+        ):
+            value = best.get(key)
+            if value is not None:
+                verdict = "met" if value >= goal else "MISSED"
+                lines.append((key, value, f">= {goal}", verdict))
+    for row in rows:
+        if row.get("bench") == "latency" and row["linger_ms"] == LINGERS[0] * 1e3:
+            value = row.get("p99_ms")
+            if value is not None:
+                verdict = "met" if value <= P99_TARGET_MS else "MISSED"
+                lines.append(
+                    (f"p99 {row['pipeline']} (default linger)", value, "<= 10 ms", verdict)
+                )
+    overheads = [r for r in rows if r.get("bench") == "overhead"]
+    if overheads:
+        value = min(r["total_engine_us"] for r in overheads)
+        verdict = "met" if value <= ENGINE_TARGET_US else "MISSED"
+        lines.append(("engine CPU us/tick (lowest run)", value, f"<= {ENGINE_TARGET_US}", verdict))
+    if lines:
+        report.say(f"\n## Targets (this run, {nproc} CPUs, load {load_average()})")
+        for name, value, target, verdict in lines:
+            report.emit(
+                {
+                    "bench": "target",
+                    "name": name,
+                    "value": value,
+                    "target": target,
+                    "verdict": verdict,
+                },
+                f"  {name}: {value} (target {target}): {verdict}",
+            )
+
+
+def _prepare_out(path: str) -> None:
+    if not os.path.isdir(path):
+        os.makedirs(path)
+        if os.path.abspath(path) == DEFAULT_OUT:  # generated output: keep it out of git
+            with open(os.path.join(path, ".gitignore"), "w") as f:
+                f.write("*\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    nproc = os.cpu_count() or 1
+    ticks = args.ticks or (200_000 if args.quick else 3_000_000)
+    work = Workload(ticks=ticks)
+    replicas = _ints(args.replicas) if args.replicas else list(range(1, nproc + 1))
+    _prepare_out(args.out)
+    report = Report(args.json)
+    info = machine()
+    report.emit(
+        info,
+        f"# ringflow benchmarks: {info['date']}, {info['nproc']} CPUs ({info['cpu']}), "
+        f"Python {info['python']}, msgspec {info['msgspec']}, load average {info['load_avg']}",
+    )
+    rows: list[dict[str, Any]] = []
+    status = 0
+    try:
+        if "throughput" in args.only:
+            rows = throughput(args, work, replicas, report)
+            write_scaling(rows, args.out, info, report)
+        if "latency" in args.only:
+            latency_section(args, rows, report)
+        if "memory" in args.only:
+            memory_section(args, work, replicas, report)
+        targets(report)
+    except ChecksumMismatch as exc:
+        print(f"\n!!! {exc}", file=sys.stderr, flush=True)
+        status = 3
+    report.emit(
+        {"bench": "end", "load_avg": load_average()}, f"\nload average at the end: {load_average()}"
+    )
+    with open(os.path.join(args.out, "results.jsonl"), "w") as f:
+        for row in report.rows:
+            f.write(json.dumps(row) + "\n")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""What every benchmark shares: the workload, the row format, the machine description.
+
+The workload is the bars job of ``engine.bars`` on the synthetic generator: ``symbols``
+symbols (1,000), ``ticks`` ticks 10 us of event time apart, 1 s tumbling windows,
+watermarks ``lateness`` (2 s, the bars command's default) behind the newest tick, no
+disorder, so no tick is late and every engine must produce the same bars.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from operators.generator import Generator
+
+SECOND_NS = 1_000_000_000
+KEY_GROUPS = 128  # Stream.key_by's default max_parallelism: baselines route as ringflow does
+
+
+class ChecksumMismatch(RuntimeError):
+    """An engine's bars differ from the single-process run's: its numbers mean nothing."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The bars job's input and window; ``generator()`` is the source every engine runs."""
+
+    ticks: int = 4_000_000
+    symbols: int = 1000
+    seed: int = 0
+    window_ns: int = SECOND_NS
+    lateness_ns: int = 2 * SECOND_NS
+
+    def generator(self, **overrides: Any) -> Generator:
+        params: dict[str, Any] = {
+            "symbols": self.symbols,
+            "count": self.ticks,
+            "seed": self.seed,
+            "lateness_ns": self.lateness_ns,
+        }
+        params.update(overrides)
+        return Generator(**params)
+
+
+def throughput_row(
+    engine: str,
+    replicas: int,
+    ticks: int,
+    seconds: float,
+    checksum: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A scaling row: the keys the issue fixes first, then whatever the engine adds."""
+    row: dict[str, Any] = {
+        "engine": engine,
+        "replicas": replicas,
+        "ticks": ticks,
+        "seconds": round(seconds, 4),
+        "ticks_per_s": round(ticks / seconds) if seconds > 0 else 0,
+        "checksum": checksum,
+    }
+    row.update(extra)
+    return row
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def machine() -> dict[str, Any]:
+    """Where and when the numbers were measured (printed first, also as a JSON row)."""
+    import msgspec
+
+    return {
+        "bench": "machine",
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu_model(),
+        "machine": platform.machine(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "msgspec": msgspec.__version__,
+        "load_avg": load_average(),
+        "command": " ".join(["python", "-m", "benchmarks", *sys.argv[1:]]),
+    }
+
+
+def read_status_kb(pid: int, field: str) -> int | None:
+    """A ``kB`` field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``); None once gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None

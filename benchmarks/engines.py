@@ -1,0 +1,122 @@
+"""The bars job through ringflow, and the single-process floor.
+
+Both return a scaling row (``benchmarks.common.throughput_row``). ``seconds`` is the time
+the job processes: for ringflow from the first source replica asking for its first batch
+to the last digest sink closing (process start-up and teardown excluded; both ends read
+CLOCK_MONOTONIC, one clock for every process); ``wall_s`` is the driver's time around
+``engine.run``, start-up and teardown included. For ``single_process`` the two are the same
+interval: generating every batch with the same ``GeneratorLogic`` and aggregating it, in
+one loop, in this process.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from benchmarks.checksum import Digest, combine
+from benchmarks.common import Workload, throughput_row
+from benchmarks.handroll import HandBars
+from benchmarks.probes import DigestSink, Timed, started_ns
+from engine.dag import Dag
+from engine.job import run
+from engine.operator import Context, Watermark
+from engine.result import JobResult
+from operators import OHLCV, Tumbling, WindowAggregate
+from operators.generator import GeneratorLogic
+
+
+def bars_dag(work: Workload, replicas: int, sources: int) -> Dag:
+    """Generator (``sources`` replicas) -> key_by symbol -> OHLCV bars (``replicas``) ->
+    a digest sink per bars replica (forward edge)."""
+    dag = Dag("bench-bars")
+    ticks = dag.source("ticks", Timed(work.generator()), parallelism=sources)
+    aggregate = WindowAggregate(Tumbling(work.window_ns), OHLCV())
+    bars = ticks.key_by("symbol").apply("bars", aggregate, replicas)
+    bars.sink("digest", DigestSink(), replicas)
+    return dag
+
+
+def run_single_process(work: Workload) -> dict[str, Any]:
+    started = time.perf_counter()
+    cpu = time.process_time()
+    logic = GeneratorLogic(work.generator(), Context("single_process"))
+    bars = HandBars(work.window_ns)
+    for item in logic.batches():
+        if isinstance(item, Watermark):
+            bars.advance(item.ts)
+        else:
+            bars.add_ticks(item)
+    digest = bars.finish()
+    seconds = time.perf_counter() - started
+    cpu_s = time.process_time() - cpu
+    return throughput_row(
+        "single_process",
+        1,
+        bars.ticks,
+        seconds,
+        digest.checksum(),
+        sources=1,
+        wall_s=round(seconds, 4),
+        cpu_us_per_tick=round(cpu_s / bars.ticks * 1e6, 3) if bars.ticks else 0,
+        late=bars.late,
+    )
+
+
+def run_ringflow(
+    work: Workload, replicas: int, sources: int, **settings: Any
+) -> tuple[dict[str, Any], JobResult]:
+    """The row and the ``JobResult`` (its node timings feed the engine-overhead report)."""
+    dag = bars_dag(work, replicas, sources)
+    started = time.perf_counter()
+    result = run(dag, **settings)
+    wall = time.perf_counter() - started
+    reports = result.sinks["digest"]
+    digest: Digest = combine([(r.bars, r.total) for r in reports])
+    seconds = (max(r.closed_ns for r in reports) - started_ns(result.nodes["ticks"].counters)) / 1e9
+    ticks = result.nodes["ticks"].records_out
+    cpu = sum(n.timing.get("cpu_s", 0.0) for n in result.nodes.values())
+    row = throughput_row(
+        "ringflow",
+        replicas,
+        ticks,
+        seconds,
+        digest.checksum(),
+        sources=sources,
+        wall_s=round(wall, 4),
+        cpu_us_per_tick=round(cpu / ticks * 1e6, 3) if ticks else 0,
+        late=result.counter("late"),
+    )
+    return row, result
+
+
+def overhead(result: JobResult, replicas: int, sources: int) -> dict[str, Any]:
+    """Per-tick CPU of each node, split into the node's own logic and the engine's share.
+
+    ``logic`` is CPU time inside the node's logic (generation for the source, aggregation
+    and firing for bars, digesting for the sink); ``engine`` is the rest of the worker's
+    CPU after start-up: encoding and splitting on the way out, decoding on the way in,
+    framing, channels, the worker loop. Microseconds per tick of the job's input, summed
+    over replicas (so CPU, not wall time).
+    """
+    ticks = result.nodes["ticks"].records_out or 1
+    row: dict[str, Any] = {
+        "bench": "overhead",
+        "engine": "ringflow",
+        "replicas": replicas,
+        "sources": sources,
+        "ticks": ticks,
+    }
+    total_cpu = total_logic = 0.0
+    for name, node in result.nodes.items():
+        cpu = node.timing.get("cpu_s", 0.0)
+        logic = node.timing.get("logic_s", 0.0)
+        total_cpu += cpu
+        total_logic += logic
+        row[f"{name}_cpu_us"] = round(cpu / ticks * 1e6, 3)
+        row[f"{name}_logic_us"] = round(logic / ticks * 1e6, 3)
+        row[f"{name}_engine_us"] = round((cpu - logic) / ticks * 1e6, 3)
+    row["total_cpu_us"] = round(total_cpu / ticks * 1e6, 3)
+    row["total_logic_us"] = round(total_logic / ticks * 1e6, 3)
+    row["total_engine_us"] = round((total_cpu - total_logic) / ticks * 1e6, 3)
+    return row

@@ -1,0 +1,124 @@
+"""The baseline a user builds with the standard library: processes and ``multiprocessing.Queue``.
+
+One source process runs the same ``GeneratorLogic`` as ringflow's source, routes each tick
+by mmh3 (``partitioning.replica_for``, cached per symbol, the key groups of ringflow's
+``key_by``) and puts batches of ``BATCH`` ticks, as ``(symbol, ts, price, size)`` tuples
+(pickling tuples costs well under half of pickling ``Tick`` structs, so this is the
+faster choice), on one bounded ``multiprocessing.Queue(maxsize=QUEUE_SLOTS)`` per worker.
+Each message is ``(watermark, rows)``: the newest generator watermark seen before the
+rows were cut, which is safe to apply after them (every tick it covers is in this batch
+or an earlier one). ``R`` worker processes aggregate with ``benchmarks.handroll.HandBars``
+and return their digest on a result queue.
+
+Timing: every process starts (spawned, like ringflow's workers), imports, and waits at a
+barrier; the measured interval runs from the source's first batch after the barrier to the
+last worker's end of input (CLOCK_MONOTONIC in every process). ``wall_s`` counts from the
+first process start to the last join. The barrier gives this baseline its full start-up for
+free, which ringflow's number does not get.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from multiprocessing.synchronize import Barrier
+from typing import Any
+
+from benchmarks.checksum import combine
+from benchmarks.common import KEY_GROUPS, Workload, throughput_row
+from benchmarks.handroll import HandBars
+from engine.operator import Context, Watermark
+from operators.generator import GeneratorLogic
+from partitioning import replica_for
+
+BATCH = 1000
+QUEUE_SLOTS = 8
+JOIN_S = 60.0
+
+
+def _source(work: Workload, queues: list[Any], barrier: Barrier, results: Any) -> None:
+    replicas = len(queues)
+    logic = GeneratorLogic(work.generator(), Context("mp_queue.source"))
+    route: dict[str, int] = {}
+    buffers: list[list[tuple[str, int, float, float]]] = [[] for _ in range(replicas)]
+    watermark = -(2**63)
+    barrier.wait()
+    started = time.monotonic_ns()
+    cpu = time.process_time()
+    for item in logic.batches():
+        if isinstance(item, Watermark):
+            watermark = item.ts
+            continue
+        for tick in item:
+            symbol = tick.symbol
+            r = route.get(symbol)
+            if r is None:
+                r = route[symbol] = replica_for(symbol, replicas, KEY_GROUPS)
+            buffer = buffers[r]
+            buffer.append((symbol, tick.ts, tick.price, tick.size))
+            if len(buffer) >= BATCH:
+                queues[r].put((watermark, buffer))
+                buffers[r] = []
+    for r, queue in enumerate(queues):
+        queue.put((watermark, buffers[r]))
+        queue.put(None)
+    results.put(("source", started, time.process_time() - cpu))
+
+
+def _worker(work: Workload, queue: Any, barrier: Barrier, results: Any) -> None:
+    bars = HandBars(work.window_ns)
+    barrier.wait()
+    cpu = time.process_time()
+    while (message := queue.get()) is not None:
+        watermark, rows = message
+        bars.add_rows(rows)
+        bars.advance(watermark)
+    digest = bars.finish()
+    results.put(
+        ("worker", time.monotonic_ns(), time.process_time() - cpu, digest.bars, digest.total)
+    )
+    results.put(("counts", bars.ticks, bars.late))
+
+
+def run_mp_queue(work: Workload, replicas: int) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    wall = time.perf_counter()
+    queues = [ctx.Queue(maxsize=QUEUE_SLOTS) for _ in range(replicas)]
+    results = ctx.Queue()
+    barrier = ctx.Barrier(replicas + 1)
+    procs = [ctx.Process(target=_source, args=(work, queues, barrier, results), daemon=True)]
+    procs += [
+        ctx.Process(target=_worker, args=(work, q, barrier, results), daemon=True) for q in queues
+    ]
+    try:
+        for p in procs:
+            p.start()
+        messages = [results.get(timeout=JOIN_S * 10) for _ in range(1 + 2 * replicas)]
+        for p in procs:
+            p.join(JOIN_S)
+            if p.exitcode != 0:
+                raise RuntimeError(f"mp_queue: process {p.name} exited with {p.exitcode}")
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(JOIN_S)
+    wall = time.perf_counter() - wall
+    source = next(m for m in messages if m[0] == "source")
+    workers = [m for m in messages if m[0] == "worker"]
+    counts = [m for m in messages if m[0] == "counts"]
+    digest = combine([(m[3], m[4]) for m in workers])
+    ticks = sum(m[1] for m in counts)
+    seconds = (max(m[1] for m in workers) - source[1]) / 1e9
+    cpu = source[2] + sum(m[2] for m in workers)
+    return throughput_row(
+        "mp_queue",
+        replicas,
+        ticks,
+        seconds,
+        digest.checksum(),
+        sources=1,
+        wall_s=round(wall, 4),
+        cpu_us_per_tick=round(cpu / ticks * 1e6, 3) if ticks else 0,
+        late=sum(m[2] for m in counts),
+    )

@@ -1,0 +1,223 @@
+"""Benchmark-only sources and sinks for ringflow jobs (module level, so they pickle).
+
+* ``Timed(source)``: the source, plus a counter ``started_ns_<replica>`` holding
+  ``time.monotonic_ns()`` when the replica asks for its first batch: the start of the
+  measured interval (CLOCK_MONOTONIC is one clock for every process on the machine).
+* ``DigestSink()``: folds bars into ``benchmarks.checksum.Digest`` in the worker and returns
+  only ``DigestReport(bars, total, closed_ns)``: no bar travels back to the driver, and
+  ``closed_ns`` (monotonic, at end of input) ends the measured interval.
+* ``ClockTicks(rate, ...)``: ticks whose event time is their creation time
+  (``time.time_ns()``), emitted at a fixed rate in small batches, for latency.
+* ``LatencySink(mode)``: per record, ``time.time_ns()`` on arrival minus the record's event
+  time (``mode="ticks"``) or minus its window end (``mode="bars"``; a bar whose window has
+  not ended on arrival was fired by end of input and is not sampled); returns the samples.
+* ``StallSink(flag)``: holds every write while the file ``flag`` exists, awaiting on the
+  worker's event loop so its heartbeat stays fresh: a destination that stops accepting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.checksum import Digest
+from engine.operator import Batch, Context, Sink, SinkLogic, Source, SourceLogic, Watermark
+from engine.records import Tick
+
+STARTED = "started_ns_"
+
+
+def identity(record: Any) -> Any:
+    """The function of the latency job's ``Map``: records pass through unchanged."""
+    return record
+
+
+@dataclass(frozen=True)
+class Timed(Source):
+    """``inner``, with its start time recorded per replica (see the module docstring)."""
+
+    inner: Source
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output_type", self.inner.output_type)
+
+    def build(self, ctx: Context) -> SourceLogic:
+        return _TimedLogic(self.inner.build(ctx), ctx)
+
+
+class _TimedLogic(SourceLogic):
+    def __init__(self, inner: SourceLogic, ctx: Context) -> None:
+        self.inner = inner
+        self.ctx = ctx
+
+    def batches(self) -> Iterator[Batch | Watermark]:
+        self.ctx.count(f"{STARTED}{self.ctx.replica}", time.monotonic_ns())
+        items = self.inner.batches()
+        assert isinstance(items, Iterator), "Timed wraps synchronous sources only"
+        yield from items
+
+
+def started_ns(counters: dict[str, int]) -> int:
+    """The earliest replica start recorded by ``Timed``."""
+    return min(v for k, v in counters.items() if k.startswith(STARTED))
+
+
+@dataclass(frozen=True)
+class DigestReport:
+    bars: int
+    total: int
+    closed_ns: int
+
+
+@dataclass(frozen=True)
+class DigestSink(Sink):
+    """Fold bars into a digest in the worker (see the module docstring)."""
+
+    def build(self, ctx: Context) -> SinkLogic:
+        return _DigestLogic()
+
+
+class _DigestLogic(SinkLogic):
+    def __init__(self) -> None:
+        self.digest = Digest()
+
+    def write(self, batch: Batch) -> None:
+        add = self.digest.add_bar
+        for bar in batch:
+            add(bar)
+
+    def close(self) -> DigestReport:
+        return DigestReport(self.digest.bars, self.digest.total, time.monotonic_ns())
+
+
+@dataclass(frozen=True)
+class ClockTicks(Source):
+    """``rate`` ticks/s for ``seconds`` over ``symbols`` symbols, stamped at creation.
+
+    The replica wakes every ``interval`` seconds and creates the ticks it owes by then
+    (an absolute schedule: a late wake-up creates more, so the rate holds), all stamped
+    with the wake-up's ``time.time_ns()``. With ``watermarks`` it yields
+    ``Watermark(newest - lateness_ns)`` after each batch; without, none (records only).
+    """
+
+    rate: float
+    seconds: float
+    symbols: int = 1000
+    interval: float = 0.001
+    watermarks: bool = False
+    lateness_ns: int = 0
+
+    output_type = Tick
+
+    def build(self, ctx: Context) -> SourceLogic:
+        return _ClockTicksLogic(self, ctx)
+
+
+class _ClockTicksLogic(SourceLogic):
+    def __init__(self, config: ClockTicks, ctx: Context) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    def batches(self) -> Iterator[Batch | Watermark]:
+        cfg, ctx = self.config, self.ctx
+        names = [f"S{s:04d}" for s in range(cfg.symbols)][ctx.replica :: ctx.parallelism]
+        if not names:
+            return
+        share = len(names) / cfg.symbols
+        rate = cfg.rate * share
+        total = int(cfg.rate * cfg.seconds * share)
+        prices = [100.0 + (i % 50) / 100 for i in range(len(names))]
+        emitted = 0
+        start = time.monotonic()
+        while emitted < total:
+            owed = min(total, int((time.monotonic() - start) * rate)) - emitted
+            if owed > 0:
+                now = time.time_ns()
+                n = len(names)
+                batch = [
+                    Tick(names[i % n], now, prices[i % n], 100.0)
+                    for i in range(emitted, emitted + owed)
+                ]
+                emitted += owed
+                yield batch
+                if cfg.watermarks:
+                    yield Watermark(now - cfg.lateness_ns)
+            wake = start + (emitted + 1) / rate
+            delay = min(cfg.interval, wake - time.monotonic())
+            if delay > 0:
+                time.sleep(delay)
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    samples: bytes  # array('q') of nanoseconds
+    late_start_ns: int  # samples before this event time were warm-up and dropped
+
+
+@dataclass(frozen=True)
+class LatencySink(Sink):
+    """Latency per record on arrival (see the module docstring); ``warmup_s`` of event
+    time after the first record are not sampled (processes starting, caches filling)."""
+
+    mode: str = "ticks"  # or "bars"
+    warmup_s: float = 1.0
+
+    def build(self, ctx: Context) -> SinkLogic:
+        return _LatencyLogic(self.mode, int(self.warmup_s * 1e9))
+
+
+class _LatencyLogic(SinkLogic):
+    def __init__(self, mode: str, warmup_ns: int) -> None:
+        self.bars = mode == "bars"
+        self.warmup_ns = warmup_ns
+        self.samples = array("q")
+        self.from_ns: int | None = None
+
+    def write(self, batch: Batch) -> None:
+        now = time.time_ns()
+        times = [b.window_end for b in batch] if self.bars else [t.ts for t in batch]
+        if self.from_ns is None:
+            self.from_ns = min(times) + self.warmup_ns
+        cut = self.from_ns
+        # A bar whose window has not ended yet was fired by end of input, not by time.
+        self.samples.extend([now - t for t in times if cut <= t <= now])
+
+    def close(self) -> LatencyReport:
+        return LatencyReport(self.samples.tobytes(), self.from_ns or 0)
+
+
+@dataclass(frozen=True)
+class StallSink(Sink):
+    """Counts bars; every write waits while the file ``flag`` exists (async, so the
+    worker's heartbeat keeps going). ``close()`` returns the record count."""
+
+    flag: str
+    poll_s: float = 0.02
+
+    def build(self, ctx: Context) -> SinkLogic:
+        return _StallLogic(self.flag, self.poll_s)
+
+
+class _StallLogic(SinkLogic):
+    def __init__(self, flag: str, poll_s: float) -> None:
+        self.flag = flag
+        self.poll_s = poll_s
+        self.records = 0
+
+    def write(self, batch: Batch) -> Any:
+        self.records += len(batch)
+        if os.path.exists(self.flag):
+            return self._held()
+        return None
+
+    async def _held(self) -> None:
+        while os.path.exists(self.flag):
+            await asyncio.sleep(self.poll_s)
+
+    def close(self) -> int:
+        return self.records

@@ -1,0 +1,76 @@
+"""Smoke tests of ``python -m benchmarks``: the engines agree on the bars, the rows have the
+promised schema, a disagreement fails loudly. Nothing here asserts on speed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import __main__ as cli
+from benchmarks import mpqueue
+from benchmarks.checksum import Digest, bar_hash, combine
+from benchmarks.common import Workload
+from benchmarks.engines import bars_dag, run_single_process
+from benchmarks.handroll import HandBars
+from engine.testing import run_inline
+from operators.generator import generate
+
+SCALING_KEYS = ["engine", "replicas", "ticks", "seconds", "ticks_per_s", "checksum"]
+
+
+def test_digest_is_order_free_and_counts_every_bar():
+    bars = [("S0001", 0, 10, 1.0, 2.0, 0.5, 1.5, 10.0, 1.25, 3), ("S0002", 0, 10, *[1.0] * 6, 1)]
+    forward, backward, twice = Digest(), Digest(), Digest()
+    for b in bars:
+        forward.add(*b)
+    for b in reversed(bars):
+        backward.add(*b)
+    for b in bars + bars[:1]:
+        twice.add(*b)
+    assert forward.checksum() == backward.checksum()
+    assert forward.checksum() != twice.checksum()
+    assert combine([(1, bar_hash(*bars[0])), (1, bar_hash(*bars[1]))]) == forward
+
+
+def test_hand_rolled_bars_equal_the_engines_window_operator():
+    work = Workload(ticks=30_000, symbols=50)
+    hand = HandBars(work.window_ns)
+    hand.add_ticks(generate(work.generator()))
+    engine = run_inline(bars_dag(work, replicas=2, sources=2))
+    parts = engine.sinks["digest"]
+    assert combine([(p.bars, p.total) for p in parts]) == hand.finish()
+
+
+def test_engines_agree_and_rows_have_the_schema(tmp_path, capsys):
+    argv = ["--ticks", "50000", "--replicas", "1", "--only", "throughput", "--json"]
+    argv += ["--engines", "single_process,ringflow,mp_queue", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    scaling = [r for r in rows if r.get("bench") == "throughput"]
+    assert {r["engine"] for r in scaling} == {"single_process", "ringflow", "mp_queue"}
+    assert len({r["checksum"] for r in scaling}) == 1
+    for row in scaling:
+        assert list(row)[1:7] == SCALING_KEYS
+        assert row["ticks"] == 50_000
+    written = [json.loads(line) for line in (tmp_path / "scaling.jsonl").read_text().splitlines()]
+    assert [list(r)[:6] for r in written] == [SCALING_KEYS] * len(scaling)
+    assert (tmp_path / "scaling.svg").read_text().startswith("<svg")
+    assert any(r.get("bench") == "overhead" for r in rows)
+
+
+def test_a_checksum_mismatch_fails_the_run(tmp_path, monkeypatch, capsys):
+    def wrong(work, replicas):
+        row = run_single_process(work)
+        return {**row, "engine": "mp_queue", "checksum": "0:0000000000000000"}
+
+    monkeypatch.setattr(mpqueue, "run_mp_queue", wrong)
+    argv = ["--ticks", "5000", "--replicas", "1", "--only", "throughput"]
+    argv += ["--engines", "single_process,mp_queue", "--out", str(tmp_path)]
+    assert cli.main(argv) == 3
+    assert "CHECKSUM MISMATCH: mp_queue" in capsys.readouterr().err
+
+
+def test_unknown_section_is_refused():
+    with pytest.raises(SystemExit):
+        cli.main(["--only", "speed"])
