@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib
 import signal
 import sys
 import time
@@ -18,6 +17,7 @@ from engine.batch import DEFAULT_LINGER_S
 from engine.dag import Dag
 from engine.errors import DagError, JobFailed, RecordError, RingflowError
 from engine.job import Job, launch
+from engine.refs import import_ref
 from engine.result import JobResult
 
 PROGRESS_EVERY_S = 1.0
@@ -36,17 +36,7 @@ def _parse_param(text: str) -> tuple[str, Any]:
 
 def load_dag(target: str, params: dict[str, Any]) -> Dag:
     """``module:attribute``: a Dag, or a function returning one (called with ``params``)."""
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise DagError(f"expected module:attribute, got {target!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise DagError(f"cannot import {module_name!r}: {exc}") from None
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise DagError(f"module {module_name!r} has no attribute {attr!r}") from None
+    obj = import_ref(target, "the DAG to run")
     if not isinstance(obj, Dag) and callable(obj):
         obj = obj(**params)
     elif params:

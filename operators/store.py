@@ -45,6 +45,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from engine.errors import DagError, StoreError
 from engine.operator import Batch, Context, Sink, SinkLogic
+from engine.refs import import_ref
 from operators.basic import describe
 from operators.storeloop import StoreLoop
 
@@ -97,15 +98,7 @@ def resolve(spec: Callable[..., Any] | str, who: str) -> Callable[..., Any]:
     (imported now, so call this in the worker)."""
     if callable(spec):
         return spec
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise StoreError(f"{who} {spec!r}: cannot import {module_name!r}: {exc}") from None
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise StoreError(f"{who} {spec!r}: module {module_name!r} has no {attr!r}") from None
+    obj = import_ref(spec, who, StoreError)
     if not callable(obj):
         raise StoreError(f"{who} {spec!r} is a {type(obj).__name__}, not a callable")
     return obj

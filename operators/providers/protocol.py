@@ -29,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from engine.errors import DagError, RingflowError
 from engine.records import Tick
+from engine.refs import import_ref
 from operators.providers.timing import Timing
 
 __all__ = [
@@ -101,21 +102,11 @@ def resolve(ref: str | Callable[..., Any], what: str) -> Callable[..., Any]:
         if not callable(ref):
             raise DagError(f"{what} must be a 'module:attr' string or a callable, got {ref!r}")
         return ref
-    module_name, sep, attr = ref.partition(":")
-    if not sep or not module_name or not attr:
+    if ":" not in ref:
         raise DagError(f"{what} must look like 'module:attr', got {ref!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        hint = _INSTALL_HINTS.get(module_name.partition(".")[0])
-        how = f"; it is optional: {hint}" if hint else ""
-        raise ProviderError(f"{what} {ref!r}: cannot import {module_name!r} ({exc}){how}") from None
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ProviderError(f"{what} {ref!r}: {module_name!r} has no {attr!r}") from None
+    package = ref.partition(":")[0].partition(".")[0]
+    hint = _INSTALL_HINTS.get(package)
+    obj = import_ref(ref, what, ProviderError, f"; it is optional: {hint}" if hint else "")
     if not callable(obj):
         raise ProviderError(f"{what} {ref!r} is a {type(obj).__name__}, not a callable")
     return obj
