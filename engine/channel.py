@@ -59,6 +59,8 @@ from engine.ring import (
 DEFAULT_SLOTS = 8
 DEFAULT_SLOT_SIZE = 64 * 1024
 WAIT_SLICE_S = 0.25  # longest single sleep; callers get control back this often while blocked
+WAIT_SLICE_NS = int(WAIT_SLICE_S * 1e9)
+MAX_SLOTS = 4096  # credits and doorbells are bytes in pipes; keep them far below pipe capacity
 _names = itertools.count()
 _ONES = b"\x01" * 4096
 
@@ -110,6 +112,8 @@ class Channel:
     """
 
     def __init__(self, name: str, slots: int, slot_size: int) -> None:
+        if not 1 <= slots <= MAX_SLOTS:
+            raise ChannelError(f"channel {name!r}: slots must be 1..{MAX_SLOTS}, got {slots}")
         self.name = name
         self.ring = Ring.create(name, slots, slot_size)
         try:
@@ -241,6 +245,7 @@ class Writer:
         self._credits = end.slots
         self._seq = 0
         self._on_wait = on_wait
+        self._last_on_wait = time.perf_counter_ns()
         self._poller = select.poll()
         self._poller.register(self._credit, select.POLLIN)
         self.closed = False
@@ -301,7 +306,9 @@ class Writer:
 
     def _wait_credit(self, timeout: float | None) -> None:
         """Sleep until at least one credit comes back; the time counts as backpressured
-        (added after every slice, so the counter moves while the producer is blocked)."""
+        (added after every slice, so the counter moves while the producer is blocked).
+        ``on_wait`` runs at least every ``WAIT_SLICE_S`` of waiting, also when credits keep
+        trickling in, so a producer feeding a slow consumer still shows signs of life."""
         deadline = None if timeout is None else time.monotonic() + timeout
         counters = self._counters
         while True:
@@ -310,11 +317,15 @@ class Writer:
                 wait = min(wait, max(0.0, deadline - time.monotonic()))
             started = time.perf_counter_ns()
             ready = self._poller.poll(wait * 1000.0)
-            counters[P_BLOCKED_NS] += time.perf_counter_ns() - started
+            now = time.perf_counter_ns()
+            counters[P_BLOCKED_NS] += now - started
+            if self._on_wait is not None and (
+                not ready or now - self._last_on_wait >= WAIT_SLICE_NS
+            ):
+                self._last_on_wait = now
+                self._on_wait()
             if ready and self._refill():
                 return
-            if self._on_wait is not None:
-                self._on_wait()
             if deadline is not None and time.monotonic() >= deadline:
                 raise ChannelTimeout(
                     f"channel {self.name!r}: no credit from the consumer in {timeout} s"

@@ -78,6 +78,27 @@ class Settings:
     stop_grace: float = 3.0
     metrics_port: int | None = None
 
+    def check(self) -> None:
+        """Raise ``RingflowError`` naming the first bad setting."""
+        from engine.channel import MAX_SLOTS
+        from engine.errors import RingflowError
+        from engine.ring import MIN_SLOT_SIZE
+
+        problems = []
+        if not 1 <= self.slots <= MAX_SLOTS:
+            problems.append(f"slots must be 1..{MAX_SLOTS}, got {self.slots}")
+        if self.slot_size < MIN_SLOT_SIZE or self.slot_size % 8:
+            problems.append(
+                f"slot_size must be a multiple of 8 and >= {MIN_SLOT_SIZE}, got {self.slot_size}"
+            )
+        if self.linger < 0:
+            problems.append(f"linger must be >= 0 seconds, got {self.linger}")
+        for name in ("heartbeat_timeout", "startup_timeout", "stop_grace"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0 seconds, got {getattr(self, name)}")
+        if problems:
+            raise RingflowError("bad engine settings: " + "; ".join(problems))
+
 
 @dataclass
 class WorkerHandle:
@@ -289,12 +310,20 @@ class Coordinator:
             w.counters = dict(message[1].get("counters", {}))
         elif tag == "error":
             _, error, text, tb = message
-            self._fail(
+            failure = JobFailed(
                 f"node {w.node!r} replica {w.replica} failed: {error}: {text}",
-                w,
+                node=w.node,
+                replica=w.replica,
                 error=error,
                 traceback=tb,
             )
+            if error == "ChannelClosed":
+                # Most likely a neighbour died first: give its own report a moment to arrive
+                # so the job fails with the cause, not the consequence.
+                w.secondary = True
+                asyncio.get_running_loop().call_later(SECONDARY_WAIT_S, self._finish, failure)
+            else:
+                self._finish(failure)
 
     def _on_exit(self, w: WorkerHandle) -> None:
         loop = asyncio.get_running_loop()

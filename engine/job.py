@@ -44,7 +44,17 @@ class Job:
             args=(dag, settings, self.id, theirs),
             name=f"ringflow:coordinator:{dag.name}",
         )
-        self._process.start()
+        # Ignore Ctrl-C while the coordinator boots (it inherits the disposition, and ignores
+        # SIGINT itself once running): the terminal sends it to the whole process group, and
+        # this process's handler decides what it means.
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self._process.start()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         theirs.close()
         self._outcome: JobResult | JobFailed | None = None
         self._status: list[dict[str, Any]] = []
@@ -123,6 +133,7 @@ class Job:
             self._status = message[1]
         elif tag in ("result", "failed"):
             self._outcome = message[1]
+            self._restore_sigint()
 
     def wait(self, timeout: float | None = None) -> JobResult:
         """Block until the job ends; its result, or ``JobFailed``.
@@ -215,6 +226,7 @@ def launch(dag: Dag, **settings: Any) -> Job:
         config = Settings(**settings)
     except TypeError as exc:
         raise RingflowError(f"unknown engine setting: {exc}") from None
+    config.check()
     return Job(dag, config)
 
 

@@ -103,6 +103,7 @@ class Task:
         self.logic_ns = 0  # CPU time inside the node's logic; the rest is the engine's
         self.result: Any = None
         self.finished = False
+        self.closed = False  # a sink's close() returned: its output is committed
         self._run_async = run_async
 
     def on_batch(self, records: list[Any]) -> None:
@@ -156,13 +157,16 @@ class Task:
             if inspect.isawaitable(result):
                 result = self._await(result)
             self.result = result
+            self.closed = True
         else:
             self.emitter.emit(self.logic.on_eof())
         self.emitter.eof()
 
     def abort(self) -> None:
-        if self.is_sink and not self.finished:
-            self.finished = True
+        """After a failure: a sink that has not committed (``close`` did not return)
+        discards its partial output."""
+        if self.is_sink and not self.closed:
+            self.closed = True
             self.logic.abort()
 
     def _await(self, awaitable: Awaitable[Any]) -> Any:

@@ -132,6 +132,9 @@ def worker_main(spec: WorkerSpec) -> None:
         control.send(("done", result))
         code = 0
     except BaseException as exc:
+        # From here on the worker is failing anyway: a SIGTERM from the coordinator's
+        # teardown must not cut the report or the sink's abort short (SIGKILL still bounds it).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         row[STATE] = State.FAILED
         if not isinstance(exc, Stopped):
             # Report the cause first: closing our channels makes neighbours fail too.
@@ -340,5 +343,5 @@ class Worker:
         for step in steps:
             try:
                 step()
-            except Exception:
+            except BaseException:
                 pass

@@ -179,3 +179,40 @@ class _StallLogic(SinkLogic):
 
     def close(self) -> Any:
         return self.n
+
+
+@dataclass(frozen=True)
+class Fragile(Sink):
+    """A sink that fails on write (``fail_on="write"``) or on close, and whose abort takes
+    ``abort_s`` seconds and then touches ``marker``."""
+
+    marker: str
+    fail_on: str = "write"
+    abort_s: float = 0.0
+    delay_s: float = 0.0  # sleep per write, to make a slow consumer
+
+    def build(self, ctx: Context) -> SinkLogic:
+        return _FragileLogic(self)
+
+
+class _FragileLogic(SinkLogic):
+    def __init__(self, cfg: Fragile) -> None:
+        self.cfg = cfg
+        self.n = 0
+
+    def write(self, batch: list[Any]) -> None:
+        if self.cfg.delay_s:
+            time.sleep(self.cfg.delay_s)
+        self.n += len(batch)
+        if self.cfg.fail_on == "write":
+            raise OSError("disk full")
+
+    def close(self) -> Any:
+        if self.cfg.fail_on == "close":
+            raise OSError("rename failed")
+        return self.n
+
+    def abort(self) -> None:
+        time.sleep(self.cfg.abort_s)
+        with open(self.cfg.marker, "w") as f:
+            f.write("aborted")

@@ -14,9 +14,9 @@ import textwrap
 import time
 
 import pytest
-from jobs import AsyncNumbered, Collect, Explode, Numbered, RunningSum, Stall
+from jobs import AsyncNumbered, Collect, Explode, Fragile, Numbered, RunningSum, Stall
 
-from engine import Dag, JobFailed, launch, run
+from engine import Dag, JobFailed, RingflowError, launch, run
 from engine.testing import run_inline
 
 WAIT = 60.0  # generous bound for a loaded 2-core machine; tests finish far sooner
@@ -281,3 +281,54 @@ def test_a_large_sink_result_reaches_the_driver():
     dag.source("src", Numbered(300_000, batch=1000)).sink("out", Collect())
     result = run(dag, timeout=WAIT)
     assert len(result.collected("out")) == 300_000
+
+
+def test_a_failing_sink_aborts_even_while_the_job_is_torn_down(tmp_path):
+    marker = tmp_path / "aborted"
+    dag = Dag("fragile")
+    dag.source("src", Numbered(10_000)).sink("out", Fragile(str(marker), abort_s=0.3))
+    with pytest.raises(JobFailed, match="disk full"):
+        run(dag, timeout=WAIT)
+    assert marker.read_text() == "aborted"
+
+
+def test_a_sink_whose_commit_fails_still_aborts(tmp_path):
+    marker = tmp_path / "aborted"
+    dag = Dag("commit")
+    dag.source("src", Numbered(100)).sink("out", Fragile(str(marker), fail_on="close"))
+    with pytest.raises(OSError, match="rename failed"):
+        run_inline(dag)
+    assert marker.read_text() == "aborted"
+
+
+def test_a_producer_feeding_a_slow_consumer_is_not_taken_for_hung(tmp_path):
+    # One source step emits 200 frames into a sink that takes 10 ms a frame: the source
+    # waits for credit the whole time, getting one every 10 ms, for about 2 s.
+    dag = Dag("slow")
+    dag.source("src", Numbered(200_000, batch=200_000)).sink(
+        "out", Fragile(str(tmp_path / "unused"), fail_on="never", delay_s=0.01)
+    )
+    result = run(dag, timeout=WAIT, heartbeat_timeout=1.0, slots=2, slot_size=16 * 1024)
+    assert result.sinks["out"] == [200_000]
+
+
+def test_the_sigint_handler_is_restored_when_the_job_ends():
+    before = signal.getsignal(signal.SIGINT)
+    dag = Dag("restore")
+    dag.source("src", Numbered(100)).sink("out", Collect())
+    job = launch(dag)
+    deadline = time.monotonic() + WAIT
+    while not job.done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert job.done()
+    assert signal.getsignal(signal.SIGINT) is before
+    job.wait(WAIT)
+
+
+def test_bad_settings_are_refused_before_anything_starts():
+    dag = Dag("settings")
+    dag.source("src", Numbered(1)).sink("out", Collect())
+    with pytest.raises(RingflowError, match=r"slots must be 1\.\.4096, got 100000"):
+        launch(dag, slots=100_000)
+    with pytest.raises(RingflowError, match="unknown engine setting"):
+        launch(dag, slotz=8)
