@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import faulthandler
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -101,6 +102,9 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # pragma: no cover - not Linux
         pass
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)  # the coordinator died before the request took effect
 
 
 def worker_main(spec: WorkerSpec) -> None:
