@@ -36,15 +36,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from benchmarks.checksum import Digest, combine
-from benchmarks.common import KEY_GROUPS, Workload, throughput_row
+from benchmarks.common import Workload, throughput_row
 from benchmarks.handroll import HandBars
+from benchmarks.mpqueue import QUEUE_SLOTS, routed_batches
 from engine.operator import Context, Watermark
 from engine.records import Tick
 from operators.generator import GeneratorLogic
-from partitioning import replica_for
 
-BATCH = 1000
-QUEUE_SLOTS = 8
 JOIN_S = 600.0
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
@@ -292,37 +290,15 @@ class _Source:
     def run(self, actors: list[Any]) -> dict[str, Any]:
         import ray  # type: ignore[import-not-found, unused-ignore]
 
-        replicas = len(actors)
         logic = GeneratorLogic(self.work.generator(), Context("ray.source"))
-        route: dict[str, int] = {}
-        buffers: list[list[tuple[str, int, float, float]]] = [[] for _ in range(replicas)]
-        in_flight: list[list[Any]] = [[] for _ in range(replicas)]
-        watermark = -(2**63)
+        in_flight: list[list[Any]] = [[] for _ in actors]
         started = time.monotonic_ns()
         cpu = time.process_time()
-
-        def send(r: int, rows: list[tuple[str, int, float, float]]) -> None:
+        for r, watermark, rows in routed_batches(logic, len(actors)):
             calls = in_flight[r]
             if len(calls) >= QUEUE_SLOTS:
                 ray.get(calls.pop(0))
             calls.append(actors[r].add.remote(watermark, rows))
-
-        for item in logic.batches():
-            if isinstance(item, Watermark):
-                watermark = item.ts
-                continue
-            for tick in item:
-                symbol = tick.symbol
-                r = route.get(symbol)
-                if r is None:
-                    r = route[symbol] = replica_for(symbol, replicas, KEY_GROUPS)
-                buffer = buffers[r]
-                buffer.append((symbol, tick.ts, tick.price, tick.size))
-                if len(buffer) >= BATCH:
-                    send(r, buffer)
-                    buffers[r] = []
-        for r in range(replicas):
-            send(r, buffers[r])
         ray.get([call for calls in in_flight for call in calls])
         return {"started_ns": started, "cpu_s": time.process_time() - cpu}
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from collections.abc import Iterator
 from multiprocessing.synchronize import Barrier
 from typing import Any
 
@@ -32,19 +33,18 @@ from operators.generator import GeneratorLogic
 from partitioning import replica_for
 
 BATCH = 1000
+Rows = list[tuple[str, int, float, float]]
 QUEUE_SLOTS = 8
 JOIN_S = 60.0
 
 
-def _source(work: Workload, queues: list[Any], barrier: Barrier, results: Any) -> None:
-    replicas = len(queues)
-    logic = GeneratorLogic(work.generator(), Context("mp_queue.source"))
+def routed_batches(logic: GeneratorLogic, replicas: int) -> Iterator[tuple[int, int, Rows]]:
+    """The generator's ticks as ``(replica, watermark, rows)``: mmh3-routed, in batches of
+    ``BATCH`` rows, each with the watermark current when it filled; partial batches last.
+    The loop a user would write by hand, shared by the ``mp_queue`` and ``ray`` baselines."""
     route: dict[str, int] = {}
-    buffers: list[list[tuple[str, int, float, float]]] = [[] for _ in range(replicas)]
+    buffers: list[Rows] = [[] for _ in range(replicas)]
     watermark = -(2**63)
-    barrier.wait()
-    started = time.monotonic_ns()
-    cpu = time.process_time()
     for item in logic.batches():
         if isinstance(item, Watermark):
             watermark = item.ts
@@ -57,10 +57,20 @@ def _source(work: Workload, queues: list[Any], barrier: Barrier, results: Any) -
             buffer = buffers[r]
             buffer.append((symbol, tick.ts, tick.price, tick.size))
             if len(buffer) >= BATCH:
-                queues[r].put((watermark, buffer))
+                yield r, watermark, buffer
                 buffers[r] = []
-    for r, queue in enumerate(queues):
-        queue.put((watermark, buffers[r]))
+    for r in range(replicas):
+        yield r, watermark, buffers[r]
+
+
+def _source(work: Workload, queues: list[Any], barrier: Barrier, results: Any) -> None:
+    logic = GeneratorLogic(work.generator(), Context("mp_queue.source"))
+    barrier.wait()
+    started = time.monotonic_ns()
+    cpu = time.process_time()
+    for r, watermark, rows in routed_batches(logic, len(queues)):
+        queues[r].put((watermark, rows))
+    for queue in queues:
         queue.put(None)
     results.put(("source", started, time.process_time() - cpu))
 
