@@ -175,7 +175,7 @@ def add_bars_command(sub: Any) -> None:
         type=int,
         default=1,
         help="source replicas; for a CSV each reads its own byte range, so "
-        "watermarks follow each range (see docs)",
+        "watermarks follow each range (docs/ARCHITECTURE.md)",
     )
     bars.add_argument("--late-output", help="late ticks, CSV (default <output>.late.csv)")
     bars.add_argument(
