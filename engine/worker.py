@@ -234,8 +234,7 @@ class Worker:
             self._counters_sent = snapshot
             self.control.send(("counters", *snapshot))
 
-    def _flush_due(self) -> None:
-        now = time.monotonic()
+    def _flush_due(self, now: float) -> None:
         for builder in self.builders:
             if builder.due(now):
                 builder.flush()
@@ -271,14 +270,14 @@ class Worker:
     def _run_source(self, task: SourceTask) -> None:
         row = self.row
         control = self.control
-        last_check = 0.0
+        stats_due = 0.0
         while task.step():
             now = time.monotonic()
-            if now - last_check >= 0.01:
-                last_check = now
+            self._flush_due(now)
+            if now >= stats_due:
+                stats_due = now + STATS_EVERY_S
                 row[HEARTBEAT] = time.monotonic_ns()
                 self._update_stats()
-                self._flush_due()
                 if control.poll():
                     self._check_control()
             if self.stop_requested:
@@ -301,14 +300,13 @@ class Worker:
                         if builder.pending:
                             builder.flush()
                     frame = gate.next(WAIT_S)
-                row[HEARTBEAT] = time.monotonic_ns()
-                if frame is None:
-                    self._flush_due()
-                    row[IDLE_NS] = gate.idle_ns
-                    self._update_stats()
-                    if self.control.poll():
-                        self._check_control()
-                    continue
+                    if frame is None:
+                        row[HEARTBEAT] = time.monotonic_ns()
+                        row[IDLE_NS] = gate.idle_ns
+                        self._update_stats()
+                        if self.control.poll():
+                            self._check_control()
+                        continue
                 index, kind, payload = frame
                 if kind == Kind.DATA:
                     records = decoders[index](payload)
@@ -318,13 +316,12 @@ class Worker:
                     task.on_watermark(index, decode_watermark(payload))
                 elif kind == Kind.EOF:
                     task.on_eof(index)
-                self._flush_due()
-                row[IDLE_NS] = gate.idle_ns
-                row[RECORDS_IN] = task.records_in
-                row[RECORDS_OUT] = self.emitter.records_out
                 now = time.monotonic()
-                if now >= stats_due:  # steady input never times out the wait above
+                self._flush_due(now)
+                if now >= stats_due:  # heartbeat and counters, at most every STATS_EVERY_S
                     stats_due = now + STATS_EVERY_S
+                    row[HEARTBEAT] = time.monotonic_ns()
+                    row[IDLE_NS] = gate.idle_ns
                     self._update_stats()
             task.finish()
         finally:
