@@ -50,6 +50,10 @@ class Emitter:
         self.ctx = ctx
         self.outputs = outputs
         self._main = outputs.get(MAIN, [])
+        # Every sender of every output: watermarks and end-of-stream go to all of them.
+        self._senders: list[Sender] = [
+            s for outs in outputs.values() for out in outs for s in out.senders.values()
+        ]
         self.records_out = 0
         self.unrouted: dict[str, int] = {}
 
@@ -68,15 +72,12 @@ class Emitter:
                 for out in outs:
                     out.emit(side)
 
-    def senders(self) -> list[Sender]:
-        return [s for outs in self.outputs.values() for out in outs for s in out.senders.values()]
-
     def watermark(self, ts: int) -> None:
-        for sender in self.senders():
+        for sender in self._senders:
             sender.send_watermark(ts)
 
     def eof(self) -> None:
-        for sender in self.senders():
+        for sender in self._senders:
             sender.send_eof()
 
 
