@@ -25,6 +25,7 @@ from typing import Any
 from benchmarks.common import KEY_GROUPS, Workload
 from benchmarks.handroll import HandBars
 from engine.batch import MsgpackCodec
+from engine.columns import Columns
 from engine.operator import Context, Watermark
 from engine.records import Tick
 from operators import OHLCV, Tumbling, WindowAggregate
@@ -52,7 +53,8 @@ def breakdown(work: Workload, replicas: int, repeat: int = 3) -> dict[str, Any]:
     groups = [[g for _, g in splitter.split(b)] for b in batches]
     codec = MsgpackCodec(Tick)
     frames = [[codec.encode(g) for g in gs] for gs in groups]
-    mine = [g[0] if g else [] for g in groups]  # replica 0's share of each batch
+    empty = Columns.from_rows(Tick, [])
+    mine: list[Columns] = [g[0] if g else empty for g in groups]  # replica 0's share
     share = sum(len(g) for g in mine) or 1
 
     def split() -> None:
@@ -81,7 +83,7 @@ def breakdown(work: Workload, replicas: int, repeat: int = 3) -> dict[str, Any]:
         bars = HandBars(work.window_ns)
         wm = iter(i.ts for i in items if isinstance(i, Watermark))
         for g in mine:
-            bars.add_ticks(g)
+            bars.add_rows(zip(*g.data, strict=True), len(g))
             bars.advance(next(wm))
         bars.finish()
 

@@ -46,7 +46,7 @@ def run_single_process(work: Workload) -> dict[str, Any]:
         if isinstance(item, Watermark):
             bars.advance(item.ts)
         else:
-            bars.add_ticks(item)
+            bars.add_rows(zip(*item.data, strict=True), len(item))  # its columns, as rows
     digest = bars.finish()
     seconds = time.perf_counter() - started
     cpu_s = time.process_time() - cpu

@@ -19,6 +19,7 @@ the floor a single core sets.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from benchmarks.checksum import Digest
@@ -80,8 +81,11 @@ class HandBars:
         self.late += late
         self.ticks += len(ticks)
 
-    def add_rows(self, rows: list[tuple[str, int, float, float]]) -> None:
-        """Aggregate ``(symbol, ts, price, size)`` tuples: the same loop by index."""
+    def add_rows(
+        self, rows: Iterable[tuple[str, int, float, float]], count: int | None = None
+    ) -> None:
+        """Aggregate ``(symbol, ts, price, size)`` tuples (a list, or ``zip`` over the
+        columns of a ``Columns`` batch, with its ``count``): the same loop by unpacking."""
         size, windows = self.size, self.windows
         late_start = self.watermark - size
         current = None
@@ -116,7 +120,7 @@ class HandBars:
             acc[7] += p * s
             acc[8] += 1
         self.late += late
-        self.ticks += len(rows)
+        self.ticks += len(rows) if count is None else count  # type: ignore[arg-type]
 
     def advance(self, watermark: int) -> None:
         """Move the watermark forward and emit the windows it closes."""

@@ -49,13 +49,14 @@ def routed_batches(logic: GeneratorLogic, replicas: int) -> Iterator[tuple[int, 
         if isinstance(item, Watermark):
             watermark = item.ts
             continue
-        for tick in item:
-            symbol = tick.symbol
+        # the generator's columns, as (symbol, ts, price, size) rows
+        for row in zip(*item.data, strict=True):
+            symbol = row[0]
             r = route.get(symbol)
             if r is None:
                 r = route[symbol] = replica_for(symbol, replicas, KEY_GROUPS)
             buffer = buffers[r]
-            buffer.append((symbol, tick.ts, tick.price, tick.size))
+            buffer.append(row)
             if len(buffer) >= BATCH:
                 yield r, watermark, buffer
                 buffers[r] = []

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.checksum import Digest
+from engine.columns import Columns
 from engine.operator import Batch, Context, Sink, SinkLogic, Source, SourceLogic, Watermark
 from engine.records import Tick
 
@@ -55,7 +56,7 @@ class _TimedLogic(SourceLogic):
         self.inner = inner
         self.ctx = ctx
 
-    def batches(self) -> Iterator[Batch | Watermark]:
+    def batches(self) -> Iterator[Batch | Columns | Watermark]:
         self.ctx.count(f"{STARTED}{self.ctx.replica}", time.monotonic_ns())
         items = self.inner.batches()
         assert isinstance(items, Iterator), "Timed wraps synchronous sources only"

@@ -1,15 +1,19 @@
 """Batches on the wire: codecs for DATA frames and the producer-side batch builder.
 
-A DATA frame's payload is one encoded batch, a list of records. Typed edges (the upstream
-node declares a ``msgspec.Struct`` record type) use msgspec msgpack with a typed decoder,
-which is the fast path; untyped edges fall back to pickle, which carries any picklable
-record. WATERMARK payloads are one little-endian int64 (event time in ns); EOF is empty.
+A DATA frame's payload is one encoded batch: a list of records, or an
+``engine.columns.Columns`` batch. Typed edges (the upstream node declares a
+``msgspec.Struct`` record type) use msgspec msgpack with a typed decoder, which is the fast
+path: a list of records is a msgpack array of records, a Columns batch a map ``{"c": [one
+array per field]}``, each column decoded with its field's type. Untyped edges fall back to
+pickle, which carries any picklable record (and Columns). WATERMARK payloads are one
+little-endian int64 (event time in ns); EOF is empty.
 
 ``BatchBuilder`` collects records for one channel and flushes a frame when the batch is
 full (its encoded size would about fill a slot), when the oldest record has waited
 ``linger`` seconds, or before any control frame, so a watermark never overtakes the
 records it covers. Records are appended a batch at a time: the per-record work on this
-path is the encoder's, nothing else.
+path is the encoder's, nothing else. Columns batches stay columns (a frame holds either
+kind, so a switch of kind flushes first).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import msgspec
 
 from engine.channel import Writer
+from engine.columns import Columns, field_names
 from engine.errors import RecordError
 from engine.ring import Kind
 
@@ -47,32 +52,42 @@ def decode_watermark(payload: bytes | memoryview) -> int:
 class Codec:
     """Encodes a list of records to bytes and back."""
 
-    def encode(self, records: list[Any]) -> bytes:
+    def encode(self, records: list[Any] | Columns) -> bytes:
         raise NotImplementedError
 
-    def decode(self, payload: bytes | memoryview) -> list[Any]:
+    def decode(self, payload: bytes | memoryview) -> list[Any] | Columns:
         raise NotImplementedError
 
 
 class MsgpackCodec(Codec):
-    """msgspec msgpack with a typed decoder for ``list[record_type]``."""
+    """msgspec msgpack with a typed decoder for ``list[record_type]``, and for Columns
+    batches of it when ``record_type`` is a Struct."""
 
     def __init__(self, record_type: Any) -> None:
         self.record_type = record_type
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder(list[record_type])
+        self._wire = _columns_wire_type(record_type)
+        decoded: Any = list[record_type] if self._wire is None else list[record_type] | self._wire
+        self._decoder = msgspec.msgpack.Decoder(decoded)
 
-    def encode(self, records: list[Any]) -> bytes:
+    def encode(self, records: list[Any] | Columns) -> bytes:
         try:
+            if type(records) is Columns:
+                if self._wire is None or records.type is not self.record_type:
+                    raise TypeError(f"got a Columns batch of {records.type.__name__}")
+                return self._encoder.encode(self._wire(records.data))
             return self._encoder.encode(records)
         except (TypeError, msgspec.EncodeError) as exc:
             raise RecordError(f"cannot encode a batch of {self.record_type!r}: {exc}") from exc
 
-    def decode(self, payload: bytes | memoryview) -> list[Any]:
+    def decode(self, payload: bytes | memoryview) -> list[Any] | Columns:
         try:
-            return self._decoder.decode(payload)
+            batch = self._decoder.decode(payload)
         except msgspec.DecodeError as exc:
             raise RecordError(f"cannot decode a batch of {self.record_type!r}: {exc}") from exc
+        if type(batch) is list:
+            return batch
+        return Columns(self.record_type, batch.c)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (MsgpackCodec, (self.record_type,))
@@ -81,15 +96,30 @@ class MsgpackCodec(Codec):
 class PickleCodec(Codec):
     """Any picklable record, at pickle's speed."""
 
-    def encode(self, records: list[Any]) -> bytes:
+    def encode(self, records: list[Any] | Columns) -> bytes:
         try:
             return pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             raise RecordError(f"cannot pickle a batch of records: {exc}") from exc
 
-    def decode(self, payload: bytes | memoryview) -> list[Any]:
-        records: list[Any] = pickle.loads(payload)
+    def decode(self, payload: bytes | memoryview) -> list[Any] | Columns:
+        records: list[Any] | Columns = pickle.loads(payload)
         return records
+
+
+def _columns_wire_type(record_type: Any) -> Any:
+    """The msgspec type a Columns batch of ``record_type`` travels as (a map with one key,
+    so it cannot be mistaken for a list of records), or None for a non-Struct type."""
+    if not (isinstance(record_type, type) and issubclass(record_type, msgspec.Struct)):
+        return None
+    try:
+        field_names(record_type)
+    except Exception:
+        return None  # keyword-only fields: lists of records only
+    types = tuple(list.__class_getitem__(f.type) for f in msgspec.structs.fields(record_type))
+    return msgspec.defstruct(
+        f"{record_type.__name__}Columns", [("c", tuple.__class_getitem__(types))], frozen=True
+    )
 
 
 def codec_for(record_type: Any | None) -> Codec:
@@ -120,7 +150,9 @@ class BatchBuilder:
         self.codec = codec
         self.linger = linger
         self._clock = clock
-        self._pending: list[Any] = []
+        self._pending: list[Any] = []  # records, or one list per field for columns
+        self._columns: type | None = None  # the record type while columns are pending
+        self._count = 0
         self._first_at = 0.0
         self.target = 256
         self.records_out = 0
@@ -129,43 +161,65 @@ class BatchBuilder:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return self._count
 
-    def extend(self, records: list[Any]) -> None:
+    def extend(self, records: list[Any] | Columns) -> None:
         """Queue records; flush every time the batch reaches its target size."""
-        if not records:
+        n = len(records)
+        if not n:
             return
-        pending = self._pending
-        if not pending:
+        if type(records) is Columns:
+            if self._columns is not records.type:
+                self.flush()
+                self._columns = records.type
+                self._pending = [[] for _ in records.data]
+            for mine, more in zip(self._pending, records.data, strict=True):
+                mine.extend(more)
+        else:
+            if self._columns is not None:
+                self.flush()
+            self._pending.extend(records)
+        if not self._count:
             self._first_at = self._clock()
-        pending.extend(records)
-        while len(self._pending) >= self.target:
+        self._count += n
+        while self._count >= self.target:
             self._flush_some(self.target)
-        if self._pending and self._clock() - self._first_at >= self.linger:
+        if self._count and self._clock() - self._first_at >= self.linger:
             self.flush()
 
     def due(self, now: float) -> bool:
         """Whether the oldest pending record has waited its linger time."""
-        return bool(self._pending) and now - self._first_at >= self.linger
+        return self._count > 0 and now - self._first_at >= self.linger
 
     def flush(self) -> None:
-        while self._pending:
-            self._flush_some(len(self._pending))
+        while self._count:
+            self._flush_some(self._count)
+        self._columns = None
+        self._pending = []
 
     def _flush_some(self, n: int) -> None:
-        pending = self._pending
-        if n >= len(pending):
-            batch, self._pending = pending, []
+        pending, columns = self._pending, self._columns
+        batch: list[Any] | Columns
+        if n >= self._count:
+            n = self._count
+            self._pending = [[] for _ in pending] if columns is not None else []
+            self._count = 0
+            batch = pending if columns is None else Columns(columns, pending)
         else:
-            batch, self._pending = pending[:n], pending[n:]
+            if columns is None:
+                batch, self._pending = pending[:n], pending[n:]
+            else:
+                batch = Columns(columns, [c[:n] for c in pending])
+                self._pending = [c[n:] for c in pending]
+            self._count -= n
             self._first_at = self._clock()
         payload = self.codec.encode(batch)
         self.writer.send(Kind.DATA, payload)
         size = len(payload)
-        self.records_out += len(batch)
+        self.records_out += n
         self.bytes_out += size
         self.frames_out += 1
-        per_record = size / len(batch)
+        per_record = size / n
         fit = int(self.writer.capacity * 0.9 / per_record) if per_record else MAX_BATCH
         self.target = max(1, min(MAX_BATCH, fit))
 

@@ -4,8 +4,8 @@ Each node is described by a *config* object: small, frozen, picklable, cheap to 
 The engine ships configs to worker processes and calls ``config.build(ctx)`` there, once per
 replica, to get the live *logic* that holds state. Logic is called a batch at a time:
 
-* ``SourceLogic.batches()`` yields lists of records, and ``Watermark`` marks between them;
-  it may be a generator or an async generator (run on uvloop).
+* ``SourceLogic.batches()`` yields lists of records (or ``engine.columns.Columns``), and
+  ``Watermark`` marks between them;  it may be a generator or an async generator (run on uvloop).
 * ``OperatorLogic.process(batch)`` returns the records for the main output; it is told of
   watermarks (``on_watermark``) and of the end of input (``on_eof``), and may return records
   from both. Records for named side outputs (late data, router branches) go through
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.batch import MIN_WATERMARK
+from engine.columns import Columns
 
 Batch = list[Any]
 
@@ -78,7 +79,9 @@ class Context:
 
 
 class SourceLogic:
-    def batches(self) -> Iterator[Batch | Watermark] | AsyncIterator[Batch | Watermark]:
+    def batches(
+        self,
+    ) -> Iterator[Batch | Columns | Watermark] | AsyncIterator[Batch | Columns | Watermark]:
         raise NotImplementedError
 
 

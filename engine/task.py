@@ -18,6 +18,7 @@ from time import thread_time_ns as perf_counter_ns  # CPU time: fair on a busy m
 from typing import Any, Protocol
 
 from engine.batch import MIN_WATERMARK
+from engine.columns import Columns
 from engine.dag import MAIN, SINK
 from engine.operator import Context, OperatorLogic, SinkLogic, SourceLogic, Watermark
 
@@ -25,7 +26,7 @@ MAX_WATERMARK = 2**63 - 1
 
 
 class Sender(Protocol):
-    def extend(self, records: list[Any]) -> None: ...
+    def extend(self, records: list[Any] | Columns) -> None: ...
     def send_watermark(self, ts: int) -> None: ...
     def send_eof(self) -> None: ...
 
@@ -106,9 +107,13 @@ class Task:
         self.finished = False
         self.closed = False  # a sink's close() returned: its output is committed
         self._run_async = run_async
+        # A logic that reads Columns batches says so; every other logic gets records.
+        self._columnar = bool(getattr(logic, "accepts_columns", False))
 
-    def on_batch(self, records: list[Any]) -> None:
+    def on_batch(self, records: list[Any] | Columns) -> None:
         self.records_in += len(records)
+        if type(records) is Columns and not self._columnar:
+            records = records.rows()
         started = perf_counter_ns()
         if self.is_sink:
             done = self.logic.write(records)

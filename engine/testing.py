@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from engine.columns import Columns
 from engine.dag import SOURCE, Dag
 from engine.operator import Context
 from engine.plan import plan
@@ -29,9 +30,9 @@ class _Direct:
         self.task = task
         self.index = index
 
-    def extend(self, records: list[Any]) -> None:
+    def extend(self, records: list[Any] | Columns) -> None:
         if records:
-            self.task.on_batch(list(records))
+            self.task.on_batch(records if type(records) is Columns else list(records))
 
     def send_watermark(self, ts: int) -> None:
         self.task.on_watermark(self.index, ts)

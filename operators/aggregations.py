@@ -17,12 +17,19 @@ level so it pickles.
 Field names are settings (``OHLCV(price="bid")``). ``add`` is the hot path (once per record
 and window): OHLCV compiles it for its field names (see ``operators.codegen``) and keeps its
 accumulator in a flat list.
+
+An aggregation may also offer ``inline()``: the fields it reads and the source of ``add``'s
+body, which mutates ``acc`` in place and reads field ``i`` as the local ``_i``. The tumbling
+window pastes that body into its own loop, so a record costs no call at all, and can then
+read the fields straight from the columns of a ``Columns`` batch. ``add`` is compiled from
+the same body, so both paths compute exactly the same thing.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -62,6 +69,10 @@ class Aggregation:
     def result(self, acc: Any, key: Any, start: int, end: int) -> Any:
         raise NotImplementedError
 
+    def inline(self) -> tuple[tuple[str, ...], str] | None:
+        """``(fields, body)`` for window loops to paste in (module docstring), or None."""
+        return None
+
 
 # OHLCV accumulator layout: a flat list, the cheapest mutable thing CPython indexes.
 OPEN_TS, OPEN, HIGH, LOW, CLOSE_TS, CLOSE, VOLUME, PV, N = range(9)
@@ -69,31 +80,34 @@ _NO_TS_HIGH = 2**63  # beyond any int64 ns: the first record is always earlier
 _NO_TS_LOW = -(2**63) - 1
 
 
-_OHLCV_ADD = """\
-def add(acc, record):
-    t = record.{time}
-    p = record.{price}
-    if t < acc[0]:
-        acc[0] = t
-        acc[1] = p
-    if t >= acc[4]:
-        acc[4] = t
-        acc[5] = p
-    if p > acc[2]:
-        acc[2] = p
-    if p < acc[3]:
-        acc[3] = p
-    s = record.{size}
-    acc[6] += s
-    acc[7] += p * s
-    acc[8] += 1
-    return acc
+# The body of add: _0 is the record's time, _1 its price, _2 its size.
+_OHLCV_BODY = """\
+if _0 < acc[0]:
+    acc[0] = _0
+    acc[1] = _1
+if _0 >= acc[4]:
+    acc[4] = _0
+    acc[5] = _1
+if _1 > acc[2]:
+    acc[2] = _1
+if _1 < acc[3]:
+    acc[3] = _1
+acc[6] += _2
+acc[7] += _1 * _2
+acc[8] += 1
 """
+
+
+def add_function(fields: tuple[str, ...], body: str) -> Callable[[Any, Any], Any]:
+    """``add(acc, record)`` compiled from an inline body (see the module docstring)."""
+    reads = "".join(f"    _{i} = record.{name}\n" for i, name in enumerate(fields))
+    source = f"def add(acc, record):\n{reads}{textwrap.indent(body, '    ')}    return acc\n"
+    return compile_function("add", source)
 
 
 @functools.lru_cache(maxsize=64)
 def _ohlcv_add(time: str, price: str, size: str) -> Callable[[list[Any], Any], list[Any]]:
-    return compile_function("add", _OHLCV_ADD.format(time=time, price=price, size=size))
+    return add_function((time, price, size), _OHLCV_BODY)
 
 
 @dataclass(frozen=True)
@@ -123,6 +137,9 @@ class OHLCV(Aggregation):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (OHLCV, (self.price, self.size, self.time))
+
+    def inline(self) -> tuple[tuple[str, ...], str]:
+        return (self.time, self.price, self.size), _OHLCV_BODY
 
     def initial(self) -> list[Any]:
         inf = math.inf

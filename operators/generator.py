@@ -26,6 +26,8 @@ All per-tick work is done by C-level ``map``/comprehensions over whole rounds.
   operator sees it as late) once the stream has run ``late_by_ns``, provided ``late_by_ns``
   exceeds the event-time span of one of that replica's batches plus disorder
   (``batch * parallelism * step_ns + disorder_ns``). Counted as ``late_injected``.
+* Batches are ``engine.columns.Columns`` of ``Tick``: no object is built per tick until an
+  operator that wants records asks for them.
 * Watermarks: after every batch, ``Watermark(max event time emitted so far - lateness_ns)``.
   With ``lateness_ns >= disorder_ns`` (the default makes them equal) only injected late ticks
   are late.
@@ -44,8 +46,9 @@ from dataclasses import dataclass
 from operator import add
 from typing import Any
 
+from engine.columns import Columns
 from engine.errors import DagError
-from engine.operator import Batch, Context, Source, SourceLogic, Watermark
+from engine.operator import Context, Source, SourceLogic, Watermark
 from engine.records import Tick
 
 __all__ = ["Generator", "generate"]
@@ -132,33 +135,36 @@ class GeneratorLogic(SourceLogic):
         self.config = config
         self.ctx = ctx
 
-    def batches(self) -> Iterator[Batch | Watermark]:
+    def batches(self) -> Iterator[Columns | Watermark]:
         cfg = self.config
         size, lateness = cfg.batch, cfg.lateness
-        ticks: list[Tick] = []  # generated, not yet emitted
-        times: list[int] = []  # their event times
+        columns: list[list[Any]] = [[], [], [], []]  # generated, not yet emitted
+        times = columns[1]
         high = None
         pace = _Pacer(cfg, self.ctx) if cfg.rate is not None else None
         rounds = self._rounds()
         while True:
-            more = next(rounds, None)
+            more: tuple[list[Any], ...] | None = next(rounds, None)
             if more is not None:
-                ticks += more[0]
-                times += more[1]
-            full = len(ticks) if more is None else len(ticks) - len(ticks) % size
+                for mine, new in zip(columns, more, strict=True):
+                    mine += new
+            held = len(times)
+            full = held if more is None else held - held % size
             for a in range(0, full, size):
                 top = max(times[a : a + size])
                 high = top if high is None or top > high else high
-                yield ticks[a : a + size]
+                yield Columns(Tick, [column[a : a + size] for column in columns])
                 yield Watermark(high - lateness)
                 if pace is not None:
                     pace.wait(min(size, full - a))
             if more is None:
                 return
-            del ticks[:full], times[:full]
+            for column in columns:
+                del column[:full]
 
-    def _rounds(self) -> Iterator[tuple[list[Tick], list[int]]]:
-        """Yield this replica's ticks and their event times, one round at a time."""
+    def _rounds(self) -> Iterator[tuple[list[str], list[int], list[float], list[float]]]:
+        """Yield this replica's ticks, one round at a time, as columns (the fields of
+        ``Tick``: symbols, event times, prices, sizes)."""
         cfg, ctx = self.config, self.ctx
         r, p, n_sym = ctx.replica, ctx.parallelism, cfg.symbols
         names = cfg.symbol_names()[r::p]
@@ -204,7 +210,7 @@ class GeneratorLogic(SourceLogic):
                     ctx.count("late_injected", len(hits))
             prices = [c / 100 for c in cents]
             amounts = [sizes[b] for b in walk[n_sym:][r::p][:mine]]
-            yield list(map(Tick, names, times, prices, amounts)), times
+            yield names, times, prices, amounts
 
 
 def _late_positions(rng: random.Random, fraction: float, n: int) -> list[int]:
@@ -262,6 +268,6 @@ def generate(
     ctx = Context(node="generate", replica=replica, parallelism=parallelism)
     logic = GeneratorLogic(config, ctx)
     out: list[Tick] = []
-    for ticks, _ in logic._rounds():
-        out += ticks
+    for columns in logic._rounds():
+        out += map(Tick, *columns)
     return out

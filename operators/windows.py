@@ -38,21 +38,21 @@ cost O(log) each, not a scan.
 from __future__ import annotations
 
 import bisect
-import functools
 import heapq
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
+from engine.columns import Columns, field_names
 from engine.errors import DagError
 from engine.operator import Batch, Context, Operator, OperatorLogic
 from engine.records import Tick
 from operators.aggregations import Aggregation
 from operators.assigners import Assigner, Session, Sliding, Tumbling
-from operators.codegen import compile_function, identifier
+from operators.codegen import identifier
 from operators.keys import KeySpec, check_key, key_and_time, key_getter
+from operators.tumbling import columns_loop, rows_loop
 
 __all__ = ["WindowAggregate"]
 
@@ -164,60 +164,61 @@ class _FixedLogic(_WindowLogic):
         return self._results(fired) if fired else []
 
 
-# The tumbling loop, compiled per (key, time) field names; a key that is not one field name
-# is read by the function self._key_of. The watermark is fixed for the batch, so lateness is
-# one comparison of the window start; the current window's bucket is cached because
-# consecutive records nearly always share it.
-_TUMBLING_PROCESS = """\
-def process(self, batch):
-    key_of = self._key_of
-    size, offset, windows = self._size, self._offset, self._windows
-    add, initial = self._agg.add, self._agg.initial
-    late_start = self._watermark - size
-    late = None
-    current = None
-    bucket = {{}}
-    for record in batch:
-        t = record.{time}
-        start = {start}
-        if start <= late_start:
-            if late is None:
-                late = []
-            late.append(record)
-            continue
-        if start != current:
-            current = start
-            found = windows.get(start)
-            if found is None:
-                found = windows[start] = {{}}
-            bucket = found
-        key = {key}
-        acc = bucket.get(key)
-        bucket[key] = add(initial() if acc is None else acc, record)
-    if late:
-        self._late(late)
-    return []
-"""
-
-
-@functools.lru_cache(maxsize=64)
-def _tumbling_process(key_field: str | None, time: str, offset: bool) -> Callable[..., Batch]:
-    key = "key_of(record)" if key_field is None else f"record.{key_field}"
-    start = "t - (t - offset) % size" if offset else "t - t % size"
-    return compile_function("process", _TUMBLING_PROCESS.format(key=key, time=time, start=start))
-
-
 class _TumblingLogic(_FixedLogic):
+    """Tumbling windows through the loops of ``operators.tumbling``. With a field key and
+    an aggregation that inlines (OHLCV), ``Columns`` batches are read column by column."""
+
     def __init__(self, config: WindowAggregate, ctx: Context) -> None:
         assert isinstance(config.assigner, Tumbling)
         super().__init__(config, ctx, config.assigner.size)
         self._offset = config.assigner.offset
         key_field = config.key if isinstance(config.key, str) else None
         self._key_of = key_getter(config.key)
-        self._process = _tumbling_process(key_field, config.time, self._offset != 0)
+        inline = self._agg.inline() if hasattr(self._agg, "inline") else None
+        offset = self._offset != 0
+        self._process = rows_loop(key_field, config.time, offset, inline)
+        self.accepts_columns = key_field is not None and inline is not None
+        if key_field is not None and inline is not None:
+            self._fields, self._process_columns = columns_loop(
+                key_field, config.time, offset, inline
+            )
+        self._positions: dict[type, tuple[int, ...] | None] = {}
 
-    def process(self, batch: Batch) -> Batch:
-        return self._process(self, batch)
+    def process(self, batch: Batch | Columns) -> Batch:
+        if type(batch) is not Columns:
+            return self._process(self, batch)
+        positions = self._columns_of(batch.type)
+        if positions is None:  # the records lack a field: the rows loop says which
+            return self._process(self, batch.rows())
+        times = batch.data[positions[0]]
+        if not times:
+            return []
+        low = min(times)
+        if low - (low - self._offset) % self._size <= self._watermark - self._size:
+            batch = self._take_late(batch, times)
+            times = batch.data[positions[0]]
+        self._process_columns(self, [batch.data[i] for i in positions])
+        return []
+
+    def _columns_of(self, record_type: type) -> tuple[int, ...] | None:
+        """Where the loop's fields are among the columns of ``record_type``."""
+        if record_type not in self._positions:
+            names = field_names(record_type)
+            found = all(name in names for name in self._fields)
+            positions = tuple(names.index(name) for name in self._fields) if found else None
+            self._positions[record_type] = positions
+        return self._positions[record_type]
+
+    def _take_late(self, batch: Columns, times: Any) -> Columns:
+        """Send the batch's late records to the late output; return the rest."""
+        size, offset = self._size, self._offset
+        late_start = self._watermark - size
+        late = [i for i, t in enumerate(times) if t - (t - offset) % size <= late_start]
+        if not late:
+            return batch
+        self._late(batch.take(late).rows())
+        dropped = set(late)
+        return batch.take([i for i in range(len(times)) if i not in dropped])
 
 
 class _SlidingLogic(_FixedLogic):

@@ -39,12 +39,15 @@ import os
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mmh3
 
 from partitioning._errors import dag_error, record_error
 from partitioning.base import DEFAULT_MAX_PARALLELISM, Partitioner, Splitter, check_parallelism
+
+if TYPE_CHECKING:  # not at run time: see partitioning/_errors.py
+    from engine.columns import Columns
 
 MAX_KEY_GROUPS = 1 << 15  # as in Flink: more key groups only add per-group overhead
 MAX_SEED = 0xFFFF_FFFF  # mmh3 takes an unsigned 32-bit seed
@@ -161,6 +164,7 @@ class KeyHashSplitter(Splitter):
         "_cache",
         "_fill",
         "_get_key",
+        "_key_field",
         "_max_parallelism",
         "_parallelism",
         "_seed",
@@ -174,6 +178,10 @@ class KeyHashSplitter(Splitter):
         self._cache: dict[Any, int] = {}
         self._where = config.describe()
         self._by_attribute = isinstance(config.key, str)
+        # A plain field name keys a Columns batch by its column; anything else by its rows.
+        self._key_field = (
+            config.key if isinstance(config.key, str) and "." not in config.key else None
+        )
         if isinstance(config.key, str):
             self._get_key: Callable[[Any], Any] = attrgetter(config.key)
             self._fill = _compile_fill(f"record.{config.key}")
@@ -181,9 +189,11 @@ class KeyHashSplitter(Splitter):
             self._get_key = config.key
             self._fill = _compile_fill("get_key(record)")
 
-    def split(self, batch: list[Any]) -> list[tuple[int, list[Any]]]:
+    def split(self, batch: list[Any] | Columns) -> list[tuple[int, Any]]:
         if not batch:
             return []
+        if not isinstance(batch, list):
+            return self._split_columns(batch)
         groups: list[list[Any]] = [[] for _ in range(self._parallelism)]
         try:
             self._fill(iter(batch), self._cache, groups, self._place, self._get_key)
@@ -191,6 +201,32 @@ class KeyHashSplitter(Splitter):
             self._explain(batch, exc)
             raise
         return [(replica, group) for replica, group in enumerate(groups) if group]
+
+    def _split_columns(self, batch: Columns) -> list[tuple[int, Any]]:
+        """Route a Columns batch by its key column: the replica of every key from the cache
+        (in C, through ``map``), then each replica's rows taken from every column."""
+        name = self._key_field
+        if name is None or name not in getattr(batch.type, "__struct_fields__", ()):
+            return self.split(batch.rows())  # key function or path: by records, as ever
+        keys = batch.column(name)
+        cache = self._cache
+        try:
+            replicas = list(map(cache.__getitem__, keys))
+        except KeyError:
+            try:
+                for i, key in enumerate(keys):
+                    if key not in cache:
+                        self._place(key, batch.type(*(column[i] for column in batch.data)))
+            except TypeError:  # an unhashable key: the records path explains it
+                return self.split(batch.rows())
+            replicas = list(map(cache.__getitem__, keys))
+        if self._parallelism == 1:
+            return [(0, batch)]
+        groups: list[list[int]] = [[] for _ in range(self._parallelism)]
+        appends = [group.append for group in groups]
+        for i, replica in enumerate(replicas):
+            appends[replica](i)
+        return [(replica, batch.take(group)) for replica, group in enumerate(groups) if group]
 
     def _place(self, key: Any, record: Any) -> int:
         """Hash a key seen for the first time, remember its replica and return it."""

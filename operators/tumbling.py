@@ -1,0 +1,129 @@
+"""The tumbling window's per-record loops, compiled for the field names of a config.
+
+Three loops, each compiled once per (key, time, offset, aggregation body):
+
+* ``rows_loop``, any aggregation: per record the window start, a lateness check, the
+  window's bucket (cached, since consecutive records nearly always share it), the key's
+  accumulator and one call of ``aggregation.add``.
+* ``rows_loop`` with an inline aggregation (``Aggregation.inline``): the same, with the
+  body of ``add`` pasted into the loop instead of a call.
+* ``columns_loop``: for a ``Columns`` batch, keyed by a field, with an inline aggregation.
+  It zips the columns it needs (time, key, the aggregation's fields), so no record object
+  exists at all. Late records are rare: one ``min`` over the time column (in C) shows
+  whether the batch has any, and only then does a slower pass pick them out.
+
+The watermark is fixed for a batch, so lateness is one comparison of the window start.
+"""
+
+from __future__ import annotations
+
+import functools
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
+from operators.codegen import compile_function
+
+__all__ = ["columns_loop", "rows_loop", "window_start"]
+
+_ROWS = """\
+def process(self, batch):
+    key_of = self._key_of
+    size, offset, windows = self._size, self._offset, self._windows
+    add, initial = self._agg.add, self._agg.initial
+    late_start = self._watermark - size
+    late = None
+    current = None
+    bucket = {{}}
+    for record in batch:
+        t = record.{time}
+        start = {start}
+        if start <= late_start:
+            if late is None:
+                late = []
+            late.append(record)
+            continue
+        if start != current:
+            current = start
+            found = windows.get(start)
+            if found is None:
+                found = windows[start] = {{}}
+            bucket = found
+        key = {key}
+        acc = bucket.get(key)
+{update}
+    if late:
+        self._late(late)
+    return []
+"""
+
+_CALL = "        bucket[key] = add(initial() if acc is None else acc, record)\n"
+
+_INLINE = """\
+        if acc is None:
+            acc = bucket[key] = initial()
+"""
+
+_COLUMNS = """\
+def process(self, columns):
+    size, offset, windows = self._size, self._offset, self._windows
+    initial = self._agg.initial
+    current = None
+    bucket = {{}}
+    for {names} in zip(*columns):
+        start = {start}
+        if start != current:
+            current = start
+            found = windows.get(start)
+            if found is None:
+                found = windows[start] = {{}}
+            bucket = found
+        acc = bucket.get(key)
+        if acc is None:
+            acc = bucket[key] = initial()
+{body}"""
+
+
+def window_start(offset: bool) -> str:
+    """The expression for the start of the window holding time ``t``."""
+    return "t - (t - offset) % size" if offset else "t - t % size"
+
+
+@functools.lru_cache(maxsize=64)
+def rows_loop(
+    key: str | None, time: str, offset: bool, inline: tuple[tuple[str, ...], str] | None
+) -> Callable[..., list[Any]]:
+    """``process(logic, batch)`` over records; ``key`` None means ``logic._key_of``."""
+    key_expr = "key_of(record)" if key is None else f"record.{key}"
+    if inline is None:
+        update = _CALL
+    else:
+        fields, body = inline
+        reads = "".join(
+            f"        _{i} = {'t' if name == time else f'record.{name}'}\n"
+            for i, name in enumerate(fields)
+        )
+        update = _INLINE + reads + textwrap.indent(body, " " * 8)
+    source = _ROWS.format(time=time, start=window_start(offset), key=key_expr, update=update)
+    return compile_function("process", source)
+
+
+@functools.lru_cache(maxsize=64)
+def columns_loop(
+    key: str, time: str, offset: bool, inline: tuple[tuple[str, ...], str]
+) -> tuple[tuple[str, ...], Callable[..., None]]:
+    """The fields to zip, in order, and ``process(logic, columns)`` over their columns.
+    The caller has taken the late records out."""
+    fields, body = inline
+    zipped = [time, key]
+    names = ["t", "key"]
+    rename = []
+    for i, name in enumerate(fields):
+        if name in zipped:
+            rename.append(f"_{i} = {names[zipped.index(name)]}\n")
+        else:
+            zipped.append(name)
+            names.append(f"_{i}")
+    inner = textwrap.indent("".join(rename) + body, " " * 8)
+    source = _COLUMNS.format(names=", ".join(names), start=window_start(offset), body=inner)
+    return tuple(zipped), compile_function("process", source)
