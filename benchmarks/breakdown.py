@@ -54,7 +54,7 @@ def breakdown(work: Workload, replicas: int, repeat: int = 3) -> dict[str, Any]:
     codec = MsgpackCodec(Tick)
     frames = [[codec.encode(g) for g in gs] for gs in groups]
     empty = Columns.from_rows(Tick, [])
-    mine: list[Columns] = [g[0] if g else empty for g in groups]  # replica 0's share
+    mine: list[Any] = [g[0] if g else empty for g in groups]  # replica 0's share
     share = sum(len(g) for g in mine) or 1
 
     def split() -> None:
