@@ -26,10 +26,12 @@ Semantics, per replica (keys are spread over replicas by the edge's key-hash par
   overlaps open sessions of its key merges them (``aggregation.merge``, earlier session
   first). A new session may overlap one of its key that has already fired.
 
-Cost per record is what this operator is about. The tumbling ``process`` loop is compiled
-for the key and time field names (``operators.codegen``: ``record.ts`` costs a fraction of
-``attrgetter("ts")(record)``); per record it does integer arithmetic, two dict look-ups and
-one call of ``aggregation.add``, and allocates nothing the aggregation does not. Sliding and
+Cost per record is what this operator is about. The tumbling loops are compiled for the
+key and time field names (``operators.tumbling``; ``record.ts`` costs a fraction of
+``attrgetter("ts")(record)``); per record they do integer arithmetic, two dict look-ups and
+the aggregation's ``add`` (pasted into the loop when the aggregation offers ``inline()``,
+as OHLCV does), and allocate nothing the aggregation does not. With a field key and an
+inline aggregation, ``Columns`` batches are read column by column, no record built. Sliding and
 session windows do more per record (several windows; overlap checks) in plain loops; a
 session record finds the sessions it touches by bisection, so many open sessions per key
 cost O(log) each, not a scan.
