@@ -35,16 +35,24 @@ from engine.errors import DagError, RecordError
 __all__ = ["Columns", "column_index", "field_names"]
 
 
-@functools.cache
 def field_names(record_type: type) -> tuple[str, ...]:
     """The fields of a msgspec Struct type, in order; DagError for any other type."""
-    names = getattr(record_type, "__struct_fields__", None)
     if not isinstance(record_type, type) or not issubclass(record_type, msgspec.Struct):
         raise DagError(
             f"columns need a msgspec.Struct record type, got {record_type!r}; declare the "
             f"records as a Struct or emit lists of records"
         )
-    assert names is not None
+    return _field_names(record_type)
+
+
+@functools.cache
+def _field_names(record_type: type) -> tuple[str, ...]:
+    names = record_type.__struct_fields__  # type: ignore[attr-defined]
+    if not names:
+        raise DagError(
+            f"columns need at least one field; {record_type.__name__} has none, so emit "
+            f"lists of records for it"
+        )
     if any(p.kind is p.KEYWORD_ONLY for p in _parameters(record_type)):
         raise DagError(
             f"columns need positional fields; {record_type.__name__} has keyword-only "

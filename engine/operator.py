@@ -86,6 +86,10 @@ class SourceLogic:
 
 
 class OperatorLogic:
+    # True: ``process`` also takes ``engine.columns.Columns`` batches as they come.
+    # False (the default): the engine turns them into lists of records first.
+    accepts_columns: bool = False
+
     def process(self, batch: Batch) -> Batch:
         raise NotImplementedError
 
@@ -97,6 +101,8 @@ class OperatorLogic:
 
 
 class SinkLogic:
+    accepts_columns: bool = False  # as for OperatorLogic
+
     def write(self, batch: Batch) -> Awaitable[None] | None:
         raise NotImplementedError
 

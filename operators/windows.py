@@ -189,6 +189,8 @@ class _TumblingLogic(_FixedLogic):
     def process(self, batch: Batch | Columns) -> Batch:
         if type(batch) is not Columns:
             return self._process(self, batch)
+        if not self.accepts_columns:  # the task converts; a direct caller may not
+            return self._process(self, batch.rows())
         positions = self._columns_of(batch.type)
         if positions is None:  # the records lack a field: the rows loop says which
             return self._process(self, batch.rows())

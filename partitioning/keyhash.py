@@ -212,6 +212,8 @@ class KeyHashSplitter(Splitter):
         cache = self._cache
         try:
             replicas = list(map(cache.__getitem__, keys))
+        except TypeError:  # an unhashable key: the records path explains it
+            return self.split(batch.rows())
         except KeyError:
             try:
                 for i, key in enumerate(keys):
