@@ -10,7 +10,10 @@ Three loops, each compiled once per (key, time, offset, aggregation body):
 * ``columns_loop``: for a ``Columns`` batch, keyed by a field, with an inline aggregation.
   It zips the columns it needs (time, key, the aggregation's fields), so no record object
   exists at all. Late records are rare: one ``min`` over the time column (in C) shows
-  whether the batch has any, and only then does a slower pass pick them out.
+  whether the batch has any, and only then does a slower pass pick them out. A batch
+  spans milliseconds and a window usually seconds, so ``min`` and ``max`` nearly always
+  put the whole batch in one window: then a second loop runs without any per-record
+  window arithmetic (the window is found once, for the batch).
 
 The watermark is fixed for a batch, so lateness is one comparison of the window start.
 """
@@ -84,6 +87,20 @@ def process(self, columns):
 {body}"""
 
 
+_ONE_WINDOW = """\
+def process(self, columns, start):
+    windows = self._windows
+    initial = self._agg.initial
+    bucket = windows.get(start)
+    if bucket is None:
+        bucket = windows[start] = {{}}
+    for {names} in zip(*columns):
+        acc = bucket.get(key)
+        if acc is None:
+            acc = bucket[key] = initial()
+{body}"""
+
+
 def window_start(offset: bool) -> str:
     """The expression for the start of the window holding time ``t``."""
     return "t - (t - offset) % size" if offset else "t - t % size"
@@ -111,9 +128,10 @@ def rows_loop(
 @functools.lru_cache(maxsize=64)
 def columns_loop(
     key: str, time: str, offset: bool, inline: tuple[tuple[str, ...], str]
-) -> tuple[tuple[str, ...], Callable[..., None]]:
-    """The fields to zip, in order, and ``process(logic, columns)`` over their columns.
-    The caller has taken the late records out."""
+) -> tuple[tuple[str, ...], Callable[..., None], Callable[..., None]]:
+    """The fields to zip, in order, ``process(logic, columns)`` over their columns and
+    ``process(logic, columns, start)`` for columns that all fall in the window at
+    ``start``. The caller has taken the late records out."""
     fields, body = inline
     zipped = [time, key]
     names = ["t", "key"]
@@ -126,4 +144,5 @@ def columns_loop(
             names.append(f"_{i}")
     inner = textwrap.indent("".join(rename) + body, " " * 8)
     source = _COLUMNS.format(names=", ".join(names), start=window_start(offset), body=inner)
-    return tuple(zipped), compile_function("process", source)
+    one = _ONE_WINDOW.format(names=", ".join(names), body=inner)
+    return tuple(zipped), compile_function("process", source), compile_function("process", one)

@@ -181,7 +181,7 @@ class _TumblingLogic(_FixedLogic):
         self._process = rows_loop(key_field, config.time, offset, inline)
         self.accepts_columns = key_field is not None and inline is not None
         if key_field is not None and inline is not None:
-            self._fields, self._process_columns = columns_loop(
+            self._fields, self._process_columns, self._process_window = columns_loop(
                 key_field, config.time, offset, inline
             )
         self._positions: dict[type, tuple[int, ...] | None] = {}
@@ -197,11 +197,18 @@ class _TumblingLogic(_FixedLogic):
         times = batch.data[positions[0]]
         if not times:
             return []
-        low = min(times)
-        if low - (low - self._offset) % self._size <= self._watermark - self._size:
+        size, offset = self._size, self._offset
+        low, high = min(times), max(times)
+        first = low - (low - offset) % size
+        if first <= self._watermark - size:
             batch = self._take_late(batch, times)
-            times = batch.data[positions[0]]
-        self._process_columns(self, [batch.data[i] for i in positions])
+            if not batch:
+                return []
+        columns = [batch.data[i] for i in positions]
+        if first == high - (high - offset) % size:
+            self._process_window(self, columns, first)  # one window: found once
+        else:
+            self._process_columns(self, columns)
         return []
 
     def _columns_of(self, record_type: type) -> tuple[int, ...] | None:
