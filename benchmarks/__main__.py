@@ -156,14 +156,14 @@ def throughput(
     report.say(f"rounds: {rounds} (the best of each is used)")
     report.say(_T_HEAD)
     reference = engines.run_single_process(work)
-    report.emit({"bench": "throughput", "round": 0, **reference}, _t_line(reference))
+    report.emit({"bench": "throughput", **reference, "round": 0}, _t_line(reference))
     rows = [reference]
     overheads = []
     round_no = 0
 
     def check(row: dict[str, Any]) -> None:
         rows.append(row)
-        report.emit({"bench": "throughput", "round": round_no, **row}, _t_line(row))
+        report.emit({"bench": "throughput", **row, "round": round_no}, _t_line(row))
         if row["checksum"] != reference["checksum"] or row.get("late"):
             raise ChecksumMismatch(
                 f"CHECKSUM MISMATCH: {row['engine']} with R={row['replicas']} produced bars "

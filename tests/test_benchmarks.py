@@ -43,7 +43,8 @@ def test_hand_rolled_bars_equal_the_engines_window_operator():
 
 
 def test_engines_agree_and_rows_have_the_schema(tmp_path, capsys):
-    argv = ["--ticks", "50000", "--replicas", "1", "--only", "throughput", "--json"]
+    argv = ["--ticks", "50000", "--rounds", "2", "--replicas", "1", "--only", "throughput"]
+    argv += ["--json"]
     argv += ["--engines", "single_process,ringflow,mp_queue", "--out", str(tmp_path)]
     assert cli.main(argv) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
