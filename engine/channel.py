@@ -57,7 +57,7 @@ from engine.ring import (
 )
 
 DEFAULT_SLOTS = 8
-DEFAULT_SLOT_SIZE = 64 * 1024
+DEFAULT_SLOT_SIZE = 128 * 1024  # the job default too (engine.coordinator.Settings)
 WAIT_SLICE_S = 0.25  # longest single sleep; callers get control back this often while blocked
 WAIT_SLICE_NS = int(WAIT_SLICE_S * 1e9)
 MAX_SLOTS = 4096  # credits and doorbells are bytes in pipes; keep them far below pipe capacity
