@@ -3,6 +3,7 @@
 The public API is what ``__all__`` lists; everything else is internal and may change.
 """
 
+from engine.columns import Columns
 from engine.dag import Dag, Stream
 from engine.errors import (
     ChannelClosed,
@@ -35,6 +36,7 @@ __all__ = [
     "ChannelClosed",
     "ChannelError",
     "ChannelTimeout",
+    "Columns",
     "Context",
     "Dag",
     "DagError",

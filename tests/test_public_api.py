@@ -14,6 +14,7 @@ ENGINE = {
     "ChannelClosed",
     "ChannelError",
     "ChannelTimeout",
+    "Columns",
     "Context",
     "Dag",
     "DagError",
