@@ -10,14 +10,16 @@ as parallel lists, one per field of a msgspec Struct type (in field order):
 * A source can emit it without building a record per row (``operators.Generator`` does).
 * The typed codec (``engine.batch.MsgpackCodec``) sends it as one msgpack array per column
   and decodes each column with its field's type, so it is checked as records would be.
-* ``KeyHash`` routes it by its key column; forward, broadcast and rebalance edges pass or
-  slice it as a whole.
+* ``KeyHash`` routes it by its key column; forward and broadcast edges pass it whole,
+  rebalance slices it (a batch smaller than the parallelism goes record by record).
+  A user's splitter gets records unless it sets ``accepts_columns``.
 * A logic that reads columns says so with ``accepts_columns = True`` (the tumbling
   ``WindowAggregate``); every other logic gets records: the task calls ``rows()`` for it
   (``map`` over the columns, in C), so no operator has to know about columns.
 
 Rows are built with the type's positional constructor, so the type must not have
-keyword-only fields. Columns may be lists or tuples; they are never mutated in place.
+keyword-only fields; nor ``__post_init__``, which decoding columns would skip. Columns
+may be lists or tuples; they are never mutated in place.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ def _field_names(record_type: type) -> tuple[str, ...]:
         raise DagError(
             f"columns need at least one field; {record_type.__name__} has none, so emit "
             f"lists of records for it"
+        )
+    if hasattr(record_type, "__post_init__"):  # columns are decoded without building records
+        raise DagError(
+            f"columns would skip {record_type.__name__}.__post_init__ (no record is built "
+            f"when they are decoded), so emit lists of records for it"
         )
     if any(p.kind is p.KEYWORD_ONLY for p in _parameters(record_type)):
         raise DagError(

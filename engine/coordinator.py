@@ -71,7 +71,7 @@ class Settings:
     """Engine settings for one job (all picklable)."""
 
     slots: int = DEFAULT_SLOTS
-    # 128 KiB: a frame holds about 3,800 ticks, so a typical source batch of 4,096 goes in
+    # 128 KiB: a frame holds about 3,600 ticks, so a typical source batch of 4,096 goes in
     # two frames rather than three; 5-11% more ticks/s than 64 KiB on the bars job in a
     # same-run A/B (benchmarks/RESULTS.md). 1 MiB of shared memory per channel.
     slot_size: int = DEFAULT_SLOT_SIZE

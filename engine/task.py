@@ -37,8 +37,11 @@ class Output:
     def __init__(self, splitter: Any, senders: dict[int, Sender]) -> None:
         self.split = splitter.split
         self.senders = senders
+        self._columnar = bool(getattr(splitter, "accepts_columns", False))
 
-    def emit(self, records: list[Any]) -> None:
+    def emit(self, records: list[Any] | Columns) -> None:
+        if type(records) is Columns and not self._columnar:
+            records = records.rows()  # a user's splitter that knows only records
         senders = self.senders
         for replica, group in self.split(records):
             senders[replica].extend(group)

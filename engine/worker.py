@@ -257,7 +257,10 @@ class Worker:
                 profile.runcall(self._run)
             finally:
                 name = f"{self.spec.node.name}-{self.spec.replica}.prof"
-                profile.dump_stats(os.path.join(profile_dir, name))
+                try:
+                    profile.dump_stats(os.path.join(profile_dir, name))
+                except OSError as exc:  # never fail a job, or hide its error, for a profile
+                    logging.getLogger(__name__).warning("%s not written: %s", name, exc)
         else:
             self._run()
         self._update_stats()

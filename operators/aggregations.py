@@ -19,10 +19,12 @@ and window): OHLCV compiles it for its field names (see ``operators.codegen``) a
 accumulator in a flat list.
 
 An aggregation may also offer ``inline()``: the fields it reads and the source of ``add``'s
-body, which mutates ``acc`` in place and reads field ``i`` as the local ``_i``. The tumbling
-window pastes that body into its own loop, so a record costs no call at all, and can then
-read the fields straight from the columns of a ``Columns`` batch. ``add`` is compiled from
-the same body, so both paths compute exactly the same thing.
+body, which mutates ``acc`` in place and reads field ``i`` as the local ``_i``. Any other
+local the body assigns must be named ``_`` plus a letter (``_x``): the loop's own names
+have no leading underscore, so they cannot clash. No ``return``, ``continue`` or ``break``.
+The tumbling window pastes that body into its own loop, so a record costs no call at
+all, and can then read the fields straight from the columns of a ``Columns`` batch.
+``add`` is compiled from the same body, so both paths compute exactly the same thing.
 """
 
 from __future__ import annotations

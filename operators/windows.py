@@ -199,11 +199,15 @@ class _TumblingLogic(_FixedLogic):
             return []
         size, offset = self._size, self._offset
         low, high = min(times), max(times)
+        if low != low or high != high:  # a NaN time: min and max mean nothing
+            return self._process(self, batch.rows())
         first = low - (low - offset) % size
         if first <= self._watermark - size:
             batch = self._take_late(batch, times)
             if not batch:
                 return []
+            low = min(batch.data[positions[0]])
+            first = low - (low - offset) % size
         columns = [batch.data[i] for i in positions]
         if first == high - (high - offset) % size:
             self._process_window(self, columns, first)  # one window: found once

@@ -12,6 +12,10 @@ guaranteed order. A splitter may hand back the input list itself (forward, broad
 lists it shares between groups (broadcast), so neither the caller nor the consumers of the
 groups may mutate them.
 
+A splitter that sets ``accepts_columns = True`` also gets ``engine.columns.Columns``
+batches and returns Columns groups (the four built-in ones do); any other splitter gets
+lists of records, built by the engine.
+
 Watermarks, EOF (and later barriers) are not the partitioner's business: the engine sends
 them to every downstream replica.
 """
@@ -31,6 +35,7 @@ class Splitter(ABC):
     """Live, per upstream replica: groups a batch into per-downstream-replica batches."""
 
     __slots__ = ()
+    accepts_columns: ClassVar[bool] = False  # see the module docstring
 
     @abstractmethod
     def split(self, batch: list[Any]) -> list[tuple[int, list[Any]]]:

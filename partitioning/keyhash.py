@@ -159,6 +159,8 @@ class KeyHash(Partitioner):
 class KeyHashSplitter(Splitter):
     """Live side of KeyHash: groups batches by replica, caching key -> replica."""
 
+    accepts_columns = True
+
     __slots__ = (
         "_by_attribute",
         "_cache",
@@ -192,13 +194,13 @@ class KeyHashSplitter(Splitter):
     def split(self, batch: list[Any] | Columns) -> list[tuple[int, Any]]:
         if not batch:
             return []
-        if not isinstance(batch, list):
-            return self._split_columns(batch)
+        if type(batch) is _columns():
+            return self._split_columns(batch)  # type: ignore[arg-type]
         groups: list[list[Any]] = [[] for _ in range(self._parallelism)]
         try:
             self._fill(iter(batch), self._cache, groups, self._place, self._get_key)
         except (TypeError, AttributeError) as exc:
-            self._explain(batch, exc)
+            self._explain(batch, exc)  # type: ignore[arg-type]
             raise
         return [(replica, group) for replica, group in enumerate(groups) if group]
 
@@ -215,13 +217,18 @@ class KeyHashSplitter(Splitter):
         except TypeError:  # an unhashable key: the records path explains it
             return self.split(batch.rows())
         except KeyError:
+            # One pass that places each new key as it comes: placing may clear the cache
+            # (CACHE_LIMIT), so keys placed earlier in the batch cannot be looked up again.
+            get, place, data, record_type = cache.get, self._place, batch.data, batch.type
+            replicas = []
             try:
                 for i, key in enumerate(keys):
-                    if key not in cache:
-                        self._place(key, batch.type(*(column[i] for column in batch.data)))
+                    replica = get(key)
+                    if replica is None:
+                        replica = place(key, record_type(*(column[i] for column in data)))
+                    replicas.append(replica)
             except TypeError:  # an unhashable key: the records path explains it
                 return self.split(batch.rows())
-            replicas = list(map(cache.__getitem__, keys))
         if self._parallelism == 1:
             return [(0, batch)]
         groups: list[list[int]] = [[] for _ in range(self._parallelism)]
@@ -303,6 +310,14 @@ def _compile_fill(key_expression: str) -> _Fill:
     exec(compile(source, f"<key_hash fill: {key_expression}>", "exec"), namespace)
     fill: _Fill = namespace["fill"]
     return fill
+
+
+@functools.cache
+def _columns() -> type:
+    """``engine.columns.Columns``, imported on first use (see partitioning/_errors.py)."""
+    from engine.columns import Columns
+
+    return Columns
 
 
 def _is_attribute_path(name: str) -> bool:

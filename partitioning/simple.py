@@ -40,6 +40,7 @@ class Forward(Partitioner):
 
 class ForwardSplitter(Splitter):
     __slots__ = ("_replica",)
+    accepts_columns = True  # forwards, slices or shares a Columns batch
 
     def __init__(self, replica: int) -> None:
         self._replica = replica
@@ -71,6 +72,7 @@ class Rebalance(Partitioner):
 
 class RebalanceSplitter(Splitter):
     __slots__ = ("_next", "_parallelism")
+    accepts_columns = True  # forwards, slices or shares a Columns batch
 
     def __init__(self, parallelism: int, start: int) -> None:
         self._parallelism = parallelism
@@ -115,6 +117,7 @@ class Broadcast(Partitioner):
 
 class BroadcastSplitter(Splitter):
     __slots__ = ("_replicas",)
+    accepts_columns = True  # forwards, slices or shares a Columns batch
 
     def __init__(self, parallelism: int) -> None:
         self._replicas = range(parallelism)

@@ -52,9 +52,25 @@ def _tick_columns(ticks: list[Tick]) -> Columns:
 
 
 def _bits(value: Any) -> bytes:
-    """msgpack of ``value``: equal bytes mean equal values, floats to the bit (NaN and -0.0
-    included, which ``==`` cannot tell)."""
-    return msgspec.msgpack.encode(value)
+    """msgpack of ``value``: equal bytes mean equal values, floats to the bit (-0.0
+    included, which ``==`` cannot tell). Every NaN counts as one: CPython does not keep a
+    NaN's sign through arithmetic the same way in its generic and its specialised float
+    ``+`` (3.11's adaptive interpreter switches a loop between them as it warms up), so
+    the same sum may come out as either NaN from run to run, rows or columns alike."""
+    return _ENCODER.encode(_denan(value))
+
+
+def _denan(value: Any) -> Any:
+    if isinstance(value, float):
+        return math.nan if value != value else value
+    if isinstance(value, list | tuple):
+        return [_denan(v) for v in value]
+    if isinstance(value, msgspec.Struct):
+        return [_denan(v) for v in msgspec.structs.astuple(value)]
+    return value
+
+
+_ENCODER = msgspec.msgpack.Encoder()
 
 
 class KwOnly(msgspec.Struct, kw_only=True):
@@ -948,3 +964,96 @@ def test_generate_returns_ticks() -> None:
     ticks = generate(symbols=3, count=10, seed=1)
     assert type(ticks) is list and len(ticks) == 10
     assert all(type(t) is Tick for t in ticks)
+
+
+# ---------------------------------------------------------------------------------------
+# Regressions from review
+
+
+def test_keyhash_columns_survive_the_cache_clearing_mid_batch(monkeypatch) -> None:
+    import partitioning.keyhash as keyhash_module
+
+    monkeypatch.setattr(keyhash_module, "CACHE_LIMIT", 4)
+    rows = [Tick(f"S{i}", i, 1.0, 1.0) for i in range(10)] * 2
+    for warm in (False, True):
+        by_rows = KeyHash("symbol").build(2, 0)
+        by_columns = KeyHash("symbol").build(2, 0)
+        if warm:
+            by_columns.split(_tick_columns(rows[:3]))
+        expected = by_rows.split(rows)
+        got = by_columns.split(_tick_columns(rows))
+        assert [(r, g.rows()) for r, g in got] == expected
+        assert len(by_columns._cache) <= 4
+
+
+def test_keyhash_splits_any_sequence_of_records_not_only_lists() -> None:
+    ticks = (Tick("a", 1, 1.0, 1.0), Tick("b", 2, 1.0, 1.0))
+    groups = KeyHash("symbol").build(1, 0).split(ticks)  # type: ignore[arg-type]
+    assert [t for _, group in groups for t in group] == list(ticks)
+
+
+class _RecordsOnly:
+    """A user's splitter that knows nothing of Columns."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def split(self, batch: list[Any]) -> list[tuple[int, list[Any]]]:
+        self.seen.append(batch)
+        return [(0, batch[:])]
+
+
+def test_a_splitter_without_accepts_columns_gets_records() -> None:
+    from engine.task import Output
+
+    class Sender:
+        def __init__(self) -> None:
+            self.got: list[Any] = []
+
+        def extend(self, records: Any) -> None:
+            self.got.append(records)
+
+    splitter, sender = _RecordsOnly(), Sender()
+    Output(splitter, {0: sender}).emit(_tick_columns(TICKS))
+    assert splitter.seen == [TICKS]
+    assert sender.got == [TICKS]
+
+
+class Checked(msgspec.Struct):
+    value: int
+
+    def __post_init__(self) -> None:
+        if self.value < 0:
+            raise ValueError("negative")
+
+
+def test_columns_refuse_a_type_with_post_init() -> None:
+    with pytest.raises(DagError, match=r"would skip Checked.__post_init__"):
+        Columns(Checked, ([1],))
+    codec = MsgpackCodec(Checked)  # lists of records still work, validated on decode
+    with pytest.raises(RecordError, match="negative"):
+        codec.decode(msgspec.msgpack.encode([{"value": -1}]))
+
+
+class FloatTimed(msgspec.Struct):
+    symbol: str
+    ts: float
+    price: float
+    size: float
+
+
+def test_tumbling_columns_with_a_nan_time_match_the_rows() -> None:
+    records = [
+        FloatTimed("a", 5.0, 1.0, 1.0),
+        FloatTimed("a", math.nan, 2.0, 1.0),
+        FloatTimed("a", 25.0, 3.0, 1.0),
+    ]
+    config = WindowAggregate(Tumbling(10), OHLCV(), input_type=FloatTimed)
+    results = []
+    for batch in (records, Columns.from_rows(FloatTimed, records)):
+        ctx = Context("bars")
+        logic = config.build(ctx)
+        logic.on_watermark(15)
+        logic.process(batch)
+        results.append((repr(logic.on_eof()), ctx.counters, repr(ctx.take_side())))
+    assert results[0] == results[1]
