@@ -4,7 +4,9 @@
 spawns the coordinator and returns a ``Job``. Ctrl-C while the job runs asks for a graceful
 stop (sources end, everything drains); a second Ctrl-C kills the job (``launch`` installs
 that SIGINT handler in the main thread unless the program has its own, and restores it at
-the end). If this process dies, the coordinator sees its pipe close and tears the job down;
+the end). A Ctrl-C that lands while a message to or from the coordinator is on the pipe
+takes effect once that message is whole, so the pipe never loses its framing. If this
+process dies, the coordinator sees its pipe close and tears the job down;
 if the coordinator dies, its workers die with it and this side removes any segment left
 behind.
 """
@@ -19,6 +21,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
 from multiprocessing.util import Finalize
 from typing import Any
@@ -60,6 +63,10 @@ class Job:
         self._status: list[dict[str, Any]] = []
         self.pids: list[int] = []
         self.interrupted = False  # a Ctrl-C already asked for a graceful stop
+        # Ctrl-C never cuts a message to or from the coordinator in half: while one is on
+        # the pipe, the handler only notes what to do, and it is done once the message is.
+        self._in_pipe = False
+        self._deferred: str | None = None  # "stop" or "kill", noted during a pipe operation
         self._previous_sigint: Any = None
         self._install_sigint()
         # If this process exits without waiting, close the pipe first: the coordinator sees
@@ -87,10 +94,31 @@ class Job:
                 file=sys.stderr,
                 flush=True,
             )
+            self._deferred = "stop"
+        else:
+            self._deferred = "kill"
+        if not self._in_pipe:
+            self._act()
+
+    def _act(self) -> None:
+        """Carry out a Ctrl-C: a graceful stop, or a kill and ``KeyboardInterrupt``."""
+        action, self._deferred = self._deferred, None
+        if action == "stop":
             self.stop()
-            return
-        self.kill()
-        raise KeyboardInterrupt
+        elif action == "kill":
+            self.kill()
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def _pipe(self) -> Iterator[None]:
+        """Around one whole message on the pipe; a Ctrl-C meanwhile acts after it."""
+        self._in_pipe = True
+        try:
+            yield
+        finally:
+            self._in_pipe = False
+            if self._deferred is not None:
+                self._act()
 
     @property
     def coordinator_pid(self) -> int | None:
@@ -104,7 +132,8 @@ class Job:
         if self._conn in ready or self._conn.poll():
             try:
                 while self._conn.poll():
-                    self._take(self._conn.recv())
+                    with self._pipe():  # taken before a Ctrl-C meanwhile is acted on
+                        self._take(self._conn.recv())
                     if self._outcome is not None:
                         return
             except (EOFError, OSError):
@@ -199,7 +228,8 @@ class Job:
         if self._outcome is not None:
             return False
         try:
-            self._conn.send(message)
+            with self._pipe():
+                self._conn.send(message)
             return True
         except (OSError, ValueError):
             return False
