@@ -187,6 +187,10 @@ class BatchBuilder:
         if self._count and self._clock() - self._first_at >= self.linger:
             self.flush()
 
+    def due_in(self, now: float) -> float:
+        """Seconds until the oldest pending record has waited its linger (0 if it has)."""
+        return max(0.0, self._first_at + self.linger - now) if self._count else self.linger
+
     def due(self, now: float) -> bool:
         """Whether the oldest pending record has waited its linger time."""
         return self._count > 0 and now - self._first_at >= self.linger

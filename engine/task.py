@@ -12,6 +12,8 @@ and the new watermark is forwarded on every output, after the records it covers.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 from collections.abc import Awaitable
 from time import thread_time_ns as perf_counter_ns  # CPU time: fair on a busy machine
@@ -205,7 +207,9 @@ class SourceTask:
         started = perf_counter_ns()
         try:
             item = self._run_async(anext(self._items)) if self._is_async else next(self._items)
-        except (StopIteration, StopAsyncIteration):
+        except (StopIteration, StopAsyncIteration, asyncio.CancelledError):
+            # CancelledError: the engine cancelled a pending await because the job is
+            # stopping (engine.runtime_async); the stream ends here, gracefully.
             self.finish()
             return False
         finally:
@@ -234,6 +238,8 @@ class SourceTask:
         if items is None:
             return
         if self._is_async:
-            self._run_async(items.aclose())
+            # Best effort while stopping: a cleanup that outlasts the stop is cancelled too.
+            with contextlib.suppress(asyncio.CancelledError):
+                self._run_async(items.aclose())
         elif hasattr(items, "close"):
             items.close()

@@ -35,7 +35,7 @@ from engine.channel import InputGate, RxEnd, TxEnd, Writer
 from engine.dag import SOURCE, Node
 from engine.operator import Context
 from engine.ring import P_BLOCKED_NS, Kind
-from engine.runtime_async import AsyncRunner
+from engine.runtime_async import TICK_S, AsyncRunner
 from engine.stats import (
     BACKPRESSURED_NS,
     BYTES_OUT,
@@ -190,7 +190,16 @@ class Worker:
             splitter = out.partitioner.build(out.parallelism, spec.replica)
             outputs.setdefault(out.output, []).append(Output(splitter, senders))
         self.emitter = Emitter(self.ctx, outputs)
-        self.runner = AsyncRunner(on_tick=self.on_wait)
+        if node.kind == SOURCE:
+            # While an async source waits: its partial batches still leave after their
+            # linger, and a stop cancels the wait (a provider with nothing to say).
+            self.runner = AsyncRunner(
+                on_tick=self._on_source_tick,
+                cancel_when=lambda: self.stop_requested,
+                next_tick=self._until_flush,
+            )
+        else:  # a sink's awaits are never cancelled: sinks drain what is in flight
+            self.runner = AsyncRunner(on_tick=self.on_wait)
         logic = node.config.build(self.ctx)
         self.task: Task | SourceTask
         if node.kind == SOURCE:
@@ -207,6 +216,19 @@ class Worker:
         self.row[HEARTBEAT] = time.monotonic_ns()
         self._update_stats()
         self._check_control()
+
+    def _on_source_tick(self) -> float:
+        """While an async source waits: heartbeat, control, and partial batches due."""
+        self.on_wait()
+        self._flush_due(time.monotonic())
+        return self._until_flush()
+
+    def _until_flush(self) -> float:
+        """Seconds until the oldest pending output record has waited its linger (or the
+        runner's usual tick when nothing is pending)."""
+        now = time.monotonic()
+        waits = [b.due_in(now) for b in self.builders if b.pending]
+        return min(waits, default=TICK_S)
 
     def _check_control(self) -> None:
         if self.control.poll():

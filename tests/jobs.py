@@ -78,6 +78,29 @@ class _AsyncLogic(SourceLogic):
 
 
 @dataclass(frozen=True)
+class AsyncQuiet(Source):
+    """Emits ``count`` records, then waits for a message that never comes (a provider
+    with nothing to say): only a stop that cancels the wait can end it."""
+
+    count: int
+
+    def build(self, ctx: Context) -> SourceLogic:
+        return _AsyncQuietLogic(self.count)
+
+
+class _AsyncQuietLogic(SourceLogic):
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    async def batches(self) -> Any:  # type: ignore[override]
+        import asyncio
+
+        yield [("a", j, 0) for j in range(self.count)]
+        await asyncio.Event().wait()  # never set
+        yield [("never", -1, 0)]
+
+
+@dataclass(frozen=True)
 class RunningSum(Operator):
     """Per (key, upstream replica): emits (key, seq, running count) for each record; the
     output depends only on the order of records per (key, source replica), which the engine

@@ -14,7 +14,7 @@ import textwrap
 import time
 
 import pytest
-from jobs import AsyncNumbered, Collect, Explode, Fragile, Numbered, RunningSum, Stall
+from jobs import AsyncNumbered, AsyncQuiet, Collect, Explode, Fragile, Numbered, RunningSum, Stall
 
 from engine import Dag, JobFailed, RingflowError, launch, run
 from engine.testing import run_inline
@@ -144,6 +144,25 @@ def test_graceful_stop_drains_what_was_produced():
     assert produced > 1000
     assert result.nodes["sum"].records_in == produced
     assert len([r for r in result.collected("out") if r[1] >= 0]) == produced
+    _assert_gone([*job.pids, job.coordinator_pid])
+
+
+def test_graceful_stop_ends_an_async_source_waiting_on_a_quiet_provider():
+    dag = Dag("quiet")
+    dag.source("src", AsyncQuiet(25)).sink("out", Collect())
+    job = launch(dag)
+    _wait_started(job)
+    # The 25 records are a partial batch: they leave after their linger although the
+    # source is suspended in its await, not when (never) it yields again.
+    deadline = time.monotonic() + 20.0
+    arrived = False
+    while not arrived and time.monotonic() < deadline:
+        arrived = sum(r["records_in"] for r in job.status() if r["node"] == "out") >= 25
+    assert arrived, "the partial batch was held while the source waited"
+    job.stop()  # the source is inside an await that would never return
+    result = job.wait(WAIT)
+    assert result.stopped
+    assert len(result.collected("out")) == 25
     _assert_gone([*job.pids, job.coordinator_pid])
 
 
