@@ -5,7 +5,8 @@ and keeps its heartbeat while the next item is awaited. Each item is a batch of 
 ``batch`` ticks, gathered until the batch is full or ``linger_s`` after its first tick, then
 ``Watermark(high - lateness_ns)`` when that moved (``high``: the highest event time sent;
 it never goes back, so neither do the watermarks). When nothing comes for ``IDLE_S`` the
-source yields an empty batch, so the worker can flush lingering output and notice a stop.
+source yields an empty batch. (The worker no longer needs that to flush lingering output
+or notice a stop: it does both while any async source waits, engine.runtime_async.)
 
 Providers come in priority order (``FailoverRouter`` has the switching rules); one provider
 is the plain adapter. Resent ticks after a switch are dropped by identity within
