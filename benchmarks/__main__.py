@@ -325,6 +325,11 @@ def latency_section(
                 f"{row.get('p99_ms', 0):>9.2f}{row.get('p999_ms', 0):>10.2f}"
                 f"{row.get('max_ms', 0):>9.2f}",
             )
+            if "closes" in row:
+                report.say(
+                    f"{'':9}{'':10}  {row['closes']} window closes, slowest bar per close: "
+                    f"median {row['close_p50_ms']:.2f} ms, slowest {row['close_max_ms']:.2f} ms"
+                )
     return out
 
 

@@ -13,7 +13,9 @@ time. Two jobs, each run once per linger setting:
   lateness, ``window_end`` is when the window closed in wall time; the first tick past it
   (which moves the watermark) is created at most one source interval (1 ms) later, so this
   is the delay from the event that closes a window to the bar's arrival, plus < 1 ms.
-  Watermarks flush batches, so linger matters little here.
+  Watermarks flush batches, so linger matters little here. The bars of one window arrive
+  together, so the bars' p99 is the slowest of a run's few window closes; each row also
+  gives ``closes`` with the median and slowest close (the latency of a close's last bar).
 
 Samples from the first second of event time are dropped (processes still starting).
 Percentiles are over every remaining sample, nearest-rank.
@@ -61,8 +63,11 @@ def run_latency(
     result = run(dag, linger=linger)
     wall = time.perf_counter() - started
     samples = array("q")
+    closes: dict[int, int] = {}  # bars: window end -> its slowest bar over all replicas
     for report in result.sinks["latency"]:
         samples.frombytes(report.samples)
+        for end, ns in report.closes.items():
+            closes[end] = max(closes.get(end, 0), ns)
     ordered = sorted(samples)
     ticks = result.nodes["ticks"].records_out
     row: dict[str, Any] = {
@@ -84,6 +89,15 @@ def run_latency(
                 "p999_ms": round(percentile(ordered, 99.9) / 1e6, 3),
                 "max_ms": round(ordered[-1] / 1e6, 3),
                 "mean_ms": round(sum(ordered) / len(ordered) / 1e6, 3),
+            }
+        )
+    if closes:  # each window close is one event: its slowest bar, then over the closes
+        slowest = sorted(closes.values())
+        row.update(
+            {
+                "closes": len(slowest),
+                "close_p50_ms": round(percentile(slowest, 50) / 1e6, 3),
+                "close_max_ms": round(slowest[-1] / 1e6, 3),
             }
         )
     return row

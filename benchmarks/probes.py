@@ -158,6 +158,7 @@ class _ClockTicksLogic(SourceLogic):
 class LatencyReport:
     samples: bytes  # array('q') of nanoseconds
     late_start_ns: int  # samples before this event time were warm-up and dropped
+    closes: dict[int, int]  # bars: window end -> latency of its slowest bar here (ns)
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ class _LatencyLogic(SinkLogic):
         self.warmup_ns = warmup_ns
         self.samples = array("q")
         self.from_ns: int | None = None
+        self.closes: dict[int, int] = {}
 
     def write(self, batch: Batch) -> None:
         now = time.time_ns()
@@ -186,10 +188,15 @@ class _LatencyLogic(SinkLogic):
             self.from_ns = min(times) + self.warmup_ns
         cut = self.from_ns
         # A bar whose window has not ended yet was fired by end of input, not by time.
-        self.samples.extend([now - t for t in times if cut <= t <= now])
+        kept = [t for t in times if cut <= t <= now]
+        self.samples.extend([now - t for t in kept])
+        if self.bars:
+            closes = self.closes
+            for end in set(kept):
+                closes[end] = max(closes.get(end, 0), now - end)
 
     def close(self) -> LatencyReport:
-        return LatencyReport(self.samples.tobytes(), self.from_ns or 0)
+        return LatencyReport(self.samples.tobytes(), self.from_ns or 0, self.closes)
 
 
 @dataclass(frozen=True)
