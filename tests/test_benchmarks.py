@@ -8,7 +8,7 @@ import json
 import pytest
 
 from benchmarks import __main__ as cli
-from benchmarks import mpqueue
+from benchmarks import latency, mpqueue
 from benchmarks.checksum import Digest, bar_hash, combine
 from benchmarks.common import Workload
 from benchmarks.engines import bars_dag, run_single_process
@@ -75,3 +75,12 @@ def test_a_checksum_mismatch_fails_the_run(tmp_path, monkeypatch, capsys):
 def test_unknown_section_is_refused():
     with pytest.raises(SystemExit):
         cli.main(["--only", "speed"])
+
+
+def test_latency_rows_count_window_closes():
+    # Shape only: latencies on a loaded machine are what they are.
+    row = latency.run_latency("bars", rate=20_000, linger=0.002, seconds=2.5, replicas=1)
+    assert row["closes"] >= 1
+    assert row["samples"] >= row["closes"]  # every close brought at least one bar
+    assert 0 <= row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+    assert row["close_p50_ms"] <= row["close_max_ms"] == row["max_ms"]
