@@ -97,6 +97,11 @@ class Job:
             self._deferred = "stop"
         else:
             self._deferred = "kill"
+            if self._in_pipe and self._process.exitcode is None:
+                # The message being read may never complete (a coordinator frozen halfway
+                # through sending it): end the coordinator without touching the pipe; its
+                # end closes, the read ends, and the kill is carried out after it.
+                self._process.terminate()
         if not self._in_pipe:
             self._act()
 
@@ -106,7 +111,7 @@ class Job:
         if action == "stop":
             self.stop()
         elif action == "kill":
-            self.kill()
+            self.kill()  # nothing to kill if the message just read was the outcome
             raise KeyboardInterrupt
 
     @contextlib.contextmanager
@@ -221,6 +226,8 @@ class Job:
 
     def kill(self) -> None:
         """Immediate stop: workers are terminated, sinks discard partial output."""
+        if self._outcome is not None:
+            return  # the job has ended; its coordinator is only tidying up
         if not self._request(("kill",)) and self._process.exitcode is None:
             self._process.terminate()
 

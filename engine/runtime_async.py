@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,17 +12,28 @@ import uvloop
 TICK_S = 0.25
 
 
+class StopAwaiting(Exception):
+    """The runner cancelled what it was awaiting because ``cancel_when`` asked it to."""
+
+
 class AsyncRunner:
     """Runs awaitables to completion on one lazily created uvloop loop.
 
-    ``on_tick`` (if given) is called while an awaitable runs, so a worker keeps its
-    heartbeat and counters fresh while an async sink waits on its store or an async source
-    on its provider. It returns the seconds until it wants to run again (None: ``TICK_S``),
-    and ``next_tick`` (if given) says when it first wants to run; a source worker uses them
-    to flush a partial batch after its linger while the source waits, rather than whenever
-    the provider next speaks. When ``cancel_when`` (if given) returns True at a tick, the
-    awaitable is cancelled and the call raises ``asyncio.CancelledError``: a source worker
-    that is asked to stop does not wait for a quiet provider's next message.
+    ``on_tick`` (if given) is called while an awaitable runs, at most ``TICK_S`` apart, so a
+    worker keeps its heartbeat and counters fresh while an async sink waits on its store or
+    an async source on its provider. It returns the seconds until it wants to run again
+    (None: ``TICK_S``), and ``next_tick`` says when it first wants to run: a source worker
+    flushes a partial batch after its linger while the source waits, rather than whenever
+    the provider next speaks.
+
+    ``cancel_when`` (if given) is asked at every tick; once it has said True for ``TICK_S``
+    (so an item already on its way has time to arrive), the awaitable is cancelled, once,
+    and the call raises ``StopAwaiting``: a source worker that is asked to
+    stop does not wait for a quiet provider's next message. A call made with
+    ``cancellable=False`` (a generator's ``aclose()``, its cleanup) is never cancelled.
+
+    Nothing raised in a tick, or by a signal handler while the loop runs (a worker's SIGTERM
+    exception), is lost in the loop's log: it cancels the awaitable and the call raises it.
     """
 
     def __init__(
@@ -36,29 +48,79 @@ class AsyncRunner:
         self._next_tick = next_tick
         self._running: asyncio.Future[Any] | None = None
         self._handle: asyncio.TimerHandle | None = None
+        self._error: BaseException | None = None  # from a tick or a signal handler
+        self._cancellable = False
+        self._stop_since: float | None = None  # when cancel_when() began to say True
+        self._cancelled = False
 
-    def __call__(self, awaitable: Awaitable[Any]) -> Any:
+    def __call__(self, awaitable: Awaitable[Any], *, cancellable: bool = True) -> Any:
         if self._loop is None:
             self._loop = uvloop.new_event_loop()
+            self._loop.set_exception_handler(self._on_loop_error)
         loop = self._loop
         if self._on_tick is None:
             return loop.run_until_complete(awaitable)
         first = TICK_S if self._next_tick is None else min(TICK_S, self._next_tick())
         self._handle = loop.call_later(max(0.0, first), self._tick)
+        self._cancellable = cancellable
+        self._stop_since = None
+        self._cancelled = False
         self._running = asyncio.ensure_future(awaitable, loop=loop)
         try:
-            return loop.run_until_complete(self._running)
+            try:
+                result = loop.run_until_complete(self._running)
+            except asyncio.CancelledError:
+                if self._error is None and self._cancelled:
+                    raise StopAwaiting from None
+                if self._error is None:
+                    raise  # the awaitable's own cancellation: not ours to excuse
+            if self._error is not None:
+                raise self._error
+            return result
         finally:
+            self._error = None
             self._running = None
             if self._handle is not None:
                 self._handle.cancel()
                 self._handle = None
 
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        if self._running is not None:
+            self._running.cancel()
+
+    def _on_loop_error(self, loop: Any, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if exc is not None and not isinstance(exc, Exception) and self._running is not None:
+            self._fail(exc)  # the worker's Stopped (SIGTERM) raised inside a loop callback
+        else:
+            loop.default_exception_handler(context)
+
     def _tick(self) -> None:
         assert self._loop is not None and self._on_tick is not None
-        delay = self._on_tick()
-        self._handle = self._loop.call_later(TICK_S if delay is None else delay, self._tick)
-        if self._cancel_when is not None and self._running is not None and self._cancel_when():
+        try:
+            delay = self._on_tick()
+        except BaseException as exc:  # the loop would log it and go on
+            self._fail(exc)
+            return
+        delay = TICK_S if delay is None else min(TICK_S, max(0.0, delay))
+        self._handle = self._loop.call_later(delay, self._tick)
+        if (
+            self._cancel_when is None
+            or not self._cancellable
+            or self._cancelled
+            or self._running is None
+        ):
+            return
+        if not self._cancel_when():
+            self._stop_since = None
+            return
+        now = time.monotonic()
+        if self._stop_since is None:
+            self._stop_since = now
+        elif now - self._stop_since >= TICK_S:
+            self._cancelled = True
             self._running.cancel()
 
     def close(self) -> None:

@@ -12,8 +12,6 @@ and the new watermark is forwarded on every output, after the records it covers.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import inspect
 from collections.abc import Awaitable
 from time import thread_time_ns as perf_counter_ns  # CPU time: fair on a busy machine
@@ -23,6 +21,7 @@ from engine.batch import MIN_WATERMARK
 from engine.columns import Columns
 from engine.dag import MAIN, SINK
 from engine.operator import Context, OperatorLogic, SinkLogic, SourceLogic, Watermark
+from engine.runtime_async import StopAwaiting
 
 MAX_WATERMARK = 2**63 - 1
 
@@ -207,9 +206,9 @@ class SourceTask:
         started = perf_counter_ns()
         try:
             item = self._run_async(anext(self._items)) if self._is_async else next(self._items)
-        except (StopIteration, StopAsyncIteration, asyncio.CancelledError):
-            # CancelledError: the engine cancelled a pending await because the job is
-            # stopping (engine.runtime_async); the stream ends here, gracefully.
+        except (StopIteration, StopAsyncIteration, StopAwaiting):
+            # StopAwaiting: the job is stopping and the worker cancelled the source's
+            # pending await (engine.runtime_async); the stream ends here, gracefully.
             self.finish()
             return False
         finally:
@@ -238,8 +237,6 @@ class SourceTask:
         if items is None:
             return
         if self._is_async:
-            # Best effort while stopping: a cleanup that outlasts the stop is cancelled too.
-            with contextlib.suppress(asyncio.CancelledError):
-                self._run_async(items.aclose())
+            self._run_async(items.aclose(), cancellable=False)  # cleanup runs to its end
         elif hasattr(items, "close"):
             items.close()

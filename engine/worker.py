@@ -28,6 +28,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from time import thread_time_ns
 from typing import Any
 
 from engine.batch import BatchBuilder, codec_for, decode_watermark
@@ -169,6 +170,7 @@ class Worker:
         self.row = row
         self.control = spec.control
         self.stop_requested = False
+        self._aborting = False
         self._counters_due = 0.0
         self._counters_sent: tuple[dict[str, int], dict[str, float]] = ({}, {})
         node = spec.node
@@ -218,9 +220,14 @@ class Worker:
         self._check_control()
 
     def _on_source_tick(self) -> float:
-        """While an async source waits: heartbeat, control, and partial batches due."""
+        """While an async source waits: heartbeat, control, and partial batches due (not
+        after a failure: then nothing more goes out). Its CPU is the engine's, not the
+        source's, though it runs inside the await that the task times as logic."""
+        started = thread_time_ns()
         self.on_wait()
-        self._flush_due(time.monotonic())
+        if not self._aborting:
+            self._flush_due(time.monotonic())
+        self.task.logic_ns -= thread_time_ns() - started
         return self._until_flush()
 
     def _until_flush(self) -> float:
@@ -383,6 +390,7 @@ class Worker:
     def abort(self) -> None:
         """After a failure: let a sink discard partial output; close what is open. Errors
         here are secondary to the one being reported, so they are not raised."""
+        self._aborting = True
         steps = [self.task.abort if isinstance(self.task, Task) else self.task.close]
         steps += [w.close for w in self.writers] + [r.close for r in self.readers]
         for step in steps:

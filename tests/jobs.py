@@ -101,6 +101,24 @@ class _AsyncQuietLogic(SourceLogic):
 
 
 @dataclass(frozen=True)
+class AsyncUnpicklable(Source):
+    """Emits one record that cannot be pickled, then waits forever: the partial batch is
+    flushed (and fails to encode) while the source waits."""
+
+    def build(self, ctx: Context) -> SourceLogic:
+        return _AsyncUnpicklableLogic()
+
+
+class _AsyncUnpicklableLogic(SourceLogic):
+    async def batches(self) -> Any:  # type: ignore[override]
+        import asyncio
+
+        yield [lambda: None]
+        await asyncio.Event().wait()  # never set
+        yield []
+
+
+@dataclass(frozen=True)
 class RunningSum(Operator):
     """Per (key, upstream replica): emits (key, seq, running count) for each record; the
     output depends only on the order of records per (key, source replica), which the engine

@@ -14,7 +14,17 @@ import textwrap
 import time
 
 import pytest
-from jobs import AsyncNumbered, AsyncQuiet, Collect, Explode, Fragile, Numbered, RunningSum, Stall
+from jobs import (
+    AsyncNumbered,
+    AsyncQuiet,
+    AsyncUnpicklable,
+    Collect,
+    Explode,
+    Fragile,
+    Numbered,
+    RunningSum,
+    Stall,
+)
 
 from engine import Dag, JobFailed, RingflowError, launch, run
 from engine.testing import run_inline
@@ -163,6 +173,15 @@ def test_graceful_stop_ends_an_async_source_waiting_on_a_quiet_provider():
     result = job.wait(WAIT)
     assert result.stopped
     assert len(result.collected("out")) == 25
+    _assert_gone([*job.pids, job.coordinator_pid])
+
+
+def test_a_record_that_fails_to_encode_while_an_async_source_waits_fails_the_job():
+    dag = Dag("unpicklable")
+    dag.source("src", AsyncUnpicklable()).sink("out", Collect())
+    job = launch(dag)
+    with pytest.raises(JobFailed, match=r"node 'src' replica 0.*cannot pickle"):
+        job.wait(WAIT)
     _assert_gone([*job.pids, job.coordinator_pid])
 
 

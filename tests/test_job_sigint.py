@@ -57,6 +57,19 @@ class MidMessageConn:
         self.theirs.close()
 
 
+class FakeCoordinator:
+    """Stands in for the coordinator process: never exits, counts terminate()."""
+
+    def __init__(self, sentinel: int) -> None:
+        self.sentinel = sentinel
+        self.exitcode = None
+        self.pid = None
+        self.terminated = 0
+
+    def terminate(self) -> None:
+        self.terminated += 1
+
+
 @pytest.fixture
 def job():
     job = Job.__new__(Job)  # the driver side only: no coordinator behind it
@@ -68,7 +81,7 @@ def job():
     job._in_pipe = False
     job._deferred = None
     job._previous_sigint = None
-    job._process = SimpleNamespace(sentinel=never_r, exitcode=None, pid=None)
+    job._process = FakeCoordinator(never_r)
     job._conn = conn = MidMessageConn(job)
     yield job
     conn.close()
@@ -96,6 +109,19 @@ def test_second_ctrl_c_mid_read_kills_after_the_message(job):
     assert job._conn.sent_during == []
     assert job._conn.sent == [("kill",)]
     assert job._status == [{"node": "bars"}]
+    # Were the message never to complete, the read would end anyway: the coordinator was
+    # told to go by a signal, which touches no pipe.
+    assert job._process.terminated == 1
+
+
+def test_a_kill_after_the_outcome_arrived_only_interrupts(job):
+    job.interrupted = True
+    job._conn.interrupt_in = {"recv"}
+    job._conn.theirs.send(("result", "the result"))
+    with pytest.raises(KeyboardInterrupt):
+        job._pump(1.0)
+    assert job._outcome == "the result"
+    assert job._conn.sent == []  # no kill for a job that has ended
 
 
 def test_ctrl_c_mid_write_waits_for_the_message_to_be_sent(job):
