@@ -37,7 +37,7 @@ from typing import Any
 
 from benchmarks.checksum import Digest, combine
 from benchmarks.common import Workload, throughput_row
-from benchmarks.handroll import HandBars
+from benchmarks.handroll import HandBars, bar_fields, fold_tick
 from benchmarks.mpqueue import QUEUE_SLOTS, routed_batches
 from engine.operator import Context, Watermark
 from engine.records import Tick
@@ -77,23 +77,7 @@ def _new_acc() -> list[Any]:
 
 
 def _fold(acc: list[Any], tick: Tick) -> list[Any]:
-    ts, p, s = tick.ts, tick.price, tick.size
-    if not acc:
-        return [ts, p, p, p, ts, p, s, p * s, 1]
-    if ts < acc[0]:
-        acc[0] = ts
-        acc[1] = p
-    if ts >= acc[4]:
-        acc[4] = ts
-        acc[5] = p
-    if p > acc[2]:
-        acc[2] = p
-    elif p < acc[3]:
-        acc[3] = p
-    acc[6] += s
-    acc[7] += p * s
-    acc[8] += 1
-    return acc
+    return fold_tick(acc, tick.ts, tick.price, tick.size)
 
 
 def _merge(a: list[Any], b: list[Any]) -> list[Any]:  # only session windows merge
@@ -101,11 +85,9 @@ def _merge(a: list[Any], b: list[Any]) -> list[Any]:  # only session windows mer
 
 
 def _bar_fields(size_ns: int, item: tuple[str, tuple[int, list[Any]]]) -> tuple[Any, ...]:
-    symbol, (_, a) = item
-    start = a[0] - a[0] % size_ns
-    volume = a[6]
-    vwap = a[7] / volume if volume else float("nan")
-    return (symbol, start, start + size_ns, a[1], a[2], a[3], a[5], volume, vwap, a[8])
+    symbol, (_, acc) = item
+    start = acc[0] - acc[0] % size_ns
+    return bar_fields(symbol, start, start + size_ns, acc)
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
@@ -266,7 +248,7 @@ class _Aggregator:
         return True
 
     def add(self, watermark: int, rows: list[tuple[str, int, float, float]]) -> None:
-        self.bars.add_rows(rows)
+        self.bars.add_rows(rows, len(rows))
         self.bars.advance(watermark)
 
     def finish(self) -> dict[str, Any]:

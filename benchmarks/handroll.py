@@ -14,7 +14,8 @@ comparison with ringflow is engine against engine on the same semantics as
 
 Emitted bars are folded into a ``Digest`` (the benchmark's sink) as they fire. The loop is
 written out inline, with no call per tick, as the fastest plain-Python version would be:
-the floor a single core sets.
+the floor a single core sets. ``fold_tick`` is its update as a function and ``bar_fields``
+its bar, for the bytewax baseline, which folds one tick per call.
 """
 
 from __future__ import annotations
@@ -39,53 +40,9 @@ class HandBars:
         self.late = 0
         self.ticks = 0
 
-    def add_ticks(self, ticks: list[Any]) -> None:
-        """Aggregate ``engine.records.Tick`` objects (attribute access)."""
-        size, windows = self.size, self.windows
-        late_start = self.watermark - size
-        current = None
-        bucket: dict[str, list[Any]] = {}
-        late = 0
-        for tick in ticks:
-            ts = tick.ts
-            start = ts - ts % size
-            if start <= late_start:
-                late += 1
-                continue
-            if start != current:
-                current = start
-                found = windows.get(start)
-                if found is None:
-                    found = windows[start] = {}
-                bucket = found
-            p = tick.price
-            acc = bucket.get(tick.symbol)
-            if acc is None:
-                s = tick.size
-                bucket[tick.symbol] = [ts, p, p, p, ts, p, s, p * s, 1]
-                continue
-            if ts < acc[0]:
-                acc[0] = ts
-                acc[1] = p
-            if ts >= acc[4]:
-                acc[4] = ts
-                acc[5] = p
-            if p > acc[2]:
-                acc[2] = p
-            elif p < acc[3]:  # high >= low, so a new high cannot be a new low
-                acc[3] = p
-            s = tick.size
-            acc[6] += s
-            acc[7] += p * s
-            acc[8] += 1
-        self.late += late
-        self.ticks += len(ticks)
-
-    def add_rows(
-        self, rows: Iterable[tuple[str, int, float, float]], count: int | None = None
-    ) -> None:
-        """Aggregate ``(symbol, ts, price, size)`` tuples (a list, or ``zip`` over the
-        columns of a ``Columns`` batch, with its ``count``): the same loop by unpacking."""
+    def add_rows(self, rows: Iterable[tuple[str, int, float, float]], count: int) -> None:
+        """Aggregate ``count`` ``(symbol, ts, price, size)`` tuples (a list, or ``zip``
+        over the columns of a ``Columns`` batch)."""
         size, windows = self.size, self.windows
         late_start = self.watermark - size
         current = None
@@ -120,7 +77,7 @@ class HandBars:
             acc[7] += p * s
             acc[8] += 1
         self.late += late
-        self.ticks += len(rows) if count is None else count  # type: ignore[arg-type]
+        self.ticks += count
 
     def advance(self, watermark: int) -> None:
         """Move the watermark forward and emit the windows it closes."""
@@ -141,7 +98,33 @@ class HandBars:
     def _emit(self, start: int) -> None:
         end = start + self.size
         add = self.digest.add
-        for symbol, a in self.windows.pop(start).items():
-            volume = a[6]
-            vwap = a[7] / volume if volume else float("nan")
-            add(symbol, start, end, a[1], a[2], a[3], a[5], volume, vwap, a[8])
+        for symbol, acc in self.windows.pop(start).items():
+            add(*bar_fields(symbol, start, end, acc))
+
+
+def fold_tick(acc: list[Any], ts: int, p: float, s: float) -> list[Any]:
+    """The loop's update of one accumulator, as a function, for engines that fold a tick
+    per call (bytewax); ``acc`` starts as ``[]``. Keep it the same as the loop above."""
+    if not acc:
+        return [ts, p, p, p, ts, p, s, p * s, 1]
+    if ts < acc[0]:
+        acc[0] = ts
+        acc[1] = p
+    if ts >= acc[4]:
+        acc[4] = ts
+        acc[5] = p
+    if p > acc[2]:
+        acc[2] = p
+    elif p < acc[3]:
+        acc[3] = p
+    acc[6] += s
+    acc[7] += p * s
+    acc[8] += 1
+    return acc
+
+
+def bar_fields(symbol: str, start: int, end: int, acc: list[Any]) -> tuple[Any, ...]:
+    """The digest's fields of the bar an accumulator makes (vwap NaN for no volume)."""
+    volume = acc[6]
+    vwap = acc[7] / volume if volume else float("nan")
+    return (symbol, start, end, acc[1], acc[2], acc[3], acc[5], volume, vwap, acc[8])

@@ -82,7 +82,7 @@ def _worker(work: Workload, queue: Any, barrier: Barrier, results: Any) -> None:
     cpu = time.process_time()
     while (message := queue.get()) is not None:
         watermark, rows = message
-        bars.add_rows(rows)
+        bars.add_rows(rows, len(rows))
         bars.advance(watermark)
     digest = bars.finish()
     results.put(

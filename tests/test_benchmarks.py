@@ -36,7 +36,8 @@ def test_digest_is_order_free_and_counts_every_bar():
 def test_hand_rolled_bars_equal_the_engines_window_operator():
     work = Workload(ticks=30_000, symbols=50)
     hand = HandBars(work.window_ns)
-    hand.add_ticks(generate(work.generator()))
+    ticks = generate(work.generator())
+    hand.add_rows([(t.symbol, t.ts, t.price, t.size) for t in ticks], len(ticks))
     engine = run_inline(bars_dag(work, replicas=2, sources=2))
     parts = engine.sinks["digest"]
     assert combine([(p.bars, p.total) for p in parts]) == hand.finish()
