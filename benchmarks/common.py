@@ -8,10 +8,12 @@ disorder, so no tick is late and every engine must produce the same bars.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +67,25 @@ def throughput_row(
     }
     row.update(extra)
     return row
+
+
+@contextlib.contextmanager
+def running(procs: list[Any], what: str, join_s: float) -> Iterator[None]:
+    """Start a baseline's processes; after the body, join each (a non-zero exit is an
+    error); on every way out, kill any still alive."""
+    try:
+        for p in procs:
+            p.start()
+        yield
+        for p in procs:
+            p.join(join_s)
+            if p.exitcode != 0:
+                raise RuntimeError(f"{what}: process {p.name} exited with {p.exitcode}")
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(join_s)
 
 
 def cpu_model() -> str:

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from benchmarks.checksum import Digest, combine
-from benchmarks.common import Workload, throughput_row
+from benchmarks.common import Workload, running, throughput_row
 from benchmarks.handroll import HandBars, bar_fields, fold_tick
 from benchmarks.mpqueue import QUEUE_SLOTS, routed_batches
 from engine.operator import Context, Watermark
@@ -201,18 +201,8 @@ def run_bytewax(work: Workload, replicas: int) -> dict[str, Any]:
             ctx.Process(target=_bytewax_process, args=(work, addresses, i, outdir), daemon=True)
             for i in range(replicas)
         ]
-        try:
-            for p in procs:
-                p.start()
-            for p in procs:
-                p.join(JOIN_S)
-                if p.exitcode != 0:
-                    raise RuntimeError(f"bytewax: process {p.name} exited with {p.exitcode}")
-        finally:
-            for p in procs:
-                if p.is_alive():
-                    p.kill()
-                    p.join(10)
+        with running(procs, "bytewax", JOIN_S):
+            pass
         wall = time.perf_counter() - wall
         parts: dict[str, list[dict[str, Any]]] = {"start": [], "digest": [], "late": []}
         for name in os.listdir(outdir):

@@ -26,7 +26,7 @@ from multiprocessing.synchronize import Barrier
 from typing import Any
 
 from benchmarks.checksum import combine
-from benchmarks.common import KEY_GROUPS, Workload, throughput_row
+from benchmarks.common import KEY_GROUPS, Workload, running, throughput_row
 from benchmarks.handroll import HandBars
 from engine.operator import Context, Watermark
 from operators.generator import GeneratorLogic
@@ -101,19 +101,8 @@ def run_mp_queue(work: Workload, replicas: int) -> dict[str, Any]:
     procs += [
         ctx.Process(target=_worker, args=(work, q, barrier, results), daemon=True) for q in queues
     ]
-    try:
-        for p in procs:
-            p.start()
+    with running(procs, "mp_queue", JOIN_S):
         messages = [results.get(timeout=JOIN_S * 10) for _ in range(1 + 2 * replicas)]
-        for p in procs:
-            p.join(JOIN_S)
-            if p.exitcode != 0:
-                raise RuntimeError(f"mp_queue: process {p.name} exited with {p.exitcode}")
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join(JOIN_S)
     wall = time.perf_counter() - wall
     source = next(m for m in messages if m[0] == "source")
     workers = [m for m in messages if m[0] == "worker"]

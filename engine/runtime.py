@@ -137,22 +137,9 @@ class PipelineRuntime:
         operators: Operator | Sequence[Operator],
         sink: Sink,
         *,
-        parallelism: int = 1,
-        key: str | Callable[[Any], Any] | None = None,
-        source_parallelism: int = 1,
-        sink_parallelism: int = 1,
-        name: str = "pipeline",
         timeout: float | None = None,
+        **shape: Any,
     ) -> JobResult:
-        """Run the linear pipeline ``source -> operators -> sink`` (see ``pipeline_dag``)."""
-        dag = pipeline_dag(
-            source,
-            operators,
-            sink,
-            parallelism=parallelism,
-            key=key,
-            source_parallelism=source_parallelism,
-            sink_parallelism=sink_parallelism,
-            name=name,
-        )
-        return self.run_dag(dag, timeout=timeout)
+        """Run the linear pipeline ``source -> operators -> sink``; ``shape`` is
+        ``pipeline_dag``'s keywords (parallelism, key, ...)."""
+        return self.run_dag(pipeline_dag(source, operators, sink, **shape), timeout=timeout)
