@@ -46,18 +46,23 @@ def process(self, batch):
                 late = []
             late.append(record)
             continue
-        if start != current:
-            current = start
-            found = windows.get(start)
-            if found is None:
-                found = windows[start] = {{}}
-            bucket = found
-        key = {key}
+{switch}        key = {key}
         acc = bucket.get(key)
 {update}
     if late:
         self._late(late)
     return []
+"""
+
+# Shared by the loops: the window's bucket when the window changes (cached, since
+# consecutive records nearly always share it), and a new key's accumulator.
+_SWITCH = """\
+        if start != current:
+            current = start
+            found = windows.get(start)
+            if found is None:
+                found = windows[start] = {}
+            bucket = found
 """
 
 _CALL = "        bucket[key] = add(initial() if acc is None else acc, record)\n"
@@ -75,16 +80,8 @@ def process(self, columns):
     bucket = {{}}
     for {names} in zip(*columns):
         start = {start}
-        if start != current:
-            current = start
-            found = windows.get(start)
-            if found is None:
-                found = windows[start] = {{}}
-            bucket = found
-        acc = bucket.get(key)
-        if acc is None:
-            acc = bucket[key] = initial()
-{body}"""
+{switch}        acc = bucket.get(key)
+{inline}{body}"""
 
 
 _ONE_WINDOW = """\
@@ -96,9 +93,7 @@ def process(self, columns, start):
         bucket = windows[start] = {{}}
     for {names} in zip(*columns):
         acc = bucket.get(key)
-        if acc is None:
-            acc = bucket[key] = initial()
-{body}"""
+{inline}{body}"""
 
 
 def window_start(offset: bool) -> str:
@@ -121,7 +116,9 @@ def rows_loop(
             for i, name in enumerate(fields)
         )
         update = _INLINE + reads + textwrap.indent(body, " " * 8)
-    source = _ROWS.format(time=time, start=window_start(offset), key=key_expr, update=update)
+    source = _ROWS.format(
+        time=time, start=window_start(offset), key=key_expr, switch=_SWITCH, update=update
+    )
     return compile_function("process", source)
 
 
@@ -143,6 +140,7 @@ def columns_loop(
             zipped.append(name)
             names.append(f"_{i}")
     inner = textwrap.indent("".join(rename) + body, " " * 8)
-    source = _COLUMNS.format(names=", ".join(names), start=window_start(offset), body=inner)
-    one = _ONE_WINDOW.format(names=", ".join(names), body=inner)
+    loop = {"names": ", ".join(names), "inline": _INLINE, "body": inner}
+    source = _COLUMNS.format(start=window_start(offset), switch=_SWITCH, **loop)
+    one = _ONE_WINDOW.format(**loop)
     return tuple(zipped), compile_function("process", source), compile_function("process", one)

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
+import msgspec
+
 from engine.columns import Columns, field_names
 from engine.errors import DagError
 from engine.operator import Batch, Context, Operator, OperatorLogic
@@ -197,43 +199,46 @@ class _TumblingLogic(_FixedLogic):
         times = batch.data[positions[0]]
         if not times:
             return []
-        size, offset = self._size, self._offset
-        low, high = min(times), max(times)
-        if low != low or high != high:  # a NaN time: min and max mean nothing
-            return self._process(self, batch.rows())
-        first = low - (low - offset) % size
-        if first <= self._watermark - size:
-            batch = self._take_late(batch, times)
+        low, high = min(times), max(times)  # int times: no NaN to confuse them
+        # A record is late when its window has ended (start <= watermark - size), which
+        # for a window start that grows with t is: t before the first window still open.
+        open_from = self._start(self._watermark - self._size) + self._size
+        if low < open_from:
+            batch = self._take_late(batch, times, open_from)
             if not batch:
                 return []
             low = min(batch.data[positions[0]])
-            first = low - (low - offset) % size
         columns = [batch.data[i] for i in positions]
-        if first == high - (high - offset) % size:
+        first = self._start(low)
+        if first == self._start(high):
             self._process_window(self, columns, first)  # one window: found once
         else:
             self._process_columns(self, columns)
         return []
 
+    def _start(self, t: int) -> int:
+        """The start of the window holding time ``t``."""
+        start: int = t - (t - self._offset) % self._size
+        return start
+
     def _columns_of(self, record_type: type) -> tuple[int, ...] | None:
-        """Where the loop's fields are among the columns of ``record_type``."""
+        """Where the loop's fields are among the columns of ``record_type``; None when it
+        lacks one, or when its time is not declared ``int`` (the batch-wide min/max
+        shortcuts need times that order: a float NaN does not), so records are read."""
         if record_type not in self._positions:
+            types = {f.name: f.type for f in msgspec.structs.fields(record_type)}
             names = field_names(record_type)
-            found = all(name in names for name in self._fields)
-            positions = tuple(names.index(name) for name in self._fields) if found else None
+            usable = all(name in types for name in self._fields)
+            usable = usable and types[self._fields[0]] is int
+            positions = tuple(names.index(name) for name in self._fields) if usable else None
             self._positions[record_type] = positions
         return self._positions[record_type]
 
-    def _take_late(self, batch: Columns, times: Any) -> Columns:
-        """Send the batch's late records to the late output; return the rest."""
-        size, offset = self._size, self._offset
-        late_start = self._watermark - size
-        late = [i for i, t in enumerate(times) if t - (t - offset) % size <= late_start]
-        if not late:
-            return batch
+    def _take_late(self, batch: Columns, times: Any, open_from: int) -> Columns:
+        """Send the records before ``open_from`` to the late output; return the rest."""
+        late = [i for i, t in enumerate(times) if t < open_from]
         self._late(batch.take(late).rows())
-        dropped = set(late)
-        return batch.take([i for i in range(len(times)) if i not in dropped])
+        return batch.take([i for i, t in enumerate(times) if not t < open_from])
 
 
 class _SlidingLogic(_FixedLogic):
