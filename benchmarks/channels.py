@@ -46,6 +46,7 @@ from multiprocessing.queues import Queue
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
+from benchmarks.common import running
 from engine.batch import MsgpackCodec
 from engine.channel import Channel, TxEnd
 from engine.records import Tick
@@ -129,19 +130,8 @@ def _producer(ctx: SpawnContext, target: Callable[..., None], *args: Any) -> Ite
     """Run ``target(*args)`` in a spawned process; kill it if measuring fails, else join it
     and check that it exited cleanly."""
     proc = ctx.Process(target=target, args=args, daemon=True)
-    proc.start()
-    try:
+    with running([proc], f"producer {target.__name__}", JOIN_S):
         yield proc
-    except BaseException:
-        proc.kill()
-        proc.join(JOIN_S)
-        raise
-    proc.join(JOIN_S)
-    if proc.is_alive():
-        proc.kill()
-        proc.join(JOIN_S)
-    if proc.exitcode != 0:
-        raise RuntimeError(f"producer {target.__name__} exited with code {proc.exitcode}")
 
 
 def bench_ring(ctx: SpawnContext, frame_bytes: int | None, duration: float) -> Received:

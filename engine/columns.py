@@ -112,7 +112,7 @@ class Columns:
         names = field_names(record_type)
         if not rows:
             return cls(record_type, tuple([] for _ in names))
-        return cls(record_type, tuple(list(map(getter, rows)) for getter in _getters(names)))
+        return cls(record_type, tuple(list(map(attrgetter(name), rows)) for name in names))
 
     def __len__(self) -> int:
         return self._n
@@ -160,10 +160,6 @@ class Columns:
             return Columns(self.type, tuple([column[i]] for column in self.data))
         pick = itemgetter(*indices)
         return Columns(self.type, tuple(pick(column) for column in self.data))
-
-
-def _getters(names: tuple[str, ...]) -> list[Any]:
-    return [attrgetter(name) for name in names]
 
 
 def _parameters(record_type: type) -> list[inspect.Parameter]:
