@@ -192,16 +192,14 @@ class Worker:
             splitter = out.partitioner.build(out.parallelism, spec.replica)
             outputs.setdefault(out.output, []).append(Output(splitter, senders))
         self.emitter = Emitter(self.ctx, outputs)
-        if node.kind == SOURCE:
-            # While an async source waits: its partial batches still leave after their
-            # linger, and a stop cancels the wait (a provider with nothing to say).
-            self.runner = AsyncRunner(
-                on_tick=self._on_source_tick,
-                cancel_when=lambda: self.stop_requested,
-                next_tick=self._until_flush,
-            )
-        else:  # a sink's awaits are never cancelled: sinks drain what is in flight
-            self.runner = AsyncRunner(on_tick=self.on_wait)
+        # While an async source or sink waits: heartbeat, and partial batches leave after
+        # their linger. A stop cancels a source's wait (a provider with nothing to say),
+        # never a sink's: sinks drain what is in flight.
+        self.runner = AsyncRunner(
+            on_tick=self._on_async_tick,
+            cancel_when=(lambda: self.stop_requested) if node.kind == SOURCE else None,
+            next_tick=self._until_flush,
+        )
         logic = node.config.build(self.ctx)
         self.task: Task | SourceTask
         if node.kind == SOURCE:
@@ -219,10 +217,10 @@ class Worker:
         self._update_stats()
         self._check_control()
 
-    def _on_source_tick(self) -> float:
-        """While an async source waits: heartbeat, control, and partial batches due (not
-        after a failure: then nothing more goes out). Its CPU is the engine's, not the
-        source's, though it runs inside the await that the task times as logic."""
+    def _on_async_tick(self) -> float:
+        """While async logic waits: heartbeat, control, and partial batches due (not after
+        a failure: then nothing more goes out). Its CPU is the engine's, not the logic's,
+        though it runs inside the await that the task times as logic."""
         started = thread_time_ns()
         self.on_wait()
         if not self._aborting:
