@@ -92,7 +92,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--replicas", help="aggregation replica counts (default 1..nproc)")
     parser.add_argument(
         "--sources",
-        help="ringflow source replica counts to try per R (default: 1, ceil(R/2) and R)",
+        help="ringflow source replica counts to try per R, those not above R (default: 1, "
+        "ceil(R/2) and R)",
     )
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout")
     parser.add_argument("--out", default=DEFAULT_OUT, help="folder for the SVG and JSON files")
@@ -112,8 +113,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _sources_for(replicas: int, chosen: list[int] | None) -> list[int]:
+    """Source replica counts to try with ``replicas`` aggregation replicas: those chosen
+    that are not above ``replicas`` (a source replica generates and routes a tick for less
+    CPU than a bars replica aggregates it, so more sources than bars only add processes),
+    or the smallest chosen if none is; by default 1, ceil(R/2) and R."""
     if chosen:
-        return chosen
+        return [p for p in chosen if p <= replicas] or [min(chosen)]
     return sorted({1, math.ceil(replicas / 2), replicas})
 
 
