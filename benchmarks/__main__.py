@@ -4,7 +4,7 @@ Usage::
 
     python -m benchmarks [--quick] [--ticks N] [--rounds N] [--replicas 1,2] [--sources 1,2]
                          [--json] [--out DIR] [--only throughput,latency,memory]
-                         [--engines ringflow,single_process,mp_queue,bytewax,ray]
+                         [--engines ringflow,single_process,mp_queue,bytewax,ray] [--slots N]
 
 Sections (``--only`` picks some):
 
@@ -99,6 +99,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default=DEFAULT_OUT, help="folder for the SVG and JSON files")
     parser.add_argument("--only", default=",".join(SECTIONS), help="sections to run")
     parser.add_argument("--engines", default=",".join(ENGINES), help="engines to run")
+    parser.add_argument(
+        "--slots",
+        type=int,
+        help="ringflow channel depth in slots (engine setting `slots`; default the engine's)",
+    )
     args = parser.parse_args(argv)
     args.only = [s for s in args.only.split(",") if s]
     args.engines = [e for e in args.engines.split(",") if e]
@@ -177,6 +182,7 @@ def throughput(
             )
 
     sources_arg = _ints(args.sources) if args.sources else None
+    settings = {} if args.slots is None else {"slots": args.slots}
     try:
         for round_no in range(rounds):
             if round_no:
@@ -184,10 +190,10 @@ def throughput(
             for r in replicas:
                 if "ringflow" in args.engines:
                     for p in _sources_for(r, sources_arg):
-                        row, result = engines.run_ringflow(work, r, p)
+                        row, result = engines.run_ringflow(work, r, p, **settings)
                         check(row)
                         if not round_no:
-                            overheads.append(engines.overhead(result, r, p))
+                            overheads.append(engines.overhead(result, r, p, row["seconds"]))
                 for name, run in runners.items():
                     if name not in args.engines or (name != "mp_queue" and not have[name]):
                         continue
@@ -254,11 +260,13 @@ def _overhead(overheads: list[dict[str, Any]], work: Workload, report: Report) -
         "\n## Engine overhead: CPU us per input tick, summed over replicas "
         "(logic = inside the node's logic; engine = the rest of the worker's CPU; "
         "rest = engine minus the pieces timed alone: split + encode at the source, decode "
-        "at bars)"
+        "at bars); busy = a node's CPU over its replicas' share of the run, blocked = its "
+        "time waiting for credit"
     )
     report.say(
         f"{'R':>3}{'P':>3}  {'source logic':>12}{'engine':>8}{'rest':>7}  {'bars logic':>10}"
         f"{'engine':>8}{'rest':>7}  {'sink logic':>10}{'engine':>8}  {'total':>7}{'engine':>8}"
+        f"  {'busy%: source':>13}{'blocked':>8}{'bars':>6}"
     )
     for o in overheads:
         o["source_rest_us"] = round(
@@ -271,7 +279,9 @@ def _overhead(overheads: list[dict[str, Any]], work: Workload, report: Report) -
             f"{o['ticks_engine_us']:>8.3f}{o['source_rest_us']:>7.3f}  {o['bars_logic_us']:>10.3f}"
             f"{o['bars_engine_us']:>8.3f}{o['bars_rest_us']:>7.3f}"
             f"  {o['digest_logic_us']:>10.3f}{o['digest_engine_us']:>8.3f}"
-            f"  {o['total_cpu_us']:>7.3f}{o['total_engine_us']:>8.3f}",
+            f"  {o['total_cpu_us']:>7.3f}{o['total_engine_us']:>8.3f}"
+            f"  {o['ticks_busy_pct']:>13.0f}{o['ticks_blocked_pct']:>8.0f}"
+            f"{o['bars_busy_pct']:>6.0f}",
         )
     report.emit(
         parts,

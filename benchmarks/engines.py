@@ -86,18 +86,23 @@ def run_ringflow(
         wall_s=round(wall, 4),
         cpu_us_per_tick=round(cpu / ticks * 1e6, 3) if ticks else 0,
         late=result.counter("late"),
+        **settings,
     )
     return row, result
 
 
-def overhead(result: JobResult, replicas: int, sources: int) -> dict[str, Any]:
-    """Per-tick CPU of each node, split into the node's own logic and the engine's share.
+def overhead(result: JobResult, replicas: int, sources: int, seconds: float) -> dict[str, Any]:
+    """Per-tick CPU of each node, split into the node's own logic and the engine's share,
+    and how busy its replicas were.
 
     ``logic`` is CPU time inside the node's logic (generation for the source, aggregation
     and firing for bars, digesting for the sink); ``engine`` is the rest of the worker's
     CPU after start-up: encoding and splitting on the way out, decoding on the way in,
     framing, channels, the worker loop. Microseconds per tick of the job's input, summed
-    over replicas (so CPU, not wall time).
+    over replicas (so CPU, not wall time). ``busy_pct`` is a node's CPU time over its
+    replicas' share of the measured ``seconds``; ``blocked_pct`` the same for the time its
+    writers waited for credit (backpressure). A node well under 100% busy was waiting on
+    another.
     """
     ticks = result.nodes["ticks"].records_out or 1
     row: dict[str, Any] = {
@@ -116,6 +121,9 @@ def overhead(result: JobResult, replicas: int, sources: int) -> dict[str, Any]:
         row[f"{name}_cpu_us"] = round(cpu / ticks * 1e6, 3)
         row[f"{name}_logic_us"] = round(logic / ticks * 1e6, 3)
         row[f"{name}_engine_us"] = round((cpu - logic) / ticks * 1e6, 3)
+        span = (sources if name == "ticks" else replicas) * seconds or 1.0
+        row[f"{name}_busy_pct"] = round(100 * cpu / span, 1)
+        row[f"{name}_blocked_pct"] = round(100 * node.timing.get("backpressured_s", 0.0) / span, 1)
     row["total_cpu_us"] = round(total_cpu / ticks * 1e6, 3)
     row["total_logic_us"] = round(total_logic / ticks * 1e6, 3)
     row["total_engine_us"] = round((total_cpu - total_logic) / ticks * 1e6, 3)
