@@ -7,7 +7,8 @@ Lifecycle:
 2. spawn the workers, then close this process's copies of their pipe ends;
 3. once every worker reports ``ready`` (it has mapped its segments), unlink every segment
    name: from then on nothing is left in /dev/shm whatever dies, as the kernel frees the
-   memory with its last mapping;
+   memory with its last mapping; then tell every source to ``go``, so all source replicas
+   start together, when every consumer is running;
 4. watch, on a uvloop event loop: control messages (``done`` / ``error``), process
    sentinels (death by any signal, seen at once), heartbeats (a hung worker) and the
    driver's pipe (requests; end-of-file means the driver died);
@@ -304,6 +305,10 @@ class Coordinator:
             w.ready = True
             if all(x.ready for x in self.workers):
                 self.unlink_segments()
+                for x in self.workers:
+                    if x.kind == SOURCE:
+                        with contextlib.suppress(OSError):
+                            x.control.send(("go",))
                 self._send(("started", [(x.node, x.replica, x.process.pid) for x in self.workers]))
         elif tag == "counters":
             w.counters, w.gauges = message[1], message[2]

@@ -136,6 +136,8 @@ def worker_main(spec: WorkerSpec) -> None:
         # walking them again and again.
         gc.freeze()
         control.send(("ready",))
+        if spec.node.kind == SOURCE:
+            worker.await_start()
         row[STARTED] = time.monotonic_ns()
         row[STATE] = State.RUNNING
         result = worker.run()
@@ -235,6 +237,20 @@ class Worker:
         waits = [b.due_in(now) for b in self.builders if b.pending]
         return min(waits, default=TICK_S)
 
+    def await_start(self) -> None:
+        """A source waits for the coordinator's ``go``, sent once every worker of the job is
+        ready, so all source replicas start together and none fills its channels while the
+        processes downstream are still starting. A stop request ends the wait as well."""
+        while True:
+            self.row[HEARTBEAT] = time.monotonic_ns()
+            if self.control.poll(WAIT_S):
+                message = self.control.recv()
+                if message == ("go",):
+                    return
+                if message == ("stop",):
+                    self.stop_requested = True
+                    return
+
     def _check_control(self) -> None:
         if self.control.poll():
             message = self.control.recv()
@@ -317,6 +333,9 @@ class Worker:
             self._run_task(self.task)
 
     def _run_source(self, task: SourceTask) -> None:
+        if self.stop_requested:  # stopped before it started: an empty stream
+            task.finish()
+            return
         row = self.row
         control = self.control
         stats_due = 0.0

@@ -257,3 +257,43 @@ class _FragileLogic(SinkLogic):
         time.sleep(self.cfg.abort_s)
         with open(self.cfg.marker, "w") as f:
             f.write("aborted")
+
+
+@dataclass(frozen=True)
+class StartStamped(Source):
+    """One record per replica: (CLOCK_MONOTONIC ns when it produced its first batch, replica)."""
+
+    def build(self, ctx: Context) -> SourceLogic:
+        return _StartStampedLogic(ctx)
+
+
+class _StartStampedLogic(SourceLogic):
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def batches(self) -> Any:
+        yield [(time.monotonic_ns(), self.ctx.replica)]
+
+
+@dataclass(frozen=True)
+class SlowToOpen(Sink):
+    """Takes ``delay`` seconds to set up (as a sink opening a connection might); its result
+    is (CLOCK_MONOTONIC ns when set-up ended, the records it received)."""
+
+    delay: float
+
+    def build(self, ctx: Context) -> SinkLogic:
+        time.sleep(self.delay)
+        return _SlowToOpenLogic(time.monotonic_ns())
+
+
+class _SlowToOpenLogic(SinkLogic):
+    def __init__(self, opened_ns: int) -> None:
+        self.opened_ns = opened_ns
+        self.records: list[Any] = []
+
+    def write(self, batch: list[Any]) -> None:
+        self.records.extend(batch)
+
+    def close(self) -> Any:
+        return self.opened_ns, self.records

@@ -23,7 +23,9 @@ from jobs import (
     Fragile,
     Numbered,
     RunningSum,
+    SlowToOpen,
     Stall,
+    StartStamped,
 )
 
 from engine import Dag, JobFailed, RingflowError, launch, run
@@ -74,6 +76,28 @@ def test_keyed_dag_across_processes_equals_inline():
     assert result.nodes["src"].records_out == 20_000
     assert result.nodes["sum"].records_in == 20_000
     assert result.nodes["out"].records_in == inline.nodes["out"].records_in
+
+
+def test_sources_start_together_once_every_worker_is_ready():
+    # The sink takes half a second to set up: no source replica may produce before then.
+    dag = Dag("start-together")
+    dag.source("src", StartStamped(), parallelism=2).sink("out", SlowToOpen(0.5))
+    result = run(dag, timeout=WAIT)
+    [(opened_ns, records)] = result.sinks["out"]
+    assert sorted(replica for _, replica in records) == [0, 1]
+    assert min(started for started, _ in records) >= opened_ns
+
+
+def test_a_stop_before_the_sources_start_ends_their_streams_empty():
+    dag = Dag("stop-first")
+    dag.source("src", Numbered(0, forever=True), parallelism=2).sink("out", SlowToOpen(1.0))
+    job = launch(dag)
+    job.stop()  # reaches the sources while the sink is still setting up
+    result = job.wait(WAIT)
+    assert result.stopped
+    assert result.sinks["out"][0][1] == []
+    assert result.nodes["src"].records_out == 0
+    _assert_gone([*job.pids, job.coordinator_pid])
 
 
 def test_async_source_runs_on_the_event_loop():
