@@ -29,7 +29,9 @@ from typing import Any
 from engine.coordinator import Settings, coordinator_main, remove_segments
 from engine.dag import Dag
 from engine.errors import JobFailed, RingflowError
+from engine.plan import plan
 from engine.result import JobResult
+from engine.ring import SHM_DIR, segment_size
 
 
 class Job:
@@ -264,7 +266,30 @@ def launch(dag: Dag, **settings: Any) -> Job:
     except TypeError as exc:
         raise RingflowError(f"unknown engine setting: {exc}") from None
     config.check()
+    check_shared_memory(dag, config)
     return Job(dag, config)
+
+
+def check_shared_memory(dag: Dag, config: Settings) -> None:
+    """Refuse a job whose channels do not fit in the room ``/dev/shm`` has now. Segments are
+    sized up front but filled lazily, so a job that outgrows it would start and then die of
+    SIGBUS on its first write past the room."""
+    links = len(plan(dag).links)
+    need = links * segment_size(config.slots, config.slot_size)
+    try:
+        fs = os.statvfs(SHM_DIR)
+    except OSError:
+        return  # no /dev/shm to ask: creating the first segment reports it
+    free = fs.f_bavail * fs.f_frsize
+    if need > free:
+        mib = 1 << 20
+        raise RingflowError(
+            f"job {dag.name!r} needs {need / mib:,.0f} MiB of shared memory for its {links} "
+            f"channels ({config.slots} slots of {config.slot_size:,} bytes each) and "
+            f"{SHM_DIR} has {free / mib:,.0f} MiB free: lower slots or slot_size "
+            f"(launch(dag, slots=..., slot_size=...)), or give {SHM_DIR} more room "
+            f"(docker run --shm-size=1g)"
+        )
 
 
 def run(dag: Dag, *, timeout: float | None = None, **settings: Any) -> JobResult:

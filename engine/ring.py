@@ -83,6 +83,11 @@ def segment_path(name: str) -> str:
     return os.path.join(SHM_DIR, name)
 
 
+def segment_size(slots: int, slot_size: int) -> int:
+    """Bytes of shared memory a ring of ``slots`` slots of ``slot_size`` bytes takes."""
+    return HEADER_SIZE + slots * slot_size
+
+
 class Ring:
     """K slots of S bytes in a shared-memory segment, mapped into this process.
 
@@ -104,7 +109,7 @@ class Ring:
         self.slots = slots
         self.slot_size = slot_size
         self.capacity = slot_size - SLOT_HEADER_SIZE
-        size = HEADER_SIZE + slots * slot_size
+        size = segment_size(slots, slot_size)
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
         try:
             fd = os.open(segment_path(name), flags, 0o600)

@@ -394,3 +394,16 @@ def test_bad_settings_are_refused_before_anything_starts():
         launch(dag, slots=100_000)
     with pytest.raises(RingflowError, match="unknown engine setting"):
         launch(dag, slotz=8)
+
+
+def test_a_job_that_does_not_fit_in_dev_shm_is_refused_before_anything_starts():
+    dag = keyed_dag()  # 2 x 3 + 3 x 1 channels, here of 8 TiB each
+    before = set(os.listdir("/dev/shm"))
+    with pytest.raises(
+        RingflowError,
+        match=r"job 'keyed' needs 75,497,472 MiB of shared memory for its 9 channels "
+        r"\(8 slots of 1,099,511,627,776 bytes each\) and /dev/shm has [\d,]+ MiB free: "
+        r"lower slots or slot_size",
+    ):
+        launch(dag, slot_size=2**40)
+    assert set(os.listdir("/dev/shm")) == before
