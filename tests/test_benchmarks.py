@@ -73,6 +73,25 @@ def test_a_checksum_mismatch_fails_the_run(tmp_path, monkeypatch, capsys):
     assert "CHECKSUM MISMATCH: mp_queue" in capsys.readouterr().err
 
 
+def test_source_counts_tried_are_those_not_above_r():
+    assert cli._sources_for(8, [1, 4, 6, 8, 12]) == [1, 4, 6, 8]
+    assert cli._sources_for(1, [1, 4]) == [1]
+    assert cli._sources_for(2, [4, 6]) == [4]  # none fits: the smallest chosen
+    assert cli._sources_for(4, None) == [1, 2, 4]
+
+
+def test_overhead_rows_report_how_busy_each_node_was(tmp_path, capsys):
+    argv = ["--ticks", "20000", "--rounds", "1", "--replicas", "2", "--sources", "2"]
+    argv += ["--only", "throughput", "--engines", "single_process,ringflow", "--slots", "4"]
+    assert cli.main([*argv, "--json", "--out", str(tmp_path)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    [ringflow] = [r for r in rows if r.get("engine") == "ringflow" and r["bench"] == "throughput"]
+    [overhead] = [r for r in rows if r.get("bench") == "overhead"]
+    assert (ringflow["replicas"], ringflow["sources"], ringflow["slots"]) == (2, 2, 4)
+    for node in ("ticks", "bars", "digest"):
+        assert overhead[f"{node}_busy_pct"] > 0 and overhead[f"{node}_blocked_pct"] >= 0
+
+
 def test_unknown_section_is_refused():
     with pytest.raises(SystemExit):
         cli.main(["--only", "speed"])
