@@ -102,9 +102,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--slots",
         type=int,
-        help="ringflow channel depth in slots (engine setting `slots`; default the engine's)",
+        help="channel depth in slots of the throughput section's ringflow runs (engine "
+        "setting `slots`; default the engine's)",
     )
     args = parser.parse_args(argv)
+    if args.slots is not None and args.slots < 1:
+        parser.error(f"--slots: must be at least 1, got {args.slots}")
     args.only = [s for s in args.only.split(",") if s]
     args.engines = [e for e in args.engines.split(",") if e]
     for what, chosen, known in (

@@ -7,7 +7,7 @@ Lifecycle:
 2. spawn the workers, then close this process's copies of their pipe ends;
 3. once every worker reports ``ready`` (it has mapped its segments), unlink every segment
    name: from then on nothing is left in /dev/shm whatever dies, as the kernel frees the
-   memory with its last mapping; then tell every source to ``go``, so all source replicas
+   memory with its last mapping; and tell every source to ``go``, so all source replicas
    start together, when every consumer is running;
 4. watch, on a uvloop event loop: control messages (``done`` / ``error``), process
    sentinels (death by any signal, seen at once), heartbeats (a hung worker) and the
@@ -304,11 +304,11 @@ class Coordinator:
         if tag == "ready":
             w.ready = True
             if all(x.ready for x in self.workers):
-                self.unlink_segments()
-                for x in self.workers:
+                for x in self.workers:  # before unlinking, which cannot then keep it back
                     if x.kind == SOURCE:
-                        with contextlib.suppress(OSError):
+                        with contextlib.suppress(OSError):  # a source that already exited
                             x.control.send(("go",))
+                self.unlink_segments()
                 self._send(("started", [(x.node, x.replica, x.process.pid) for x in self.workers]))
         elif tag == "counters":
             w.counters, w.gauges = message[1], message[2]

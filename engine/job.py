@@ -32,6 +32,7 @@ from engine.errors import JobFailed, RingflowError
 from engine.plan import plan
 from engine.result import JobResult
 from engine.ring import SHM_DIR, segment_size
+from engine.stats import ROW_BYTES
 
 
 class Job:
@@ -271,22 +272,28 @@ def launch(dag: Dag, **settings: Any) -> Job:
 
 
 def check_shared_memory(dag: Dag, config: Settings) -> None:
-    """Refuse a job whose channels do not fit in the room ``/dev/shm`` has now. Segments are
+    """Refuse a job whose segments do not fit in the room ``/dev/shm`` has now. Segments are
     sized up front but filled lazily, so a job that outgrows it would start and then die of
-    SIGBUS on its first write past the room."""
-    links = len(plan(dag).links)
-    need = links * segment_size(config.slots, config.slot_size)
+    SIGBUS on its first write past the room. Best effort: jobs started just before and not
+    yet filled do not show in the free space yet."""
     try:
         fs = os.statvfs(SHM_DIR)
     except OSError:
         return  # no /dev/shm to ask: creating the first segment reports it
-    free = fs.f_bavail * fs.f_frsize
+    if not fs.f_blocks:
+        return  # a tmpfs without a size limit reports no blocks at all
+    page = fs.f_frsize
+    plan_ = plan(dag)
+    sizes = [segment_size(config.slots, config.slot_size)] * len(plan_.links)
+    sizes.append(len(plan_.replicas) * ROW_BYTES)  # the stats block
+    need = sum(-(-size // page) * page for size in sizes)
+    free = fs.f_bavail * page
     if need > free:
         mib = 1 << 20
         raise RingflowError(
-            f"job {dag.name!r} needs {need / mib:,.0f} MiB of shared memory for its {links} "
-            f"channels ({config.slots} slots of {config.slot_size:,} bytes each) and "
-            f"{SHM_DIR} has {free / mib:,.0f} MiB free: lower slots or slot_size "
+            f"job {dag.name!r} needs {need / mib:,.0f} MiB of shared memory for its "
+            f"{len(plan_.links)} channels ({config.slots} slots of {config.slot_size:,} bytes "
+            f"each) and {SHM_DIR} has {free / mib:,.0f} MiB free: lower slots or slot_size "
             f"(launch(dag, slots=..., slot_size=...)), or give {SHM_DIR} more room "
             f"(docker run --shm-size=1g)"
         )

@@ -97,6 +97,12 @@ def test_unknown_section_is_refused():
         cli.main(["--only", "speed"])
 
 
+def test_a_channel_depth_below_one_is_refused_before_anything_runs(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--slots", "0"])
+    assert "--slots: must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_latency_rows_count_window_closes():
     # Shape only: latencies on a loaded machine are what they are.
     row = latency.run_latency("bars", rate=20_000, linger=0.002, seconds=2.5, replicas=1)

@@ -29,6 +29,8 @@ from jobs import (
 )
 
 from engine import Dag, JobFailed, RingflowError, launch, run
+from engine.coordinator import Settings
+from engine.job import check_shared_memory
 from engine.testing import run_inline
 
 WAIT = 60.0  # generous bound for a loaded 2-core machine; tests finish far sooner
@@ -398,7 +400,7 @@ def test_bad_settings_are_refused_before_anything_starts():
 
 def test_a_job_that_does_not_fit_in_dev_shm_is_refused_before_anything_starts():
     dag = keyed_dag()  # 2 x 3 + 3 x 1 channels, here of 8 TiB each
-    before = set(os.listdir("/dev/shm"))
+    before = _ringflow_segments()
     with pytest.raises(
         RingflowError,
         match=r"job 'keyed' needs 75,497,472 MiB of shared memory for its 9 channels "
@@ -406,4 +408,19 @@ def test_a_job_that_does_not_fit_in_dev_shm_is_refused_before_anything_starts():
         r"lower slots or slot_size",
     ):
         launch(dag, slot_size=2**40)
-    assert set(os.listdir("/dev/shm")) == before
+    assert _ringflow_segments() == before
+
+
+def test_a_dev_shm_without_a_size_limit_is_not_taken_for_full(monkeypatch):
+    # tmpfs mounted with size=0 has no limit and reports no blocks, free or total.
+    unlimited = os.statvfs_result((4096, 4096, 0, 0, 0, 0, 0, 0, 0, 255))
+    monkeypatch.setattr(os, "statvfs", lambda path: unlimited)
+    check_shared_memory(keyed_dag(), Settings(slot_size=2**40))  # no error
+    full = os.statvfs_result((4096, 4096, 1000, 0, 0, 0, 0, 0, 0, 255))
+    monkeypatch.setattr(os, "statvfs", lambda path: full)
+    with pytest.raises(RingflowError, match="and /dev/shm has 0 MiB free"):
+        check_shared_memory(keyed_dag(), Settings())
+
+
+def _ringflow_segments() -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if name.startswith("ringflow-")}
