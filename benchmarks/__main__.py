@@ -326,7 +326,8 @@ def latency_section(
     seconds = 2.0 if args.quick else 8.0
     report.say(
         f"\n## Latency: {rate:,.0f} ticks/s (half of {maximum:,} from {how}), R={replicas}, "
-        f"{seconds:g} s per run, first second not sampled"
+        f"{seconds:g} s per run, first second not sampled; bars over "
+        f"{latency.BARS_WINDOW_NS / 1e6:g} ms windows"
     )
     report.say(
         f"{'pipeline':<9}{'linger ms':>10}{'samples':>10}{'p50 ms':>9}{'p99 ms':>9}"
