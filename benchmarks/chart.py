@@ -49,6 +49,13 @@ def _label(value: float) -> str:
     return f"{value:g}"
 
 
+def _fit(text: str, room: float) -> str:
+    """A smaller font size for a line of 12 px text that would run past ``room`` pixels
+    (about 0.55 em a character), and nothing when it fits."""
+    size = room / (len(text) * 0.55)
+    return "" if size >= 12 else f' font-size="{int(size * 10) / 10:g}"'
+
+
 def scaling_svg(rows: list[dict[str, Any]], title: str, subtitle: str = "") -> str:
     series = {e: best_per_replicas(rows, e) for e in COLORS if e != "ideal"}
     series = {e: pts for e, pts in series.items() if pts}
@@ -73,7 +80,8 @@ def scaling_svg(rows: list[dict[str, Any]], title: str, subtitle: str = "") -> s
         f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
         f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
         f'<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{escape(title)}</text>',
-        f'<text x="{LEFT}" y="38" fill="#555">{escape(subtitle)}</text>',
+        f'<text x="{LEFT}" y="38" fill="#555"{_fit(subtitle, WIDTH - LEFT - 10)}>'
+        f"{escape(subtitle)}</text>",
     ]
     tick = 0.0
     while tick <= y_max + 1e-9:

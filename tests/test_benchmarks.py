@@ -8,7 +8,7 @@ import json
 import pytest
 
 from benchmarks import __main__ as cli
-from benchmarks import latency, mpqueue
+from benchmarks import chart, latency, mpqueue
 from benchmarks.checksum import Digest, bar_hash, combine
 from benchmarks.common import Workload
 from benchmarks.engines import bars_dag, run_single_process
@@ -110,3 +110,14 @@ def test_latency_rows_count_window_closes():
     assert row["samples"] >= row["closes"]  # every close brought at least one bar
     assert 0 <= row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
     assert row["close_p50_ms"] <= row["close_max_ms"] == row["max_ms"]
+
+
+def test_a_long_subtitle_is_set_smaller_to_stay_inside_the_picture():
+    rows = [
+        {"engine": "ringflow", "replicas": r, "ticks_per_s": 1000 * r, "sources": 1} for r in (1, 2)
+    ]
+    short = chart.scaling_svg(rows, "title", "2 CPUs")
+    long = chart.scaling_svg(rows, "title", "x" * 200)
+    assert '<text x="80" y="38" fill="#555">2 CPUs</text>' in short
+    size = float(long.split('y="38" fill="#555" font-size="')[1].split('"')[0])
+    assert 200 * 0.55 * size <= chart.WIDTH - chart.LEFT - 10 < 200 * 0.55 * 12
