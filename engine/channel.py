@@ -48,6 +48,7 @@ from engine.ring import (
     C_SLOTS,
     C_STATE,
     FLAG_MORE,
+    MIN_SLOT_SIZE,
     P_BLOCKED_NS,
     P_BYTES,
     P_SLOTS,
@@ -103,6 +104,19 @@ def read_stats(ring: Ring) -> ChannelStats:
     )
 
 
+def geometry_problems(slots: int, slot_size: int) -> list[str]:
+    """What is wrong with a channel of ``slots`` slots of ``slot_size`` bytes; [] if nothing
+    (also what ``engine.launch`` checks its settings with, before anything starts)."""
+    problems = []
+    if not 1 <= slots <= MAX_SLOTS:
+        problems.append(f"slots must be 1..{MAX_SLOTS}, got {slots}")
+    if slot_size < MIN_SLOT_SIZE or slot_size % 8:
+        problems.append(
+            f"slot_size must be a multiple of 8 and >= {MIN_SLOT_SIZE}, got {slot_size}"
+        )
+    return problems
+
+
 class Channel:
     """The owner's handle on one channel: its segment and both pipes.
 
@@ -112,8 +126,9 @@ class Channel:
     """
 
     def __init__(self, name: str, slots: int, slot_size: int) -> None:
-        if not 1 <= slots <= MAX_SLOTS:
-            raise ChannelError(f"channel {name!r}: slots must be 1..{MAX_SLOTS}, got {slots}")
+        problems = geometry_problems(slots, slot_size)
+        if problems:
+            raise ChannelError(f"channel {name!r}: {'; '.join(problems)}")
         self.name = name
         self.ring = Ring.create(name, slots, slot_size)
         try:

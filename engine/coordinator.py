@@ -35,9 +35,9 @@ from typing import Any
 import uvloop
 
 from engine.batch import DEFAULT_LINGER_S
-from engine.channel import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, Channel
+from engine.channel import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, Channel, geometry_problems
 from engine.dag import SOURCE, Dag
-from engine.errors import JobFailed
+from engine.errors import JobFailed, RingflowError
 from engine.plan import plan
 from engine.result import JobResult, NodeReport
 from engine.stats import (
@@ -83,18 +83,8 @@ class Settings:
     metrics_port: int | None = None
 
     def check(self) -> None:
-        """Raise ``RingflowError`` naming the first bad setting."""
-        from engine.channel import MAX_SLOTS
-        from engine.errors import RingflowError
-        from engine.ring import MIN_SLOT_SIZE
-
-        problems = []
-        if not 1 <= self.slots <= MAX_SLOTS:
-            problems.append(f"slots must be 1..{MAX_SLOTS}, got {self.slots}")
-        if self.slot_size < MIN_SLOT_SIZE or self.slot_size % 8:
-            problems.append(
-                f"slot_size must be a multiple of 8 and >= {MIN_SLOT_SIZE}, got {self.slot_size}"
-            )
+        """Raise ``RingflowError`` naming every bad setting."""
+        problems = geometry_problems(self.slots, self.slot_size)
         if self.linger < 0:
             problems.append(f"linger must be >= 0 seconds, got {self.linger}")
         for name in ("heartbeat_timeout", "startup_timeout", "stop_grace"):
