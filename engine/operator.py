@@ -5,7 +5,7 @@ The engine ships configs to worker processes and calls ``config.build(ctx)`` the
 replica, to get the live *logic* that holds state. Logic is called a batch at a time:
 
 * ``SourceLogic.batches()`` yields lists of records (or ``engine.columns.Columns``), and
-  ``Watermark`` marks between them;  it may be a generator or an async generator (run on uvloop).
+  ``Watermark`` marks between them; it may be a generator or an async generator (run on uvloop).
 * ``OperatorLogic.process(batch)`` returns the records for the main output; it is told of
   watermarks (``on_watermark``) and of the end of input (``on_eof``), and may return records
   from both. Records for named side outputs (late data, router branches) go through

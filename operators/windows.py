@@ -182,7 +182,7 @@ class _TumblingLogic(_FixedLogic):
         offset = self._offset != 0
         self._process = rows_loop(key_field, config.time, offset, inline)
         self.accepts_columns = key_field is not None and inline is not None
-        if key_field is not None and inline is not None:
+        if self.accepts_columns:
             self._fields, self._process_columns, self._process_window = columns_loop(
                 key_field, config.time, offset, inline
             )

@@ -12,7 +12,7 @@ from benchmarks import chart, latency, mpqueue
 from benchmarks.checksum import Digest, bar_hash, combine
 from benchmarks.common import Workload
 from benchmarks.engines import bars_dag, run_single_process
-from benchmarks.handroll import HandBars
+from benchmarks.handroll import HandBars, fold_tick
 from engine.testing import run_inline
 from operators.generator import generate
 
@@ -41,6 +41,20 @@ def test_hand_rolled_bars_equal_the_engines_window_operator():
     engine = run_inline(bars_dag(work, replicas=2, sources=2))
     parts = engine.sinks["digest"]
     assert combine([(p.bars, p.total) for p in parts]) == hand.finish()
+
+
+def test_fold_tick_is_the_hand_loop_one_tick_at_a_time():
+    # bytewax folds through fold_tick, the other baselines through the inline loop: the
+    # two copies of the update must not drift apart (bytewax is not installed in CI).
+    work = Workload(ticks=5_000, symbols=20, seed=3)
+    ticks = generate(work.generator())
+    hand = HandBars(work.window_ns)
+    hand.add_rows([(t.symbol, t.ts, t.price, t.size) for t in ticks], len(ticks))
+    folded: dict[int, dict[str, list]] = {}
+    for t in ticks:
+        bucket = folded.setdefault(t.ts - t.ts % work.window_ns, {})
+        bucket[t.symbol] = fold_tick(bucket.get(t.symbol, []), t.ts, t.price, t.size)
+    assert folded == hand.windows
 
 
 def test_engines_agree_and_rows_have_the_schema(tmp_path, capsys):
