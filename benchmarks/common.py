@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from operators.generator import Generator
+from partitioning import DEFAULT_MAX_PARALLELISM
 
 SECOND_NS = 1_000_000_000
-KEY_GROUPS = 128  # Stream.key_by's default max_parallelism: baselines route as ringflow does
+KEY_GROUPS = DEFAULT_MAX_PARALLELISM  # Stream.key_by's default: baselines route as ringflow does
 
 
 class ChecksumMismatch(RuntimeError):
@@ -54,9 +55,15 @@ def throughput_row(
     ticks: int,
     seconds: float,
     checksum: str,
+    *,
+    sources: int,
+    wall_s: float,
+    cpu_s: float | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A scaling row: the keys the issue fixes first, then whatever the engine adds."""
+    """A scaling row: the keys the issue fixes first, then the source replicas, the wall
+    time, CPU us per tick (when the engine's CPU time ``cpu_s`` is known) and whatever the
+    engine adds."""
     row: dict[str, Any] = {
         "engine": engine,
         "replicas": replicas,
@@ -64,7 +71,11 @@ def throughput_row(
         "seconds": round(seconds, 4),
         "ticks_per_s": round(ticks / seconds) if seconds > 0 else 0,
         "checksum": checksum,
+        "sources": sources,
+        "wall_s": round(wall_s, 4),
     }
+    if cpu_s is not None:
+        row["cpu_us_per_tick"] = round(cpu_s / ticks * 1e6, 3) if ticks else 0
     row.update(extra)
     return row
 
@@ -124,13 +135,16 @@ def machine() -> dict[str, Any]:
     }
 
 
-def read_status_kb(pid: int, field: str) -> int | None:
-    """A ``kB`` field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``); None once gone."""
+def read_status_kb(pid: int, *fields: str) -> dict[str, int] | None:
+    """``kB`` fields of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``, ...), read at once;
+    None once the process is gone (or lacks one of them)."""
+    found: dict[str, int] = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
+                name, _, value = line.partition(":")
+                if name in fields:
+                    found[name] = int(value.split()[0])
     except (OSError, ValueError):
         return None
-    return None
+    return found if len(found) == len(fields) else None

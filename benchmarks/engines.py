@@ -57,8 +57,8 @@ def run_single_process(work: Workload) -> dict[str, Any]:
         seconds,
         digest.checksum(),
         sources=1,
-        wall_s=round(seconds, 4),
-        cpu_us_per_tick=round(cpu_s / bars.ticks * 1e6, 3) if bars.ticks else 0,
+        wall_s=seconds,
+        cpu_s=cpu_s,
         late=bars.late,
     )
 
@@ -83,8 +83,8 @@ def run_ringflow(
         seconds,
         digest.checksum(),
         sources=sources,
-        wall_s=round(wall, 4),
-        cpu_us_per_tick=round(cpu / ticks * 1e6, 3) if ticks else 0,
+        wall_s=wall,
+        cpu_s=cpu,
         late=result.counter("late"),
         **settings,
     )

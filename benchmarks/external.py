@@ -218,7 +218,7 @@ def run_bytewax(work: Workload, replicas: int) -> dict[str, Any]:
         seconds,
         digest.checksum(),
         sources=replicas,
-        wall_s=round(wall, 4),
+        wall_s=wall,
         late=sum(d["late"] for d in parts["late"]),
     )
 
@@ -231,7 +231,7 @@ class _Aggregator:
 
     def __init__(self, work: Workload) -> None:
         self.bars = HandBars(work.window_ns)
-        self.cpu = time.process_time()
+        self.cpu = 0.0  # set when the run starts (ready)
 
     def ready(self) -> bool:
         self.cpu = time.process_time()
@@ -300,18 +300,15 @@ def run_ray(work: Workload, replicas: int) -> dict[str, Any]:
     for actor in [*actors, source]:
         ray.kill(actor)
     digest = combine([(p["bars"], p["total"]) for p in parts])
-    ticks = sum(p["ticks"] for p in parts)
-    seconds = (max(p["ended_ns"] for p in parts) - src["started_ns"]) / 1e9
-    cpu = src["cpu_s"] + sum(p["cpu_s"] for p in parts)
     return throughput_row(
         "ray",
         replicas,
-        ticks,
-        seconds,
+        sum(p["ticks"] for p in parts),
+        (max(p["ended_ns"] for p in parts) - src["started_ns"]) / 1e9,
         digest.checksum(),
         sources=1,
-        wall_s=round(wall, 4),
-        cpu_us_per_tick=round(cpu / ticks * 1e6, 3) if ticks else 0,
+        wall_s=wall,
+        cpu_s=src["cpu_s"] + sum(p["cpu_s"] for p in parts),
         late=sum(p["late"] for p in parts),
         init_s=round(init_s, 2),
     )

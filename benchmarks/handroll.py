@@ -32,11 +32,11 @@ MIN_WATERMARK = -(2**63)
 class HandBars:
     """Open windows ``{start: {symbol: accumulator}}`` and the watermark of one worker."""
 
-    def __init__(self, size_ns: int, digest: Digest | None = None) -> None:
+    def __init__(self, size_ns: int) -> None:
         self.size = size_ns
         self.windows: dict[int, dict[str, list[Any]]] = {}
         self.watermark = MIN_WATERMARK
-        self.digest = Digest() if digest is None else digest
+        self.digest = Digest()
         self.late = 0
         self.ticks = 0
 

@@ -49,14 +49,12 @@ def _sample(pids: list[int]) -> tuple[int, int, dict[int, int]]:
     rss = anon = 0
     hwm: dict[int, int] = {}
     for pid in pids:
-        r = read_status_kb(pid, "VmRSS")
-        a = read_status_kb(pid, "RssAnon")
-        h = read_status_kb(pid, "VmHWM")
-        if r is None or a is None or h is None:
+        kb = read_status_kb(pid, "VmRSS", "RssAnon", "VmHWM")
+        if kb is None:
             continue
-        rss += r
-        anon += a
-        hwm[pid] = h
+        rss += kb["VmRSS"]
+        anon += kb["RssAnon"]
+        hwm[pid] = kb["VmHWM"]
     return rss, anon, hwm
 
 

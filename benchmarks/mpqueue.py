@@ -27,7 +27,7 @@ from typing import Any
 
 from benchmarks.checksum import combine
 from benchmarks.common import KEY_GROUPS, Workload, running, throughput_row
-from benchmarks.handroll import HandBars
+from benchmarks.handroll import MIN_WATERMARK, HandBars
 from engine.operator import Context, Watermark
 from operators.generator import GeneratorLogic
 from partitioning import replica_for
@@ -44,7 +44,7 @@ def routed_batches(logic: GeneratorLogic, replicas: int) -> Iterator[tuple[int, 
     The loop a user would write by hand, shared by the ``mp_queue`` and ``ray`` baselines."""
     route: dict[str, int] = {}
     buffers: list[Rows] = [[] for _ in range(replicas)]
-    watermark = -(2**63)
+    watermark = MIN_WATERMARK
     for item in logic.batches():
         if isinstance(item, Watermark):
             watermark = item.ts
@@ -85,10 +85,8 @@ def _worker(work: Workload, queue: Any, barrier: Barrier, results: Any) -> None:
         bars.add_rows(rows, len(rows))
         bars.advance(watermark)
     digest = bars.finish()
-    results.put(
-        ("worker", time.monotonic_ns(), time.process_time() - cpu, digest.bars, digest.total)
-    )
-    results.put(("counts", bars.ticks, bars.late))
+    ended = time.monotonic_ns()
+    results.put(("worker", ended, time.process_time() - cpu, digest, bars.ticks, bars.late))
 
 
 def run_mp_queue(work: Workload, replicas: int) -> dict[str, Any]:
@@ -102,23 +100,20 @@ def run_mp_queue(work: Workload, replicas: int) -> dict[str, Any]:
         ctx.Process(target=_worker, args=(work, q, barrier, results), daemon=True) for q in queues
     ]
     with running(procs, "mp_queue", JOIN_S):
-        messages = [results.get(timeout=JOIN_S * 10) for _ in range(1 + 2 * replicas)]
+        messages = [results.get(timeout=JOIN_S * 10) for _ in range(1 + replicas)]
     wall = time.perf_counter() - wall
-    source = next(m for m in messages if m[0] == "source")
+    [(_, started, source_cpu)] = [m for m in messages if m[0] == "source"]
     workers = [m for m in messages if m[0] == "worker"]
-    counts = [m for m in messages if m[0] == "counts"]
-    digest = combine([(m[3], m[4]) for m in workers])
-    ticks = sum(m[1] for m in counts)
-    seconds = (max(m[1] for m in workers) - source[1]) / 1e9
-    cpu = source[2] + sum(m[2] for m in workers)
+    digest = combine([(d.bars, d.total) for _, _, _, d, _, _ in workers])
+    ticks = sum(m[4] for m in workers)
     return throughput_row(
         "mp_queue",
         replicas,
         ticks,
-        seconds,
+        (max(m[1] for m in workers) - started) / 1e9,
         digest.checksum(),
         sources=1,
-        wall_s=round(wall, 4),
-        cpu_us_per_tick=round(cpu / ticks * 1e6, 3) if ticks else 0,
-        late=sum(m[2] for m in counts),
+        wall_s=wall,
+        cpu_s=source_cpu + sum(m[2] for m in workers),
+        late=sum(m[5] for m in workers),
     )
