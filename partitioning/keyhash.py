@@ -29,6 +29,11 @@ repeat in every batch, so after warm-up the hot loop costs one attribute load (c
 into the loop for an attribute-name key), one dict lookup and one list append per record.
 The cache is cleared when it reaches ``CACHE_LIMIT`` distinct keys, which bounds memory
 when keys are unbounded (order ids) at the cost of re-hashing them.
+
+A ``Columns`` batch keyed by a field whose keys are all cached is dealt out by one C routine
+(``partitioning/_native.c``): the lookup and the copy of each row into its replica's
+columns, with no Python bytecode per row. It is built at install where a C compiler is
+found; without it the same work runs in Python, several times slower, with the same result.
 """
 
 from __future__ import annotations
@@ -205,13 +210,25 @@ class KeyHashSplitter(Splitter):
         return [(replica, group) for replica, group in enumerate(groups) if group]
 
     def _split_columns(self, batch: Columns) -> list[tuple[int, Any]]:
-        """Route a Columns batch by its key column: the replica of every key from the cache
-        (in C, through ``map``), then each replica's rows taken from every column."""
+        """Route a Columns batch by its key column: the replica of every key from the cache,
+        then each replica's rows taken from every column. Both in one C routine
+        (partitioning/_native.c) when it is built and every key is cached; else here: the
+        lookups through ``map`` (new keys placed as they come), an index list per replica
+        and ``itemgetter`` gathers."""
         name = self._key_field
         if name is None or name not in getattr(batch.type, "__struct_fields__", ()):
             return self.split(batch.rows())  # key function or path: by records, as ever
         keys = batch.column(name)
         cache = self._cache
+        if _split_columns is not None:
+            # R = 1 needs no copy: the routine only checks that every key is cached.
+            data = batch.data if self._parallelism > 1 else ()
+            dealt = _split_columns(keys, cache, self._parallelism, data)
+            if dealt is not None:
+                if self._parallelism == 1:
+                    return [(0, batch)]
+                kind, make = batch.type, _columns()
+                return [(r, make(kind, cols)) for r, cols in enumerate(dealt) if cols]
         try:
             replicas = list(map(cache.__getitem__, keys))
         except TypeError:  # an unhashable key: the records path explains it
@@ -310,6 +327,18 @@ def _compile_fill(key_expression: str) -> _Fill:
     exec(compile(source, f"<key_hash fill: {key_expression}>", "exec"), namespace)
     fill: _Fill = namespace["fill"]
     return fill
+
+
+def _native_split() -> Callable[..., Any] | None:
+    """The C version of ``_split_columns``'s loop (partitioning/_native.c), if it was built."""
+    try:
+        from partitioning import _native
+    except ImportError:  # built without a C compiler: the Python loop does the same, slower
+        return None
+    return _native.split_columns
+
+
+_split_columns = _native_split()
 
 
 @functools.cache

@@ -1,0 +1,192 @@
+/* The key-hash splitter's per-record loop for Columns batches, in C.
+ *
+ * split_columns(keys, cache, parallelism, columns) looks every key up in the splitter's
+ * cache (key -> replica) and deals the rows of every column out to per-replica lists, in
+ * batch order: one dictionary lookup per row, then one pointer copy per row and column.
+ * The same work in Python is a lookup, an index append and an itemgetter gather per row,
+ * about ten times the cost (benchmarks/RESULTS.md). partitioning/keyhash.py holds the
+ * Python version of this routine, used when the module is not built and tested against it.
+ *
+ * Returns a list with one entry per replica: None where no row goes, else a tuple of lists
+ * (one per column). Returns None, having changed nothing, when a key is not in the cache,
+ * when a key is not an exact str, bytes or int (whose hashing and comparison run no Python
+ * code, so nothing can change the batch under the loop), or when the keys or a column are
+ * not an exact list or tuple: the caller then takes the Python path, which places new keys
+ * and explains bad ones.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+#define MAX_PARALLELISM 32768 /* partitioning.keyhash.MAX_KEY_GROUPS */
+
+/* The items of an exact list or tuple (0), or -1 for any other sequence. */
+static int
+items_of(PyObject *seq, PyObject ***items, Py_ssize_t *n)
+{
+    if (PyList_CheckExact(seq)) {
+        *items = ((PyListObject *)seq)->ob_item;
+        *n = PyList_GET_SIZE(seq);
+        return 0;
+    }
+    if (PyTuple_CheckExact(seq)) {
+        *items = ((PyTupleObject *)seq)->ob_item;
+        *n = PyTuple_GET_SIZE(seq);
+        return 0;
+    }
+    return -1;
+}
+
+static PyObject *
+split_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError,
+                        "split_columns(keys, cache, parallelism, columns) takes 4 arguments");
+        return NULL;
+    }
+    PyObject *keys = args[0], *cache = args[1], *columns = args[3];
+    Py_ssize_t parallelism = PyLong_AsSsize_t(args[2]);
+    if (parallelism == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (parallelism < 1 || parallelism > MAX_PARALLELISM) {
+        PyErr_Format(PyExc_ValueError, "split_columns: parallelism %zd is outside [1, %d]",
+                     parallelism, MAX_PARALLELISM);
+        return NULL;
+    }
+    if (!PyDict_CheckExact(cache)) {
+        PyErr_SetString(PyExc_TypeError, "split_columns: cache must be a dict");
+        return NULL;
+    }
+    if (!PyTuple_CheckExact(columns)) {
+        PyErr_SetString(PyExc_TypeError, "split_columns: columns must be a tuple");
+        return NULL;
+    }
+    PyObject **key_items;
+    Py_ssize_t n;
+    if (items_of(keys, &key_items, &n) < 0) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t ncols = PyTuple_GET_SIZE(columns);
+    for (Py_ssize_t c = 0; c < ncols; c++) {
+        PyObject **unused;
+        Py_ssize_t len;
+        if (items_of(PyTuple_GET_ITEM(columns, c), &unused, &len) < 0) {
+            Py_RETURN_NONE;
+        }
+        if (len != n) {
+            PyErr_Format(PyExc_ValueError,
+                         "split_columns: column %zd has %zd values, the keys %zd", c, len, n);
+            return NULL;
+        }
+    }
+
+    PyObject *result = NULL;
+    uint16_t *replica_of = PyMem_Malloc((n ? n : 1) * sizeof(uint16_t));
+    Py_ssize_t *counts = PyMem_Calloc((size_t)parallelism, sizeof(Py_ssize_t));
+    PyObject ***targets = PyMem_Calloc((size_t)parallelism, sizeof(PyObject **));
+    if (replica_of == NULL || counts == NULL || targets == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key = key_items[i];
+        if (!(PyUnicode_CheckExact(key) || PyBytes_CheckExact(key) || PyLong_CheckExact(key))) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        PyObject *found = PyDict_GetItemWithError(cache, key); /* borrowed */
+        if (found == NULL) {
+            if (PyErr_Occurred()) {
+                goto done;
+            }
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        Py_ssize_t replica = PyLong_AsSsize_t(found);
+        if (replica < 0 || replica >= parallelism) {
+            if (!PyErr_Occurred()) {
+                PyErr_Format(PyExc_ValueError,
+                             "split_columns: the cache maps a key to replica %zd, outside "
+                             "[0, %zd)", replica, parallelism);
+            }
+            goto done;
+        }
+        replica_of[i] = (uint16_t)replica;
+        counts[replica]++;
+    }
+
+    result = PyList_New(parallelism);
+    if (result == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t r = 0; r < parallelism; r++) {
+        PyObject *group;
+        if (counts[r] == 0) {
+            group = Py_NewRef(Py_None);
+        }
+        else {
+            group = PyTuple_New(ncols);
+            if (group == NULL) {
+                Py_CLEAR(result);
+                goto done;
+            }
+            for (Py_ssize_t c = 0; c < ncols; c++) {
+                PyObject *list = PyList_New(counts[r]); /* items NULL until filled below */
+                if (list == NULL) {
+                    Py_DECREF(group);
+                    Py_CLEAR(result);
+                    goto done;
+                }
+                PyTuple_SET_ITEM(group, c, list);
+            }
+        }
+        PyList_SET_ITEM(result, r, group);
+    }
+    /* No Python code runs from here on, so every new list is filled before anyone sees it. */
+    for (Py_ssize_t c = 0; c < ncols; c++) {
+        for (Py_ssize_t r = 0; r < parallelism; r++) {
+            PyObject *group = PyList_GET_ITEM(result, r);
+            targets[r] = group == Py_None
+                ? NULL
+                : ((PyListObject *)PyTuple_GET_ITEM(group, c))->ob_item;
+        }
+        PyObject **items;
+        Py_ssize_t len;
+        (void)items_of(PyTuple_GET_ITEM(columns, c), &items, &len);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *value = items[i];
+            Py_INCREF(value);
+            *targets[replica_of[i]]++ = value;
+        }
+    }
+
+done:
+    PyMem_Free(replica_of);
+    PyMem_Free(counts);
+    PyMem_Free(targets);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"split_columns", (PyCFunction)(void (*)(void))split_columns, METH_FASTCALL,
+     "split_columns(keys, cache, parallelism, columns) -> list | None\n\n"
+     "Deal the rows of columns out to replicas by cache[key] (see partitioning/_native.c)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "partitioning._native",
+    .m_doc = "The key-hash splitter's per-record loop for Columns batches, in C.",
+    .m_size = 0,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC
+PyInit__native(void)
+{
+    return PyModuleDef_Init(&module);
+}

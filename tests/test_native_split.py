@@ -1,0 +1,186 @@
+"""partitioning/_native.c: the key-hash splitter's Columns loop in C.
+
+The routine is checked against a plain Python model of what it must do, and the splitter
+against itself with the routine switched off, so the C path and the Python path it stands
+in for cannot drift apart. The module is optional (built where a C compiler is found); the
+tests that need it skip, saying why, where it is absent.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import partitioning.keyhash as keyhash
+from engine.columns import Columns
+from engine.records import Tick
+from partitioning import KeyHash
+
+native = pytest.importorskip(
+    "partitioning._native", reason="partitioning._native is not built (no C compiler)"
+)
+split_columns = native.split_columns
+
+PROPERTY = settings(max_examples=200, deadline=None)
+
+
+def _model(keys: list[Any], cache: dict[Any, int], parallelism: int, columns: tuple) -> list:
+    """What split_columns returns, written the obvious way."""
+    rows: list[list[int]] = [[] for _ in range(parallelism)]
+    for i, key in enumerate(keys):
+        rows[cache[key]].append(i)
+    return [
+        tuple([column[i] for i in picked] for column in columns) if picked else None
+        for picked in rows
+    ]
+
+
+@PROPERTY
+@given(
+    st.data(),
+    st.lists(st.text(max_size=4) | st.binary(max_size=3) | st.integers(-(2**70), 2**70)),
+    st.integers(1, 9),
+    st.integers(0, 3),
+)
+def test_split_columns_deals_rows_out_as_the_model_does(
+    data: Any, keys: list[Any], parallelism: int, extra_columns: int
+) -> None:
+    cache = {key: data.draw(st.integers(0, parallelism - 1)) for key in keys}
+    columns = (keys, *([object() for _ in keys] for _ in range(extra_columns)))
+    if data.draw(st.booleans()):
+        columns = tuple(tuple(column) for column in columns)  # tuples work as lists do
+    got = split_columns(keys, cache, parallelism, columns)
+    assert got == _model(keys, cache, parallelism, columns)
+    for group in got:
+        if group is not None:
+            assert all(type(column) is list for column in group)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        ["a", "missing"],  # not cached: the Python path places it
+        ["a", True],  # bool: an int subclass, left to the Python path
+        ["a", 1.5],  # float: refused there, with the record named
+        ["a", ("a",)],  # tuple: its parts could run Python code when compared
+        ["a", type("Text", (str,), {})("a")],  # a str subclass, likewise
+    ],
+)
+def test_split_columns_declines_keys_it_cannot_look_up_safely(keys: list[Any]) -> None:
+    cache = {"a": 0, 1: 1, 1.5: 0, ("a",): 1}
+    assert split_columns(keys, cache, 2, (keys,)) is None
+
+
+def test_split_columns_declines_columns_that_are_not_lists_or_tuples() -> None:
+    cache = {"a": 0, "b": 1}
+    assert split_columns(iter(["a"]), cache, 2, (["a"],)) is None
+    assert split_columns(["a", "b"], cache, 2, (["a", "b"], range(2))) is None
+
+
+def test_split_columns_with_no_columns_only_checks_the_keys() -> None:
+    assert split_columns(["a", "b"], {"a": 0, "b": 0}, 1, ()) == [()]
+    assert split_columns(["a", "x"], {"a": 0}, 1, ()) is None
+    assert split_columns([], {}, 3, ()) == [None, None, None]
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "message"),
+    [
+        ((["a"], {"a": 0}, 1), TypeError, "takes 4 arguments"),
+        ((["a"], {"a": 0}, 0, (["a"],)), ValueError, r"parallelism 0 is outside \[1, 32768\]"),
+        ((["a"], {"a": 0}, 32769, (["a"],)), ValueError, "parallelism 32769 is outside"),
+        ((["a"], {"a": 0}, "2", (["a"],)), TypeError, "integer"),
+        ((["a"], [("a", 0)], 1, (["a"],)), TypeError, "cache must be a dict"),
+        ((["a"], {"a": 0}, 1, [["a"]]), TypeError, "columns must be a tuple"),
+        ((["a"], {"a": 0}, 1, (["a", "b"],)), ValueError, "column 0 has 2 values, the keys 1"),
+        ((["a"], {"a": 2}, 2, (["a"],)), ValueError, "maps a key to replica 2, outside"),
+        ((["a"], {"a": -1}, 2, (["a"],)), ValueError, "maps a key to replica -1, outside"),
+        ((["a"], {"a": "0"}, 2, (["a"],)), TypeError, "integer"),
+    ],
+)
+def test_split_columns_refuses_bad_arguments(args: tuple, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        split_columns(*args)
+
+
+def test_split_columns_holds_one_reference_per_placed_value() -> None:
+    value = object()
+    keys = ["a", "b", "a"]
+    before = sys.getrefcount(value)
+    got = split_columns(keys, {"a": 0, "b": 1}, 2, ([value, value, value],))
+    assert sys.getrefcount(value) == before + 3
+    del got
+    assert sys.getrefcount(value) == before
+
+
+def test_split_columns_at_the_largest_parallelism() -> None:
+    keys = [f"k{i}" for i in range(100)]
+    cache = {key: (i * 331) % 32768 for i, key in enumerate(keys)}
+    got = split_columns(keys, cache, 32768, (keys,))
+    assert got == _model(keys, cache, 32768, (keys,))
+
+
+# ---------------------------------------------------------------------------------------
+# The splitter with and without it
+
+
+@contextmanager
+def _python_only() -> Iterator[None]:
+    saved = keyhash._split_columns
+    keyhash._split_columns = None
+    try:
+        yield
+    finally:
+        keyhash._split_columns = saved
+
+
+def _rows(groups: list[tuple[int, Any]]) -> list[tuple[int, list[Tick]]]:
+    assert all(type(group) is Columns for _, group in groups)
+    return sorted((replica, group.rows()) for replica, group in groups)
+
+
+@PROPERTY
+@given(
+    names=st.lists(st.sampled_from(["AAPL", "MSFT", "TSLA", "", "é"]) | st.text(max_size=3)),
+    parallelism=st.integers(1, 6),
+    warm=st.integers(0, 20),
+)
+def test_the_splitter_routes_alike_with_and_without_the_routine(
+    names: list[str], parallelism: int, warm: int
+) -> None:
+    ticks = Columns.from_rows(Tick, [Tick(n, i, float(i), 1.0) for i, n in enumerate(names)])
+    with _python_only():
+        python = KeyHash("symbol").build(parallelism, 0)
+        python.split(ticks[:warm])
+        want = [_rows(python.split(ticks)) for _ in range(2)]
+    fast = KeyHash("symbol").build(parallelism, 0)
+    fast.split(ticks[:warm])
+    assert [_rows(fast.split(ticks)) for _ in range(2)] == want
+    assert fast._cache == python._cache
+
+
+def test_the_routine_serves_a_warm_splitter() -> None:
+    """Once every key is cached the splitter's answer comes from the C routine."""
+    ticks = Columns.from_rows(Tick, [Tick(s, i, 1.0, 1.0) for i, s in enumerate("abcabd")])
+    splitter = KeyHash("symbol").build(3, 0)
+    splitter.split(ticks)  # places the keys (Python path)
+    calls = []
+
+    def spy(*args: Any) -> Any:
+        calls.append(args[2])
+        return split_columns(*args)
+
+    saved = keyhash._split_columns
+    keyhash._split_columns = spy
+    try:
+        groups = splitter.split(ticks)
+    finally:
+        keyhash._split_columns = saved
+    assert calls == [3]
+    assert sorted(t.ts for _, group in groups for t in group.rows()) == list(range(6))
