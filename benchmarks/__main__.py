@@ -29,6 +29,7 @@ created with a ``.gitignore`` that ignores it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -39,6 +40,7 @@ from benchmarks import chart, engines, external, latency, memory, mpqueue
 from benchmarks.breakdown import breakdown
 from benchmarks.common import ChecksumMismatch, Workload, load_average, machine
 from engine.batch import DEFAULT_LINGER_S
+from operators.generator import Generator
 
 ENGINES = ("ringflow", "single_process", "mp_queue", "bytewax", "ray")
 SECTIONS = ("throughput", "latency", "memory")
@@ -104,9 +106,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="channel depth in slots of the throughput section's ringflow runs (engine "
         "setting `slots`; default the engine's)",
     )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=Generator.batch,
+        help=f"ticks per source batch, for every engine (the generator's `batch`; default "
+        f"{Generator.batch}): fewer, larger frames between ringflow's processes",
+    )
     args = parser.parse_args(argv)
     if args.slots is not None and args.slots < 1:
         parser.error(f"--slots: must be at least 1, got {args.slots}")
+    if args.batch < 1:
+        parser.error(f"--batch: must be at least 1, got {args.batch}")
     args.only = [s for s in args.only.split(",") if s]
     args.engines = [e for e in args.engines.split(",") if e]
     for what, chosen, known in (
@@ -157,7 +168,10 @@ def throughput(
         for name, run in (("bytewax", external.run_bytewax), ("ray", external.run_ray))
         if name in args.engines and have[name]
     ]
-    report.say(f"\n## Throughput: {work.ticks:,} ticks, {work.symbols:,} symbols, 1 s windows")
+    report.say(
+        f"\n## Throughput: {work.ticks:,} ticks, {work.symbols:,} symbols, 1 s windows, "
+        f"source batches of {work.batch:,} ticks"
+    )
     report.say(
         "seconds: first source batch to last sink end of input (start-up excluded); "
         "wall s: including process start-up and teardown"
@@ -258,7 +272,7 @@ def _ratios(rows: list[dict[str, Any]], replicas: list[int], report: Report) -> 
 def _overhead(overheads: list[dict[str, Any]], work: Workload, report: Report) -> None:
     if not overheads:
         return
-    parts = breakdown(Workload(ticks=min(work.ticks, 500_000)), 1)
+    parts = breakdown(dataclasses.replace(work, ticks=min(work.ticks, 500_000)), 1)
     report.say(
         "\n## Engine overhead: CPU us per input tick, summed over replicas "
         "(logic = inside the node's logic; engine = the rest of the worker's CPU; "
@@ -451,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     nproc = os.cpu_count() or 1
     ticks = args.ticks or (200_000 if args.quick else 3_000_000)
-    work = Workload(ticks=ticks)
+    work = Workload(ticks=ticks, batch=args.batch)
     replicas = _ints(args.replicas) if args.replicas else list(range(1, nproc + 1))
     _prepare_out(args.out)
     report = Report(args.json)

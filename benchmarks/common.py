@@ -37,6 +37,7 @@ class Workload:
     seed: int = 0
     window_ns: int = SECOND_NS
     lateness_ns: int = 2 * SECOND_NS
+    batch: int = Generator.batch  # ticks per source batch
 
     def generator(self, **overrides: Any) -> Generator:
         params: dict[str, Any] = {
@@ -44,6 +45,7 @@ class Workload:
             "count": self.ticks,
             "seed": self.seed,
             "lateness_ns": self.lateness_ns,
+            "batch": self.batch,
         }
         params.update(overrides)
         return Generator(**params)

@@ -86,6 +86,7 @@ def run_ringflow(
         wall_s=wall,
         cpu_s=cpu,
         late=result.counter("late"),
+        batch=work.batch,
         **settings,
     )
     return row, result

@@ -111,6 +111,23 @@ def test_unknown_section_is_refused():
         cli.main(["--only", "speed"])
 
 
+def test_the_source_batch_size_is_every_engines_and_recorded(tmp_path, capsys):
+    argv = ["--ticks", "20000", "--rounds", "1", "--replicas", "2", "--sources", "2"]
+    argv += ["--only", "throughput", "--engines", "single_process,ringflow", "--batch", "5000"]
+    assert cli.main([*argv, "--json", "--out", str(tmp_path)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    runs = [r for r in rows if r["bench"] == "throughput"]
+    [ringflow] = [r for r in runs if r["engine"] == "ringflow"]
+    assert ringflow["batch"] == 5000
+    assert len({r["checksum"] for r in runs}) == 1
+
+
+def test_a_source_batch_below_one_is_refused_before_anything_runs(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--batch", "0"])
+    assert "--batch: must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_a_channel_depth_below_one_is_refused_before_anything_runs(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--slots", "0"])
