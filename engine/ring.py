@@ -77,6 +77,7 @@ class Kind(IntEnum):
     WATERMARK = 2  # an int64 event time in nanoseconds
     EOF = 3  # the producer will send nothing more
     BARRIER = 4  # reserved for checkpoint barriers
+    DATA_WATERMARK = 5  # a DATA payload, then the int64 watermark that follows its records
 
 
 def segment_path(name: str) -> str:

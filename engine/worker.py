@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection
 from time import thread_time_ns
 from typing import Any
 
-from engine.batch import BatchBuilder, codec_for, decode_watermark
+from engine.batch import WATERMARK_SIZE, BatchBuilder, codec_for, decode_watermark
 from engine.channel import InputGate, RxEnd, TxEnd, Writer
 from engine.dag import SOURCE, Node
 from engine.operator import Context
@@ -380,6 +380,12 @@ class Worker:
                     records = decoders[index](payload)
                     gate.release()
                     task.on_batch(records)
+                elif kind == Kind.DATA_WATERMARK:  # records, then the watermark after them
+                    records = decoders[index](memoryview(payload)[:-WATERMARK_SIZE])
+                    watermark = decode_watermark(payload[-WATERMARK_SIZE:])
+                    gate.release()
+                    task.on_batch(records)
+                    task.on_watermark(index, watermark)
                 elif kind == Kind.WATERMARK:
                     task.on_watermark(index, decode_watermark(payload))
                 elif kind == Kind.EOF:

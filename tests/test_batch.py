@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from engine.batch import (
     MAX_BATCH,
     MIN_WATERMARK,
+    WATERMARK_SIZE,
     BatchBuilder,
     MsgpackCodec,
     PickleCodec,
@@ -137,16 +138,32 @@ def test_flushes_records_before_watermark_and_eof() -> None:
         builder.send_eof()
         frames = _published(reader)
     assert [kind for kind, _ in frames] == [
-        Kind.DATA,
-        Kind.WATERMARK,
+        Kind.DATA_WATERMARK,  # the records, then the watermark, in one frame
         Kind.WATERMARK,
         Kind.DATA,
         Kind.EOF,
     ]
-    assert codec.decode(frames[0][1]) == ticks[:5]
-    assert decode_watermark(frames[1][1]) == decode_watermark(frames[2][1]) == T0 + 4
-    assert codec.decode(frames[3][1]) == ticks[5:]
-    assert frames[4][1] == b""
+    records, watermark = frames[0][1][:-WATERMARK_SIZE], frames[0][1][-WATERMARK_SIZE:]
+    assert codec.decode(records) == ticks[:5]
+    assert decode_watermark(watermark) == decode_watermark(frames[1][1]) == T0 + 4
+    assert codec.decode(frames[2][1]) == ticks[5:]
+    assert frames[3][1] == b""
+    assert builder.frames_out == 2 and builder.records_out == 8
+
+
+def test_a_watermark_riding_a_batch_larger_than_a_slot_arrives_with_it_whole() -> None:
+    codec = MsgpackCodec(Tick)
+    ticks = _ticks(50)
+    with _channel(slots=64, slot_size=1024) as (ch, writer, reader):
+        builder = BatchBuilder(writer, codec, linger=NO_LINGER, clock=ManualClock())
+        builder.target = 1000  # more than a slot holds: the frame is split over slots
+        builder.extend(ticks)
+        builder.send_watermark(T0 + 49)
+        assert ch.stats().sent_slots > 1
+        [(kind, payload)] = _published(reader)
+    assert kind == Kind.DATA_WATERMARK
+    assert codec.decode(payload[:-WATERMARK_SIZE]) == ticks
+    assert decode_watermark(payload[-WATERMARK_SIZE:]) == T0 + 49
 
 
 @pytest.mark.parametrize("symbol_len", [4, 40, 400])

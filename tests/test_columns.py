@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.batch import (
+    WATERMARK_SIZE,
     BatchBuilder,
     MsgpackCodec,
     PickleCodec,
@@ -406,6 +407,18 @@ class FakeWriter:
         self.frames.append((kind, bytes(payload)))
 
 
+def _unpacked(frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """The frames with each DATA_WATERMARK as the DATA and WATERMARK frames it stands for."""
+    out = []
+    for kind, payload in frames:
+        if kind == Kind.DATA_WATERMARK:
+            out += [(Kind.DATA, payload[:-WATERMARK_SIZE])]
+            out += [(Kind.WATERMARK, payload[-WATERMARK_SIZE:])]
+        else:
+            out.append((kind, payload))
+    return out
+
+
 def _frame_records(codec: Any, payload: bytes) -> tuple[str, list[Any]]:
     batch = codec.decode(payload)
     if type(batch) is Columns:
@@ -456,14 +469,16 @@ def test_batch_builder_keeps_order_kind_and_watermarks(
             ]
             builder.extend(ticks if op == "rows" else _tick_columns(ticks))
             sent += [(op, t) for t in ticks]
-        out = sum(len(_frame_records(codec, p)[1]) for k, p in writer.frames if k == Kind.DATA)
+        frames = _unpacked(writer.frames)
+        out = sum(len(_frame_records(codec, p)[1]) for k, p in frames if k == Kind.DATA)
         assert builder.pending == len(sent) - out
     builder.send_eof()
 
-    assert writer.frames[-1] == (Kind.EOF, b"")
+    frames = _unpacked(writer.frames)
+    assert frames[-1] == (Kind.EOF, b"")
     received: list[tuple[str, Tick]] = []
     seen_watermarks: list[tuple[int, int]] = []
-    for kind, payload in writer.frames[:-1]:
+    for kind, payload in frames[:-1]:
         assert kind in (Kind.DATA, Kind.WATERMARK)
         if kind == Kind.WATERMARK:
             seen_watermarks.append((decode_watermark(payload), len(received)))
@@ -480,7 +495,7 @@ def test_batch_builder_keeps_order_kind_and_watermarks(
     assert seen_watermarks == watermarks
     assert builder.pending == 0
     assert builder.records_out == len(sent)
-    assert builder.frames_out == sum(kind == Kind.DATA for kind, _ in writer.frames)
+    assert builder.frames_out == sum(kind == Kind.DATA for kind, _ in frames)
 
 
 def test_switching_kind_flushes_first() -> None:
@@ -501,8 +516,8 @@ def test_switching_kind_flushes_first() -> None:
     builder.extend(_tick_columns([]))  # empty: nothing changes, nothing is flushed
     assert builder.pending == 1 and len(writer.frames) == 2
     builder.send_watermark(5)
-    assert [k for k, _ in writer.frames] == [Kind.DATA, Kind.DATA, Kind.DATA, Kind.WATERMARK]
-    assert codec.decode(writer.frames[2][1]) == [TICKS[1]]
+    assert [k for k, _ in writer.frames] == [Kind.DATA, Kind.DATA, Kind.DATA_WATERMARK]
+    assert codec.decode(writer.frames[2][1][:-WATERMARK_SIZE]) == [TICKS[1]]
 
 
 def test_switching_columns_type_flushes_first() -> None:
