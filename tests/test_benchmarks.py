@@ -122,6 +122,28 @@ def test_the_source_batch_size_is_every_engines_and_recorded(tmp_path, capsys):
     assert len({r["checksum"] for r in runs}) == 1
 
 
+def test_ratios_are_also_reported_round_by_round(tmp_path, capsys):
+    argv = ["--ticks", "20000", "--rounds", "2", "--replicas", "1", "--sources", "1"]
+    argv += ["--only", "throughput", "--engines", "single_process,ringflow"]
+    assert cli.main([*argv, "--json", "--out", str(tmp_path)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    runs = [r for r in rows if r["bench"] == "throughput"]
+    assert sorted((r["engine"], r["round"]) for r in runs) == [
+        ("ringflow", 0),
+        ("ringflow", 1),
+        ("single_process", 0),
+        ("single_process", 1),
+    ]
+    [per_round] = [r for r in rows if r["bench"] == "ratio" and r["replicas"] == "per_round"]
+    rate = {(r["engine"], r["round"]): r["ticks_per_s"] for r in runs}
+    want = [round(rate["ringflow", k] / rate["single_process", k], 2) for k in (0, 1)]
+    assert per_round["ringflow_vs_single_process"] == want
+    assert per_round["ringflow_vs_single_process_median"] == round(sum(want) / 2, 2)
+    assert "ringflow_vs_mp_queue" not in per_round  # not run: no ratio
+    names = [r["name"] for r in rows if r["bench"] == "target"]
+    assert "ringflow_vs_single_process, median round" in names
+
+
 def test_a_source_batch_below_one_is_refused_before_anything_runs(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--batch", "0"])
