@@ -508,7 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     report.emit(
         info,
         f"# ringflow benchmarks: {info['date']}, {info['nproc']} CPUs ({info['cpu']}), "
-        f"Python {info['python']}, msgspec {info['msgspec']}, load average {info['load_avg']}",
+        f"Python {info['python']}, msgspec {info['msgspec']}, key-hash routing in "
+        f"{'C' if info['native_routing'] else 'Python (partitioning._native not built)'}, "
+        f"load average {info['load_avg']}",
     )
     rows: list[dict[str, Any]] = []
     status = 0

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from operators.generator import Generator
-from partitioning import DEFAULT_MAX_PARALLELISM
+from partitioning import DEFAULT_MAX_PARALLELISM, keyhash
 
 SECOND_NS = 1_000_000_000
 KEY_GROUPS = DEFAULT_MAX_PARALLELISM  # Stream.key_by's default: baselines route as ringflow does
@@ -132,6 +132,7 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "msgspec": msgspec.__version__,
+        "native_routing": keyhash.NATIVE,
         "load_avg": load_average(),
         "command": " ".join(["python", "-m", "benchmarks", *sys.argv[1:]]),
     }

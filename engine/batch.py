@@ -199,8 +199,13 @@ class BatchBuilder:
         """Whether the oldest pending record has waited its linger time."""
         return self._count > 0 and now - self._first_at >= self.linger
 
-    def flush(self, watermark: bytes = b"") -> None:
-        """Send every pending record; an encoded ``watermark`` goes in the last frame."""
+    def flush(self) -> None:
+        """Send every pending record now."""
+        self._flush_all()
+
+    def _flush_all(self, watermark: bytes = b"") -> None:
+        """Send every pending record; an encoded ``watermark`` (only with records pending:
+        ``send_watermark`` sends it alone otherwise) goes at the end of the last frame."""
         while self._count:
             self._flush_some(self._count, watermark)
         self._columns = None
@@ -237,7 +242,7 @@ class BatchBuilder:
 
     def send_watermark(self, ts: int) -> None:
         if self._count:
-            self.flush(encode_watermark(ts))
+            self._flush_all(encode_watermark(ts))
         else:
             self.writer.send(Kind.WATERMARK, encode_watermark(ts))
 

@@ -5,6 +5,7 @@ Loop (operators and sinks)::
     frame = gate.next()            # epoll over every input's doorbell, fair across inputs
     DATA      -> decode the batch, release the slot, logic.process, split, batch builders
     WATERMARK -> min over inputs; on advance: logic.on_watermark, forward downstream
+    DATA_WATERMARK -> the DATA steps for the records, then the WATERMARK steps
     EOF       -> that input is done; after the last one: on_eof, flush, EOF downstream, exit 0
 
 A source steps its logic one batch at a time instead of reading a gate. Every step and every

@@ -9,16 +9,23 @@
  *
  * Returns a list with one entry per replica: None where no row goes, else a tuple of lists
  * (one per column). Returns None, having changed nothing, when a key is not in the cache,
- * when a key is not an exact str, bytes or int (whose hashing and comparison run no Python
- * code, so nothing can change the batch under the loop), or when the keys or a column are
- * not an exact list or tuple: the caller then takes the Python path, which places new keys
- * and explains bad ones.
+ * when a key is not an exact str, bytes or int, or when the keys or a column are not an
+ * exact list or tuple: the caller then takes the Python path, which places new keys and
+ * explains bad ones.
+ *
+ * No Python code may run while the loops hold raw pointers into the lists. The lookups
+ * compare keys with the cache's keys, so the caller calls this only while every cached key
+ * is an exact str, bytes or int too (their hashing and comparison are C). The allocations
+ * between the lookups and the copies can start a garbage collection, which can run
+ * finalizers: the columns are checked again after them, and a column that changed size
+ * makes the routine return None.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 
 #define MAX_PARALLELISM 32768 /* partitioning.keyhash.MAX_KEY_GROUPS */
+_Static_assert(MAX_PARALLELISM <= 65536, "replicas are stored as uint16_t");
 
 /* The items of an exact list or tuple (0), or -1 for any other sequence. */
 static int
@@ -145,7 +152,17 @@ split_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         PyList_SET_ITEM(result, r, group);
     }
-    /* No Python code runs from here on, so every new list is filled before anyone sees it. */
+    /* The allocations above may have run a collection, and finalizers with it: check the
+     * columns again. No Python code runs from here on, so every new list is filled before
+     * anyone sees it. */
+    for (Py_ssize_t c = 0; c < ncols; c++) {
+        PyObject **unused;
+        Py_ssize_t len;
+        if (items_of(PyTuple_GET_ITEM(columns, c), &unused, &len) < 0 || len != n) {
+            Py_SETREF(result, Py_NewRef(Py_None));
+            goto done;
+        }
+    }
     for (Py_ssize_t c = 0; c < ncols; c++) {
         for (Py_ssize_t r = 0; r < parallelism; r++) {
             PyObject *group = PyList_GET_ITEM(result, r);
@@ -153,9 +170,9 @@ split_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 ? NULL
                 : ((PyListObject *)PyTuple_GET_ITEM(group, c))->ob_item;
         }
-        PyObject **items;
-        Py_ssize_t len;
-        (void)items_of(PyTuple_GET_ITEM(columns, c), &items, &len);
+        PyObject **items = NULL;
+        Py_ssize_t len = 0;
+        (void)items_of(PyTuple_GET_ITEM(columns, c), &items, &len); /* checked just above */
         for (Py_ssize_t i = 0; i < n; i++) {
             PyObject *value = items[i];
             Py_INCREF(value);

@@ -169,6 +169,7 @@ class KeyHashSplitter(Splitter):
     __slots__ = (
         "_by_attribute",
         "_cache",
+        "_exact_keys",
         "_fill",
         "_get_key",
         "_key_field",
@@ -183,6 +184,9 @@ class KeyHashSplitter(Splitter):
         self._max_parallelism = config.max_parallelism
         self._seed = config.seed
         self._cache: dict[Any, int] = {}
+        # Whether every cached key is an exact str, bytes or int: only then may the C routine
+        # look keys up, since comparing with any other key type can run Python code.
+        self._exact_keys = True
         self._where = config.describe()
         self._by_attribute = isinstance(config.key, str)
         # A plain field name keys a Columns batch by its column; anything else by its rows.
@@ -220,10 +224,10 @@ class KeyHashSplitter(Splitter):
             return self.split(batch.rows())  # key function or path: by records, as ever
         keys = batch.column(name)
         cache = self._cache
-        if _split_columns is not None:
+        if _native_split_columns is not None and self._exact_keys:
             # R = 1 needs no copy: the routine only checks that every key is cached.
             data = batch.data if self._parallelism > 1 else ()
-            dealt = _split_columns(keys, cache, self._parallelism, data)
+            dealt = _native_split_columns(keys, cache, self._parallelism, data)
             if dealt is not None:
                 if self._parallelism == 1:
                     return [(0, batch)]
@@ -265,6 +269,9 @@ class KeyHashSplitter(Splitter):
         cache = self._cache
         if len(cache) >= CACHE_LIMIT:
             cache.clear()
+            self._exact_keys = True
+        if type(key) not in _EXACT_KEY_TYPES:
+            self._exact_keys = False
         cache[key] = replica
         return replica
 
@@ -330,7 +337,8 @@ def _compile_fill(key_expression: str) -> _Fill:
 
 
 def _native_split() -> Callable[..., Any] | None:
-    """The C version of ``_split_columns``'s loop (partitioning/_native.c), if it was built."""
+    """The C version of ``KeyHashSplitter._split_columns``'s loop (partitioning/_native.c),
+    if it was built."""
     try:
         from partitioning import _native
     except ImportError:  # built without a C compiler: the Python loop does the same, slower
@@ -338,7 +346,10 @@ def _native_split() -> Callable[..., Any] | None:
     return _native.split_columns
 
 
-_split_columns = _native_split()
+_native_split_columns = _native_split()
+NATIVE = _native_split_columns is not None
+"""Whether key-hash routing of Columns batches runs in C here (the extension was built)."""
+_EXACT_KEY_TYPES = (str, bytes, int)
 
 
 @functools.cache

@@ -227,7 +227,7 @@ def _cases(draw: st.DrawFn) -> tuple[int, int, list[tuple[int, bytes]]]:
     cap = slot_size - SLOT_HEADER_SIZE
     edges = [0, 1, cap - 1, cap, cap + 1, 2 * cap, 2 * cap + 1, slots * cap, slots * cap + 1]
     size = st.one_of(st.integers(0, 4 * slot_size), st.sampled_from(edges))
-    kind = st.sampled_from([Kind.DATA, Kind.WATERMARK, Kind.BARRIER])
+    kind = st.sampled_from([Kind.DATA, Kind.WATERMARK, Kind.DATA_WATERMARK, Kind.BARRIER])
     specs = draw(st.lists(st.tuples(kind, size), max_size=24), label="frames")
     # Contents are random bytes seeded by position, so equal sizes still differ.
     frames = [

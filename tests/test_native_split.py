@@ -8,6 +8,7 @@ tests that need it skip, saying why, where it is absent.
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -119,6 +120,34 @@ def test_split_columns_holds_one_reference_per_placed_value() -> None:
     assert sys.getrefcount(value) == before
 
 
+def test_split_columns_declines_when_a_finalizer_empties_a_column_mid_call() -> None:
+    """The lists it allocates can start a garbage collection, and with it a finalizer (Python
+    code) that changes a column: the routine must notice and decline, not copy past it."""
+    replicas = 1000  # enough new lists to start a collection with the threshold at one
+    keys = [f"k{i}" for i in range(replicas)] * 20
+    column = list(range(len(keys)))
+    cache = {f"k{i}": i for i in range(replicas)}
+    ran = []
+
+    class Finalizer:
+        def __del__(self) -> None:
+            if not ran:
+                ran.append(True)
+                column.clear()
+
+    cycle = Finalizer()
+    cycle.self = cycle  # type: ignore[attr-defined]  # only a collection frees it
+    del cycle
+    threshold = gc.get_threshold()
+    gc.set_threshold(1)
+    try:
+        got = split_columns(keys, cache, replicas, (keys, column))
+    finally:
+        gc.set_threshold(*threshold)
+    assert ran and column == []
+    assert got is None
+
+
 def test_split_columns_at_the_largest_parallelism() -> None:
     keys = [f"k{i}" for i in range(100)]
     cache = {key: (i * 331) % 32768 for i, key in enumerate(keys)}
@@ -132,12 +161,12 @@ def test_split_columns_at_the_largest_parallelism() -> None:
 
 @contextmanager
 def _python_only() -> Iterator[None]:
-    saved = keyhash._split_columns
-    keyhash._split_columns = None
+    saved = keyhash._native_split_columns
+    keyhash._native_split_columns = None
     try:
         yield
     finally:
-        keyhash._split_columns = saved
+        keyhash._native_split_columns = saved
 
 
 def _rows(groups: list[tuple[int, Any]]) -> list[tuple[int, list[Tick]]]:
@@ -165,6 +194,40 @@ def test_the_splitter_routes_alike_with_and_without_the_routine(
     assert fast._cache == python._cache
 
 
+class _Symbol(str):
+    """A str subclass with its own ``__eq__``: Python code, were C to compare with it."""
+
+    __hash__ = str.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        return str.__eq__(self, other)
+
+
+def test_the_routine_is_not_used_while_the_cache_holds_a_key_of_another_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+
+    def spy(*args: Any) -> Any:
+        calls.append(args[2])
+        return split_columns(*args)
+
+    monkeypatch.setattr(keyhash, "_native_split_columns", spy)
+    monkeypatch.setattr(keyhash, "CACHE_LIMIT", 3)
+    plain = Columns.from_rows(Tick, [Tick(s, i, 1.0, 1.0) for i, s in enumerate("ab")])
+    odd = Columns.from_rows(Tick, [Tick(_Symbol("a"), 0, 1.0, 1.0)])
+    splitter = KeyHash("symbol").build(2, 0)
+    splitter.split(odd)  # the routine declines it; the Python path caches it
+    calls.clear()  # from now on, comparing a key with the cached one could run Python code
+    splitter.split(plain)
+    splitter.split(plain)
+    assert calls == []
+    splitter.split(Columns.from_rows(Tick, [Tick("c", 0, 1.0, 1.0)]))  # fills the cache
+    splitter.split(Columns.from_rows(Tick, [Tick("d", 0, 1.0, 1.0)]))  # clears it: plain keys
+    splitter.split(Columns.from_rows(Tick, [Tick("d", 1, 1.0, 1.0)]))
+    assert calls == [2]
+
+
 def test_the_routine_serves_a_warm_splitter() -> None:
     """Once every key is cached the splitter's answer comes from the C routine."""
     ticks = Columns.from_rows(Tick, [Tick(s, i, 1.0, 1.0) for i, s in enumerate("abcabd")])
@@ -176,11 +239,11 @@ def test_the_routine_serves_a_warm_splitter() -> None:
         calls.append(args[2])
         return split_columns(*args)
 
-    saved = keyhash._split_columns
-    keyhash._split_columns = spy
+    saved = keyhash._native_split_columns
+    keyhash._native_split_columns = spy
     try:
         groups = splitter.split(ticks)
     finally:
-        keyhash._split_columns = saved
+        keyhash._native_split_columns = saved
     assert calls == [3]
     assert sorted(t.ts for _, group in groups for t in group.rows()) == list(range(6))
