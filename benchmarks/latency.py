@@ -20,6 +20,11 @@ time. Two jobs, each run once per linger setting:
   a bar per symbol, is the same for any window length). Each row also gives ``closes``
   with the median and slowest close (the latency of a close's last bar).
 
+Each pipeline runs at about half its own maximum, measured just before by ``maximum``:
+the same job unpaced (``ClockTicks(rate=None)``), a fixed number of ticks as fast as it
+takes them. Records built one by one cost more per tick than the throughput section's
+columns, so half of that section's rate would load these jobs well past half.
+
 Samples from the first second of event time are dropped (processes still starting).
 Percentiles are over every remaining sample, nearest-rank.
 """
@@ -31,7 +36,7 @@ import time
 from array import array
 from typing import Any
 
-from benchmarks.probes import ClockTicks, LatencySink, identity
+from benchmarks.probes import ClockTicks, LatencySink, Timed, identity, started_ns
 from engine.dag import Dag
 from engine.job import run
 from engine.records import Tick
@@ -40,10 +45,14 @@ from operators import OHLCV, Map, Tumbling, WindowAggregate
 BARS_WINDOW_NS = 100_000_000  # see the module docstring
 
 
-def latency_dag(mode: str, rate: float, seconds: float, replicas: int) -> Dag:
+def latency_dag(
+    mode: str, rate: float | None, seconds: float, replicas: int, count: int = 0
+) -> Dag:
+    """The ``mode`` pipeline at ``rate`` ticks/s for ``seconds``, or (``rate=None``) with
+    ``count`` ticks unpaced, its source timed (``benchmarks.probes.Timed``)."""
     dag = Dag(f"latency-{mode}")
-    source = ClockTicks(rate=rate, seconds=seconds, watermarks=mode == "bars")
-    keyed = dag.source("ticks", source).key_by("symbol")
+    source = ClockTicks(rate=rate, seconds=seconds, watermarks=mode == "bars", count=count)
+    keyed = dag.source("ticks", Timed(source)).key_by("symbol")
     if mode == "ticks":
         out = keyed.apply("map", Map(identity, output_type=Tick), replicas)
     else:
@@ -57,6 +66,24 @@ def percentile(ordered: list[int], q: float) -> int:
     """Nearest-rank percentile of a sorted, non-empty list."""
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def maximum(mode: str, replicas: int, ticks: int, linger: float) -> dict[str, Any]:
+    """The ``mode`` pipeline's own maximum rate: ``ticks`` ticks unpaced, counted from the
+    first source batch to the last sink's end of input (start-up excluded), as the
+    throughput section counts."""
+    result = run(latency_dag(mode, None, 0.0, replicas, count=ticks), linger=linger)
+    ended = max(report.closed_ns for report in result.sinks["latency"])
+    seconds = (ended - started_ns(result.nodes["ticks"].counters)) / 1e9
+    done = result.nodes["ticks"].records_out
+    return {
+        "bench": "latency_max",
+        "pipeline": mode,
+        "replicas": replicas,
+        "ticks": done,
+        "seconds": round(seconds, 4),
+        "ticks_per_s": round(done / seconds) if seconds > 0 else 0,
+    }
 
 
 def run_latency(

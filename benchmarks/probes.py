@@ -7,7 +7,8 @@
   only ``DigestReport(bars, total, closed_ns)``: no bar travels back to the driver, and
   ``closed_ns`` (monotonic, at end of input) ends the measured interval.
 * ``ClockTicks(rate, ...)``: ticks whose event time is their creation time
-  (``time.time_ns()``), emitted at a fixed rate in small batches, for latency.
+  (``time.time_ns()``), emitted at a fixed rate in small batches, for latency; or, with
+  ``rate=None``, a fixed count as fast as the job takes them, for its maximum.
 * ``LatencySink(mode)``: per record, ``time.time_ns()`` on arrival minus the record's event
   time (``mode="ticks"``) or minus its window end (``mode="bars"``; a bar whose window has
   not ended on arrival was fired by end of input and is not sampled); returns the samples.
@@ -104,14 +105,19 @@ class ClockTicks(Source):
     (an absolute schedule: a late wake-up creates more, so the rate holds), all stamped
     with the wake-up's ``time.time_ns()``. With ``watermarks`` it yields
     ``Watermark(newest - lateness_ns)`` after each batch; without, none (records only).
+
+    ``rate=None`` runs unpaced, for the job's maximum: ``seconds`` is ignored and the
+    replicas create ``count`` ticks in all, in batches of ``batch``, as fast as they go.
     """
 
-    rate: float
+    rate: float | None
     seconds: float
     symbols: int = 1000
     interval: float = 0.001
     watermarks: bool = False
     lateness_ns: int = 0
+    count: int = 0
+    batch: int = 4096
 
     output_type = Tick
 
@@ -130,13 +136,17 @@ class _ClockTicksLogic(SourceLogic):
         if not names:
             return
         share = len(names) / cfg.symbols
-        rate = cfg.rate * share
-        total = int(cfg.rate * cfg.seconds * share)
+        paced = cfg.rate is not None
+        rate = (cfg.rate or 0.0) * share
+        total = int(rate * cfg.seconds) if paced else int(cfg.count * share)
         prices = [100.0 + (i % 50) / 100 for i in range(len(names))]
         emitted = 0
         start = time.monotonic()
         while emitted < total:
-            owed = min(total, int((time.monotonic() - start) * rate)) - emitted
+            if paced:
+                owed = min(total, int((time.monotonic() - start) * rate)) - emitted
+            else:
+                owed = min(total - emitted, cfg.batch)
             if owed > 0:
                 now = time.time_ns()
                 n = len(names)
@@ -148,6 +158,8 @@ class _ClockTicksLogic(SourceLogic):
                 yield batch
                 if cfg.watermarks:
                     yield Watermark(now - cfg.lateness_ns)
+            if not paced:
+                continue
             wake = start + (emitted + 1) / rate
             delay = min(cfg.interval, wake - time.monotonic())
             if delay > 0:
@@ -159,6 +171,7 @@ class LatencyReport:
     samples: bytes  # array('q') of nanoseconds
     late_start_ns: int  # samples before this event time were warm-up and dropped
     closes: dict[int, int]  # bars: window end -> latency of its slowest bar here (ns)
+    closed_ns: int  # time.monotonic_ns() at end of input (ends a calibration's interval)
 
 
 @dataclass(frozen=True)
@@ -196,7 +209,9 @@ class _LatencyLogic(SinkLogic):
                 closes[end] = max(closes.get(end, 0), now - end)
 
     def close(self) -> LatencyReport:
-        return LatencyReport(self.samples.tobytes(), self.from_ns or 0, self.closes)
+        return LatencyReport(
+            self.samples.tobytes(), self.from_ns or 0, self.closes, time.monotonic_ns()
+        )
 
 
 @dataclass(frozen=True)

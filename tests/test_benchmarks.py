@@ -13,6 +13,8 @@ from benchmarks.checksum import Digest, bar_hash, combine
 from benchmarks.common import Workload
 from benchmarks.engines import bars_dag, run_single_process
 from benchmarks.handroll import HandBars, fold_tick
+from benchmarks.probes import ClockTicks
+from engine.operator import Context, Watermark
 from engine.testing import run_inline
 from operators.generator import generate
 
@@ -163,6 +165,28 @@ def test_latency_rows_count_window_closes():
     assert row["samples"] >= row["closes"]  # every close brought at least one bar
     assert 0 <= row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
     assert row["close_p50_ms"] <= row["close_max_ms"] == row["max_ms"]
+
+
+@pytest.mark.parametrize("parallelism", [1, 3])
+def test_unpaced_clock_ticks_make_exactly_their_count(parallelism):
+    made = []
+    for replica in range(parallelism):
+        ctx = Context("ticks", replica=replica, parallelism=parallelism)
+        source = ClockTicks(rate=None, seconds=0.0, count=10_000, batch=700, watermarks=True)
+        items = list(source.build(ctx).batches())
+        batches = [i for i in items if not isinstance(i, Watermark)]
+        assert all(len(b) <= 700 for b in batches)
+        assert len(batches) == sum(isinstance(i, Watermark) for i in items)
+        made += [t for b in batches for t in b]
+    assert len(made) == 10_000
+    assert len({t.symbol for t in made}) == 1000
+
+
+def test_each_latency_pipeline_has_its_own_maximum():
+    top = latency.maximum("ticks", replicas=1, ticks=20_000, linger=0.002)
+    assert (top["pipeline"], top["ticks"]) == ("ticks", 20_000)
+    assert top["seconds"] > 0
+    assert top["ticks_per_s"] == pytest.approx(20_000 / top["seconds"], rel=0.01)  # rounding
 
 
 def test_a_long_subtitle_is_set_smaller_to_stay_inside_the_picture():
