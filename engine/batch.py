@@ -38,8 +38,8 @@ _WATERMARK = struct.Struct("<q")
 WATERMARK_SIZE = _WATERMARK.size  # bytes of a watermark, alone or at a DATA_WATERMARK's end
 MAX_BATCH = 8192  # records per frame, whatever their size
 # Longest a record waits in a partial batch. Under load batches fill (or a watermark flushes
-# them) long before this; at low rates it bounds the latency each hop adds. 2 ms keeps a
-# three-hop job's p99 under 10 ms at half load on a 2-core machine (benchmarks/RESULTS.md).
+# them) long before this; at low rates it bounds the latency each hop adds (a three-hop
+# job's median is about 2-3 ms with 2 ms; its tail is the machine's: benchmarks/RESULTS.md).
 DEFAULT_LINGER_S = 0.002
 MIN_WATERMARK = -(2**63)
 
