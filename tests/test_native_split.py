@@ -135,15 +135,20 @@ def test_split_columns_declines_when_a_finalizer_empties_a_column_mid_call() -> 
                 ran.append(True)
                 column.clear()
 
-    cycle = Finalizer()
-    cycle.self = cycle  # type: ignore[attr-defined]  # only a collection frees it
-    del cycle
-    threshold = gc.get_threshold()
-    gc.set_threshold(1)
+    columns = (keys, column)
+    threshold, enabled = gc.get_threshold(), gc.isenabled()
+    gc.disable()  # no collection until the routine allocates: not before the call
     try:
-        got = split_columns(keys, cache, replicas, (keys, column))
+        cycle = Finalizer()
+        cycle.self = cycle  # type: ignore[attr-defined]  # only a collection frees it
+        del cycle
+        gc.set_threshold(1)
+        gc.enable()  # allocates nothing; the routine's first new list starts a collection
+        got = split_columns(keys, cache, replicas, columns)
     finally:
         gc.set_threshold(*threshold)
+        if not enabled:
+            gc.disable()
     assert ran and column == []
     assert got is None
 
