@@ -59,15 +59,21 @@ class _NumberedLogic(SourceLogic):
 
 @dataclass(frozen=True)
 class AsyncNumbered(Source):
+    """``count`` records, ten per batch. With ``then_wait``, the source then waits for a
+    message that never comes (a provider with nothing to say): only a stop that cancels
+    the wait can end it."""
+
     count: int
+    then_wait: bool = False
 
     def build(self, ctx: Context) -> SourceLogic:
-        return _AsyncLogic(self.count)
+        return _AsyncLogic(self.count, self.then_wait)
 
 
 class _AsyncLogic(SourceLogic):
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, then_wait: bool) -> None:
         self.count = count
+        self.then_wait = then_wait
 
     async def batches(self) -> Any:  # type: ignore[override]
         import asyncio
@@ -75,29 +81,9 @@ class _AsyncLogic(SourceLogic):
         for i in range(0, self.count, 10):
             await asyncio.sleep(0)
             yield [("a", j, 0) for j in range(i, min(i + 10, self.count))]
-
-
-@dataclass(frozen=True)
-class AsyncQuiet(Source):
-    """Emits ``count`` records, then waits for a message that never comes (a provider
-    with nothing to say): only a stop that cancels the wait can end it."""
-
-    count: int
-
-    def build(self, ctx: Context) -> SourceLogic:
-        return _AsyncQuietLogic(self.count)
-
-
-class _AsyncQuietLogic(SourceLogic):
-    def __init__(self, count: int) -> None:
-        self.count = count
-
-    async def batches(self) -> Any:  # type: ignore[override]
-        import asyncio
-
-        yield [("a", j, 0) for j in range(self.count)]
-        await asyncio.Event().wait()  # never set
-        yield [("never", -1, 0)]
+        if self.then_wait:
+            await asyncio.Event().wait()  # never set
+            yield [("never", -1, 0)]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ import time
 import pytest
 from jobs import (
     AsyncNumbered,
-    AsyncQuiet,
     AsyncUnpicklable,
     Collect,
     Explode,
@@ -185,7 +184,7 @@ def test_graceful_stop_drains_what_was_produced():
 
 def test_graceful_stop_ends_an_async_source_waiting_on_a_quiet_provider():
     dag = Dag("quiet")
-    dag.source("src", AsyncQuiet(25)).sink("out", Collect())
+    dag.source("src", AsyncNumbered(25, then_wait=True)).sink("out", Collect())
     job = launch(dag)
     _wait_started(job)
     # The 25 records are a partial batch: they leave after their linger although the
