@@ -204,14 +204,16 @@ class BatchBuilder:
         self._flush_all()
 
     def _flush_all(self, watermark: bytes = b"") -> None:
-        """Send every pending record; an encoded ``watermark`` (only with records pending:
-        ``send_watermark`` sends it alone otherwise) goes at the end of the last frame."""
-        while self._count:
+        """Send every pending record, in one frame; an encoded ``watermark`` (only with
+        records pending: ``send_watermark`` sends it alone otherwise) ends that frame."""
+        if self._count:
             self._flush_some(self._count, watermark)
         self._columns = None
         self._pending = []
 
     def _flush_some(self, n: int, watermark: bytes = b"") -> None:
+        """Send the first ``n`` pending records as a frame; a ``watermark`` only with all of
+        them (``_flush_all``)."""
         pending, columns = self._pending, self._columns
         batch: list[Any] | Columns
         if n >= self._count:
@@ -229,8 +231,8 @@ class BatchBuilder:
             self._first_at = self._clock()
         payload = self.codec.encode(batch)
         size = len(payload)
-        if watermark and not self._count:
-            self.writer.send(Kind.DATA_WATERMARK, payload + watermark)
+        if watermark:
+            self.writer.send(Kind.DATA_WATERMARK, payload, trailer=watermark)
         else:
             self.writer.send(Kind.DATA, payload)
         self.records_out += n

@@ -275,19 +275,25 @@ class Writer:
         kind: int,
         payload: bytes | bytearray | memoryview = b"",
         *,
+        trailer: bytes = b"",
         split: bool = True,
         timeout: float | None = None,
     ) -> None:
+        """Send ``payload`` followed by ``trailer`` as one frame (the trailer is written
+        into the slot after the payload, so the two are never joined in memory first,
+        unless the frame needs several slots)."""
         if self._torn:
             raise ChannelError(
                 f"channel {self.name!r}: an earlier split frame was interrupted after part of it "
                 "was sent, and the consumer cannot tell where it ends; close this writer"
             )
-        n = len(payload)
+        n = len(payload) + len(trailer)
         if n <= self.capacity:
             self._acquire(timeout)
-            self._publish(kind, 0, payload)
+            self._publish(kind, 0, payload, trailer)
             return
+        if trailer:
+            payload = bytes(payload) + trailer
         if not split:
             raise FrameTooLarge(
                 f"channel {self.name!r}: a {n}-byte frame does not fit a slot of "
@@ -303,13 +309,15 @@ class Writer:
                 raise
             self._publish(kind, FLAG_MORE if start + cap < n else 0, view[start : start + cap])
 
-    def _publish(self, kind: int, flags: int, payload: bytes | bytearray | memoryview) -> None:
-        self.ring.write(self._seq, kind, flags, payload)
+    def _publish(
+        self, kind: int, flags: int, payload: bytes | bytearray | memoryview, trailer: bytes = b""
+    ) -> None:
+        self.ring.write(self._seq, kind, flags, payload, trailer)
         self._seq += 1
         self._credits -= 1
         c = self._counters  # counted before the doorbell, so in_use never reads negative
         c[P_SLOTS] = self._seq
-        c[P_BYTES] += len(payload)
+        c[P_BYTES] += len(payload) + len(trailer)
         try:
             os.write(self._doorbell, b"\x01")
         except BrokenPipeError:

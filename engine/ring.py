@@ -153,13 +153,21 @@ class Ring:
         return cls(name, slots, slot_size, create=False)
 
     def write(
-        self, seq: int, kind: int, flags: int, payload: bytes | bytearray | memoryview
+        self,
+        seq: int,
+        kind: int,
+        flags: int,
+        payload: bytes | bytearray | memoryview,
+        trailer: bytes = b"",
     ) -> None:
-        """Fill slot ``seq % K``: payload first, then the header."""
-        n = len(payload)
-        off = HEADER_SIZE + (seq % self.slots) * self.slot_size
-        self.buf[off + SLOT_HEADER_SIZE : off + SLOT_HEADER_SIZE + n] = payload
-        SLOT_HEADER.pack_into(self.buf, off, kind, flags, 0, n)
+        """Fill slot ``seq % K``: payload and trailer (the frame's payload is the two, one
+        after the other) first, then the header."""
+        n, m = len(payload), len(trailer)
+        start = HEADER_SIZE + (seq % self.slots) * self.slot_size + SLOT_HEADER_SIZE
+        self.buf[start : start + n] = payload
+        if m:
+            self.buf[start + n : start + n + m] = trailer
+        SLOT_HEADER.pack_into(self.buf, start - SLOT_HEADER_SIZE, kind, flags, 0, n + m)
 
     def read(self, seq: int) -> tuple[int, int, memoryview]:
         """Kind, flags and a view of the payload of slot ``seq % K`` (valid until released)."""

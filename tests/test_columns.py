@@ -403,8 +403,10 @@ class FakeWriter:
         self.capacity = capacity
         self.frames: list[tuple[int, bytes]] = []
 
-    def send(self, kind: int, payload: bytes | bytearray | memoryview = b"") -> None:
-        self.frames.append((kind, bytes(payload)))
+    def send(
+        self, kind: int, payload: bytes | bytearray | memoryview = b"", *, trailer: bytes = b""
+    ) -> None:
+        self.frames.append((kind, bytes(payload) + trailer))
 
 
 def _unpacked(frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
