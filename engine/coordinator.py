@@ -80,6 +80,9 @@ class Settings:
     heartbeat_timeout: float = 10.0
     startup_timeout: float = 60.0
     stop_grace: float = 3.0
+    # Longest a source may take to end its stream after a graceful stop: an async source
+    # whose await ignores its cancellation, or whose cleanup hangs, is abandoned then.
+    stop_timeout: float = 5.0
     metrics_port: int | None = None
 
     def check(self) -> None:
@@ -87,7 +90,7 @@ class Settings:
         problems = geometry_problems(self.slots, self.slot_size)
         if self.linger < 0:
             problems.append(f"linger must be >= 0 seconds, got {self.linger}")
-        for name in ("heartbeat_timeout", "startup_timeout", "stop_grace"):
+        for name in ("heartbeat_timeout", "startup_timeout", "stop_grace", "stop_timeout"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0 seconds, got {getattr(self, name)}")
         if problems:
@@ -214,6 +217,7 @@ class Coordinator:
                 index,
                 theirs,
                 s.linger,
+                s.stop_timeout,
             )
             process = ctx.Process(
                 target=worker_main,

@@ -16,6 +16,12 @@ class StopAwaiting(Exception):
     """The runner cancelled what it was awaiting because ``cancel_when`` asked it to."""
 
 
+class Abandoned(StopAwaiting):
+    """The runner stopped waiting for an awaitable that ``abandon_when`` gave up on (one
+    that caught its cancellation and went on awaiting, or a cleanup that never ends); the
+    awaitable is left pending, never to be resumed."""
+
+
 class AsyncRunner:
     """Runs awaitables to completion on one lazily created uvloop loop.
 
@@ -32,6 +38,11 @@ class AsyncRunner:
     stop does not wait for a quiet provider's next message. A call made with
     ``cancellable=False`` (a generator's ``aclose()``, its cleanup) is never cancelled.
 
+    ``abandon_when`` (if given) is asked at every tick too; once it says True, the call
+    stops waiting, cancellable or not, and raises ``Abandoned``: a source that swallows
+    ``asyncio.CancelledError``, or whose cleanup hangs, cannot hold a graceful stop up for
+    ever. Nothing more of the awaitable runs.
+
     Nothing raised in a tick, or by a signal handler while the loop runs (a worker's SIGTERM
     exception), is lost in the loop's log: it cancels the awaitable and the call raises it.
     """
@@ -41,6 +52,7 @@ class AsyncRunner:
         on_tick: Callable[[], float | None] | None = None,
         cancel_when: Callable[[], bool] | None = None,
         next_tick: Callable[[], float] | None = None,
+        abandon_when: Callable[[], bool] | None = None,
     ) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_tick = on_tick
@@ -52,6 +64,8 @@ class AsyncRunner:
         self._cancellable = False
         self._stop_since: float | None = None  # when cancel_when() began to say True
         self._cancelled = False
+        self._abandon_when = abandon_when
+        self._abandoned = False
 
     def __call__(self, awaitable: Awaitable[Any], *, cancellable: bool = True) -> Any:
         if self._loop is None:
@@ -65,10 +79,15 @@ class AsyncRunner:
         self._cancellable = cancellable
         self._stop_since = None
         self._cancelled = False
+        self._abandoned = False
         self._running = asyncio.ensure_future(awaitable, loop=loop)
         try:
             try:
                 result = loop.run_until_complete(self._running)
+            except RuntimeError:
+                if not self._abandoned:
+                    raise
+                raise Abandoned from None  # the loop was stopped with the awaitable pending
             except asyncio.CancelledError:
                 if self._error is None and self._cancelled:
                     raise StopAwaiting from None
@@ -106,6 +125,10 @@ class AsyncRunner:
             return
         delay = TICK_S if delay is None else min(TICK_S, max(0.0, delay))
         self._handle = self._loop.call_later(delay, self._tick)
+        if self._running is not None and self._abandon_when is not None and self._abandon_when():
+            self._abandoned = True
+            self._loop.stop()  # run_until_complete returns with the awaitable still pending
+            return
         if (
             self._cancel_when is None
             or not self._cancellable

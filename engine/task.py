@@ -13,6 +13,7 @@ and the new watermark is forwarded on every output, after the records it covers.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Awaitable
 from time import thread_time_ns as perf_counter_ns  # CPU time: fair on a busy machine
 from typing import Any, Protocol
@@ -21,9 +22,11 @@ from engine.batch import MIN_WATERMARK
 from engine.columns import Columns
 from engine.dag import MAIN, SINK
 from engine.operator import Context, OperatorLogic, SinkLogic, SourceLogic, Watermark
-from engine.runtime_async import StopAwaiting
+from engine.runtime_async import Abandoned, StopAwaiting
 
 MAX_WATERMARK = 2**63 - 1
+ABANDONED = "abandoned"  # the counter of a source's awaits a stop gave up on (Abandoned)
+log = logging.getLogger(__name__)
 
 
 class Sender(Protocol):
@@ -206,6 +209,16 @@ class SourceTask:
         started = perf_counter_ns()
         try:
             item = self._run_async(anext(self._items)) if self._is_async else next(self._items)
+        except Abandoned:
+            # It went on awaiting after its cancellation: it is still running, so it cannot
+            # be closed either. The stream ends here all the same; what it sent is kept.
+            self._abandon(
+                "went on awaiting after the stop cancelled its await (does it catch "
+                "asyncio.CancelledError? let it propagate)"
+            )
+            self._items = None
+            self.finish()
+            return False
         except (StopIteration, StopAsyncIteration, StopAwaiting):
             # StopAwaiting: the job is stopping and the worker cancelled the source's
             # pending await (engine.runtime_async); the stream ends here, gracefully.
@@ -237,6 +250,18 @@ class SourceTask:
         if items is None:
             return
         if self._is_async:
-            self._run_async(items.aclose(), cancellable=False)  # cleanup runs to its end
+            try:
+                self._run_async(items.aclose(), cancellable=False)  # cleanup runs to its end
+            except Abandoned:  # ... or to the stop's deadline
+                self._abandon("did not finish its cleanup (aclose) before the stop's deadline")
         elif hasattr(items, "close"):
             items.close()
+
+    def _abandon(self, what: str) -> None:
+        self.ctx.count(ABANDONED)
+        log.warning(
+            "source %r replica %d %s; its stream ends without waiting for it (stop_timeout)",
+            self.ctx.node,
+            self.ctx.replica,
+            what,
+        )

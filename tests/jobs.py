@@ -61,19 +61,22 @@ class _NumberedLogic(SourceLogic):
 class AsyncNumbered(Source):
     """``count`` records, ten per batch. With ``then_wait``, the source then waits for a
     message that never comes (a provider with nothing to say): only a stop that cancels
-    the wait can end it."""
+    the wait can end it; with ``swallow_cancel`` too, it catches that cancellation and
+    waits on (only the stop's deadline, ``stop_timeout``, ends it)."""
 
     count: int
     then_wait: bool = False
+    swallow_cancel: bool = False
 
     def build(self, ctx: Context) -> SourceLogic:
-        return _AsyncLogic(self.count, self.then_wait)
+        return _AsyncLogic(self.count, self.then_wait, self.swallow_cancel)
 
 
 class _AsyncLogic(SourceLogic):
-    def __init__(self, count: int, then_wait: bool) -> None:
+    def __init__(self, count: int, then_wait: bool, swallow_cancel: bool) -> None:
         self.count = count
         self.then_wait = then_wait
+        self.swallow_cancel = swallow_cancel
 
     async def batches(self) -> Any:  # type: ignore[override]
         import asyncio
@@ -81,9 +84,14 @@ class _AsyncLogic(SourceLogic):
         for i in range(0, self.count, 10):
             await asyncio.sleep(0)
             yield [("a", j, 0) for j in range(i, min(i + 10, self.count))]
-        if self.then_wait:
-            await asyncio.Event().wait()  # never set
-            yield [("never", -1, 0)]
+        while self.then_wait:
+            try:
+                await asyncio.Event().wait()  # never set
+            except asyncio.CancelledError:
+                if not self.swallow_cancel:
+                    raise
+            else:
+                yield [("never", -1, 0)]
 
 
 @dataclass(frozen=True)

@@ -201,6 +201,24 @@ def test_graceful_stop_ends_an_async_source_waiting_on_a_quiet_provider():
     _assert_gone([*job.pids, job.coordinator_pid])
 
 
+def test_a_source_that_ignores_the_stop_is_abandoned_after_stop_timeout():
+    dag = Dag("stubborn")
+    dag.source("src", AsyncNumbered(25, then_wait=True, swallow_cancel=True)).sink("out", Collect())
+    job = launch(dag, stop_timeout=0.5)
+    _wait_started(job)
+    deadline = time.monotonic() + 20.0
+    arrived = False
+    while not arrived and time.monotonic() < deadline:
+        arrived = sum(r["records_in"] for r in job.status() if r["node"] == "out") >= 25
+    assert arrived, "the partial batch was held while the source waited"
+    job.stop()  # cancels the source's await, which catches that and waits on
+    result = job.wait(WAIT)  # ended by stop_timeout, the graceful way: nothing lost
+    assert result.stopped
+    assert result.counter("abandoned") == 1
+    assert len(result.collected("out")) == 25
+    _assert_gone([*job.pids, job.coordinator_pid])
+
+
 def test_a_record_that_fails_to_encode_while_an_async_source_waits_fails_the_job():
     dag = Dag("unpicklable")
     dag.source("src", AsyncUnpicklable()).sink("out", Collect())
@@ -393,6 +411,8 @@ def test_bad_settings_are_refused_before_anything_starts():
     dag.source("src", Numbered(1)).sink("out", Collect())
     with pytest.raises(RingflowError, match=r"slots must be 1\.\.4096, got 100000"):
         launch(dag, slots=100_000)
+    with pytest.raises(RingflowError, match=r"stop_timeout must be > 0 seconds, got 0"):
+        launch(dag, stop_timeout=0)
     with pytest.raises(RingflowError, match="unknown engine setting"):
         launch(dag, slotz=8)
 

@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 import engine.runtime_async as runtime_async
-from engine.runtime_async import AsyncRunner, StopAwaiting
+from engine.runtime_async import Abandoned, AsyncRunner, StopAwaiting
 
 TICK = 0.01
 
@@ -91,6 +91,49 @@ def test_cleanup_is_never_cancelled():
     runner = AsyncRunner(on_tick=lambda: None, cancel_when=lambda: True)
     runner(cleanup(), cancellable=False)
     assert done == [True]
+    runner.close()
+
+
+def after_ticks(n: int):
+    """An ``abandon_when`` that says True from its ``n``-th question on."""
+    asked = [0]
+
+    def ask() -> bool:
+        asked[0] += 1
+        return asked[0] >= n
+
+    return ask
+
+
+async def stubborn(cancelled: list[int]) -> None:
+    """Awaits for ever, catching every cancellation (a source that should not)."""
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(1)
+
+
+def test_an_await_that_ignores_its_cancellation_is_abandoned():
+    cancelled: list[int] = []
+    runner = AsyncRunner(
+        on_tick=lambda: None, cancel_when=lambda: True, abandon_when=after_ticks(5)
+    )
+    with pytest.raises(Abandoned):
+        runner(stubborn(cancelled))
+    assert cancelled == [1]  # cancelled once, a tick after the stop; then given up on
+    assert runner(asyncio.sleep(0, "next")) == "next"  # the runner goes on working
+    runner.close()
+
+
+def test_cleanup_that_never_ends_is_abandoned_not_cancelled():
+    cancelled: list[int] = []
+    runner = AsyncRunner(
+        on_tick=lambda: None, cancel_when=lambda: True, abandon_when=after_ticks(3)
+    )
+    with pytest.raises(Abandoned):
+        runner(stubborn(cancelled), cancellable=False)
+    assert cancelled == []
     runner.close()
 
 
