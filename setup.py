@@ -1,8 +1,10 @@
-"""The one compiled piece, ``partitioning._native`` (see partitioning/_native.c).
+"""The compiled pieces: ``partitioning._native`` (the key-hash splitter's loop, see
+partitioning/_native.c) and ``engine._strings`` (dictionary-encoded string columns, see
+engine/_strings.c).
 
-It is optional: where no C compiler is found the build says so and goes on, and the engine
-runs the same routine in Python (``partitioning.keyhash``), only slower. Everything else
-about the package is in pyproject.toml.
+Both are optional: where no C compiler is found the build says so and goes on; the engine
+then splits in Python (``partitioning.keyhash``), only slower, and sends string columns as
+they are. Everything else about the package is in pyproject.toml.
 """
 
 from setuptools import Extension, setup
@@ -14,6 +16,12 @@ setup(
             ["partitioning/_native.c"],
             optional=True,
             extra_compile_args=["-O2"],
-        )
+        ),
+        Extension(
+            "engine._strings",
+            ["engine/_strings.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
     ]
 )

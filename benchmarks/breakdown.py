@@ -7,7 +7,8 @@ calls, the worker loop, watermarks) can be told apart and has a number:
 
 * ``generate``: ``GeneratorLogic`` (the source's logic);
 * ``split``: the key-hash splitter (mmh3, cached per symbol) into ``replicas`` groups;
-* ``encode`` / ``decode``: the typed msgpack codec over those groups (``engine.batch``);
+* ``encode`` / ``decode``: the typed msgpack codec over those groups, one per channel as in
+  a worker (string columns dictionary-encoded, ``engine.strings``);
 * ``aggregate``: ``WindowAggregate(Tumbling, OHLCV)`` over the decoded groups, watermarks
   included (the bars node's logic);
 * ``hand_aggregate``: ``benchmarks.handroll.HandBars`` over the same (the baselines' loop).
@@ -50,11 +51,16 @@ def breakdown(work: Workload, replicas: int, repeat: int = 3) -> dict[str, Any]:
     batches = [b for b in items if not isinstance(b, Watermark)]
     ticks = sum(len(b) for b in batches)
     splitter = KeyHash("symbol", KEY_GROUPS).build(replicas, 0)
-    groups = [[g for _, g in splitter.split(b)] for b in batches]
-    codec = MsgpackCodec(Tick)
-    frames = [[codec.encode(g) for g in gs] for gs in groups]
+    groups = [list(splitter.split(b)) for b in batches]  # (replica, group) pairs
+
+    def encode_all() -> list[list[tuple[int, bytes]]]:
+        # One codec per channel, as in a worker: string columns go dictionary-encoded.
+        codecs = [MsgpackCodec(Tick, dictionary=True) for _ in range(replicas)]
+        return [[(r, codecs[r].encode(g)) for r, g in gs] for gs in groups]
+
+    frames = encode_all()
     empty = Columns.from_rows(Tick, [])
-    mine: list[Any] = [g[0] if g else empty for g in groups]  # replica 0's share
+    mine: list[Any] = [dict(gs).get(0, empty) for gs in groups]  # replica 0's share
     share = sum(len(g) for g in mine) or 1
 
     def split() -> None:
@@ -62,14 +68,13 @@ def breakdown(work: Workload, replicas: int, repeat: int = 3) -> dict[str, Any]:
             splitter.split(b)
 
     def encode() -> None:
-        for gs in groups:
-            for g in gs:
-                codec.encode(g)
+        encode_all()
 
     def decode() -> None:
+        codecs = [MsgpackCodec(Tick) for _ in range(replicas)]  # each channel's, in order
         for fs in frames:
-            for f in fs:
-                codec.decode(f)
+            for r, f in fs:
+                codecs[r].decode(f)
 
     def aggregate() -> None:
         logic = WindowAggregate(Tumbling(work.window_ns), OHLCV()).build(Context("bars"))

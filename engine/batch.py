@@ -29,6 +29,7 @@ from typing import Any
 
 import msgspec
 
+from engine import strings
 from engine.channel import Writer
 from engine.columns import Columns, field_names
 from engine.errors import RecordError
@@ -65,24 +66,54 @@ class Codec:
 
 class MsgpackCodec(Codec):
     """msgspec msgpack with a typed decoder for ``list[record_type]``, and for Columns
-    batches of it when ``record_type`` is a Struct."""
+    batches of it when ``record_type`` is a Struct.
 
-    def __init__(self, record_type: Any) -> None:
+    With ``dictionary`` (one codec per channel end: its tables follow the frames in order),
+    the string columns of Columns batches are dictionary-encoded (``engine.strings``) when
+    the C extension is built. Every instance decodes them.
+    """
+
+    def __init__(self, record_type: Any, *, dictionary: bool = False) -> None:
         self.record_type = record_type
         self._encoder = msgspec.msgpack.Encoder()
         self._wire = _columns_wire_type(record_type)
         decoded: Any = list[record_type] if self._wire is None else list[record_type] | self._wire
         self._decoder = msgspec.msgpack.Decoder(decoded)
+        self._strings = _string_columns(record_type) if self._wire is not None else ()
+        # Per string column: the encoder's table (None once it went plain), the decoder's.
+        self._ids: list[dict[str, int] | None] = [
+            {} if dictionary and strings.NATIVE else None for _ in self._strings
+        ]
+        self._tables: list[list[str]] = [[] for _ in self._strings]
+        self.dictionary = dictionary
 
     def encode(self, records: list[Any] | Columns) -> bytes:
         try:
             if type(records) is Columns:
                 if self._wire is None or records.type is not self.record_type:
                     raise TypeError(f"got a Columns batch of {records.type.__name__}")
-                return self._encoder.encode(self._wire(records.data))
+                data = records.data
+                if any(ids is not None for ids in self._ids):
+                    data = self._encode_strings(data)
+                return self._encoder.encode(self._wire(data))
             return self._encoder.encode(records)
         except (TypeError, msgspec.EncodeError) as exc:
             raise RecordError(f"cannot encode a batch of {self.record_type!r}: {exc}") from exc
+
+    def _encode_strings(self, data: tuple[Any, ...]) -> tuple[Any, ...]:
+        columns = list(data)
+        for k, i in enumerate(self._strings):
+            ids = self._ids[k]
+            if ids is None:
+                continue
+            base = len(ids)
+            encoded = strings.native_encode(columns[i], ids, strings.MAX_ENTRIES)
+            if encoded is None:  # not all str (msgspec says what), or the table was full
+                if base + len(columns[i]) > strings.MAX_ENTRIES:
+                    self._ids[k] = None  # it does not repeat enough: as it is from now on
+                continue
+            columns[i] = strings.StrDict(base, *encoded)
+        return tuple(columns)
 
     def decode(self, payload: bytes | memoryview) -> list[Any] | Columns:
         try:
@@ -91,10 +122,44 @@ class MsgpackCodec(Codec):
             raise RecordError(f"cannot decode a batch of {self.record_type!r}: {exc}") from exc
         if type(batch) is list:
             return batch
-        return Columns(self.record_type, batch.c)
+        data = batch.c
+        for i in self._strings:
+            if type(data[i]) is strings.StrDict:
+                data = self._decode_strings(data)
+                break
+        return Columns(self.record_type, data)
+
+    def _decode_strings(self, data: tuple[Any, ...]) -> tuple[Any, ...]:
+        columns = list(data)
+        for k, i in enumerate(self._strings):
+            column = columns[i]
+            if type(column) is not strings.StrDict:
+                continue
+            table = self._tables[k]
+            if not column.base:
+                table.clear()  # the encoder started a new table
+            elif column.base != len(table):
+                raise RecordError(
+                    f"cannot decode a batch of {self.record_type!r}: its string column "
+                    f"{i} extends a table of {column.base} strings, this decoder has "
+                    f"{len(table)} (frames out of order, or decoded twice)"
+                )
+            table.extend(column.new)
+            try:
+                columns[i] = _take(table, column.idx)
+            except ValueError as exc:
+                raise RecordError(f"cannot decode a batch of {self.record_type!r}: {exc}") from exc
+        return tuple(columns)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (MsgpackCodec, (self.record_type,))
+        return (_msgpack_codec, (self.record_type, self.dictionary))
+
+
+def _msgpack_codec(record_type: Any, dictionary: bool) -> MsgpackCodec:
+    return MsgpackCodec(record_type, dictionary=dictionary)
+
+
+_take = strings.native_take if strings.NATIVE else strings.take
 
 
 class PickleCodec(Codec):
@@ -111,26 +176,36 @@ class PickleCodec(Codec):
         return records
 
 
+def _string_columns(record_type: Any) -> tuple[int, ...]:
+    """The positions of ``record_type``'s ``str`` fields."""
+    return tuple(i for i, f in enumerate(msgspec.structs.fields(record_type)) if f.type is str)
+
+
 def _columns_wire_type(record_type: Any) -> Any:
     """The msgspec type a Columns batch of ``record_type`` travels as (a map with one key,
-    so it cannot be mistaken for a list of records), or None for a non-Struct type."""
+    so it cannot be mistaken for a list of records), or None for a non-Struct type. A
+    ``str`` column is a list or a ``StrDict``."""
     if not (isinstance(record_type, type) and issubclass(record_type, msgspec.Struct)):
         return None
     try:
         field_names(record_type)
     except Exception:
         return None  # keyword-only fields: lists of records only
-    types = tuple(list.__class_getitem__(f.type) for f in msgspec.structs.fields(record_type))
+    types = tuple(
+        list[str] | strings.StrDict if f.type is str else list.__class_getitem__(f.type)
+        for f in msgspec.structs.fields(record_type)
+    )
     return msgspec.defstruct(
         f"{record_type.__name__}Columns", [("c", tuple.__class_getitem__(types))], frozen=True
     )
 
 
-def codec_for(record_type: Any | None) -> Codec:
-    """The codec for an edge carrying ``record_type`` (None: untyped)."""
+def codec_for(record_type: Any | None, *, dictionary: bool = False) -> Codec:
+    """The codec for an edge carrying ``record_type`` (None: untyped); ``dictionary`` for
+    one channel's producer (``MsgpackCodec``)."""
     if record_type is None:
         return PickleCodec()
-    return MsgpackCodec(record_type)
+    return MsgpackCodec(record_type, dictionary=dictionary)
 
 
 class BatchBuilder:

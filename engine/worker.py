@@ -186,10 +186,10 @@ class Worker:
         self.builders: list[BatchBuilder] = []
         outputs: dict[str, list[Output]] = {}
         for out in spec.outputs:
-            codec = codec_for(out.record_type)
             senders: dict[int, Sender] = {}
             for replica, end in out.ends.items():
                 writer = end.open(on_wait=self.on_wait)
+                codec = codec_for(out.record_type, dictionary=True)  # its tables: this channel's
                 builder = BatchBuilder(writer, codec, linger=spec.linger)
                 self.writers.append(writer)
                 self.builders.append(builder)
