@@ -135,11 +135,11 @@ encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto decline;
     }
     PyObject *result = PyTuple_Pack(2, new, indices);
+    if (result == NULL) {
+        goto fail;
+    }
     Py_DECREF(new);
     Py_DECREF(indices);
-    if (result == NULL) {
-        return NULL; /* ids keeps the new strings: only an unused table entry */
-    }
     return result;
 
 decline:

@@ -22,6 +22,7 @@ stay columns (a frame holds either kind, so a switch of kind flushes first).
 from __future__ import annotations
 
 import pickle
+import random
 import struct
 import time
 from collections.abc import Callable
@@ -75,30 +76,45 @@ class MsgpackCodec(Codec):
 
     def __init__(self, record_type: Any, *, dictionary: bool = False) -> None:
         self.record_type = record_type
+        self.dictionary = dictionary
         self._encoder = msgspec.msgpack.Encoder()
         self._wire = _columns_wire_type(record_type)
         decoded: Any = list[record_type] if self._wire is None else list[record_type] | self._wire
         self._decoder = msgspec.msgpack.Decoder(decoded)
         self._strings = _string_columns(record_type) if self._wire is not None else ()
-        # Per string column: the encoder's table (None once it went plain), the decoder's.
-        self._ids: list[dict[str, int] | None] = [
-            {} if dictionary and strings.NATIVE else None for _ in self._strings
-        ]
+        # Per string column, the encoder's table (None: plain, for good) and its id ...
+        self._ids: list[dict[str, int] | None] = [None] * len(self._strings)
+        self._table_ids = [0] * len(self._strings)
+        if dictionary and strings.NATIVE:
+            for k in range(len(self._strings)):
+                self._new_table(k)
+        # ... and the decoder's: the strings so far, and the id of the table they are.
         self._tables: list[list[str]] = [[] for _ in self._strings]
-        self.dictionary = dictionary
+        self._tables_of = [0] * len(self._strings)
 
     def encode(self, records: list[Any] | Columns) -> bytes:
         try:
             if type(records) is Columns:
                 if self._wire is None or records.type is not self.record_type:
                     raise TypeError(f"got a Columns batch of {records.type.__name__}")
-                data = records.data
-                if any(ids is not None for ids in self._ids):
-                    data = self._encode_strings(data)
-                return self._encoder.encode(self._wire(data))
+                if not any(ids is not None for ids in self._ids):
+                    return self._encoder.encode(self._wire(records.data))
+                try:
+                    return self._encoder.encode(self._wire(self._encode_strings(records.data)))
+                except BaseException:
+                    # No frame: the tables took strings its consumer will never see, so the
+                    # next frame starts new ones.
+                    for k, ids in enumerate(self._ids):
+                        if ids is not None:
+                            self._new_table(k)
+                    raise
             return self._encoder.encode(records)
-        except (TypeError, msgspec.EncodeError) as exc:
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
             raise RecordError(f"cannot encode a batch of {self.record_type!r}: {exc}") from exc
+
+    def _new_table(self, k: int) -> None:
+        self._ids[k] = {}
+        self._table_ids[k] = random.getrandbits(62)
 
     def _encode_strings(self, data: tuple[Any, ...]) -> tuple[Any, ...]:
         columns = list(data)
@@ -112,7 +128,7 @@ class MsgpackCodec(Codec):
                 if base + len(columns[i]) > strings.MAX_ENTRIES:
                     self._ids[k] = None  # it does not repeat enough: as it is from now on
                 continue
-            columns[i] = strings.StrDict(base, *encoded)
+            columns[i] = strings.StrDict(self._table_ids[k], base, *encoded)
         return tuple(columns)
 
     def decode(self, payload: bytes | memoryview) -> list[Any] | Columns:
@@ -136,13 +152,15 @@ class MsgpackCodec(Codec):
             if type(column) is not strings.StrDict:
                 continue
             table = self._tables[k]
-            if not column.base:
-                table.clear()  # the encoder started a new table
-            elif column.base != len(table):
+            if not column.base:  # the encoder started a new table
+                table.clear()
+                self._tables_of[k] = column.table
+            elif column.table != self._tables_of[k] or column.base != len(table):
                 raise RecordError(
                     f"cannot decode a batch of {self.record_type!r}: its string column "
-                    f"{i} extends a table of {column.base} strings, this decoder has "
-                    f"{len(table)} (frames out of order, or decoded twice)"
+                    f"{i} extends a table of {column.base} strings this decoder does not "
+                    f"have (it has {len(table)}): frames out of order, decoded twice, or "
+                    "from two channels"
                 )
             table.extend(column.new)
             try:

@@ -39,10 +39,12 @@ MAX_ENTRIES = 16_384  # strings per table: at most a few MiB per channel and col
 
 
 class StrDict(msgspec.Struct, frozen=True):
-    """A dictionary-encoded string column: ``base`` entries are in the table before this
-    frame (0: the encoder started a new table), ``new`` are added, ``idx`` is 2 bytes per
-    row, little-endian."""
+    """A dictionary-encoded string column: ``table`` names the encoder's table (random, so a
+    frame from another channel's cannot pass for this one's), ``base`` entries are in it
+    before this frame (0: the encoder started it), ``new`` are added, ``idx`` is 2 bytes
+    per row, little-endian."""
 
+    table: int
     base: int
     new: list[str]
     idx: bytes
@@ -68,6 +70,10 @@ def encode(
                 break
             ids[s] = index
             new.append(s)
+        elif not 0 <= index < limit:
+            for added in new:
+                del ids[added]
+            raise ValueError(f"encode: ids maps a string to {index}, outside [0, {limit})")
         indices.append(index)
     else:
         if sys.byteorder == "big":  # pragma: no cover - the wire is little-endian

@@ -84,6 +84,10 @@ def test_encode_declines_what_it_cannot_encode_and_refuses_bad_arguments() -> No
     assert native.encode(["B", "C"], ids, 2) is None and ids == {"A": 0}  # table full
     with pytest.raises(ValueError, match="outside"):
         native.encode(["A"], ids, 70_000)
+    with pytest.raises(ValueError, match="outside"):
+        native.encode(["A"], {"A": 5}, 3)
+    with pytest.raises(ValueError, match="outside"):
+        strings.encode(["A"], {"A": 5}, 3)
     with pytest.raises(TypeError, match="ids must be a dict"):
         native.encode(["A"], [], 10)
     with pytest.raises(ValueError, match="not a multiple of 2"):
@@ -106,11 +110,12 @@ def test_a_channels_frames_decode_in_order_to_the_same_columns(batches: list[lis
 def test_string_columns_travel_as_table_entries_and_indices() -> None:
     sender = MsgpackCodec(Quote, dictionary=True)
     quotes = Columns(Quote, (["X", "X", "Y"], ["A", "B", "A"], [1.0, 2.0, 3.0]))
-    wire = msgspec.msgpack.decode(sender.encode(quotes))["c"]
-    assert wire[0] == {"base": 0, "new": ["X", "Y"], "idx": b"\x00\x00\x00\x00\x01\x00"}
-    assert wire[1] == {"base": 0, "new": ["A", "B"], "idx": b"\x00\x00\x01\x00\x00\x00"}
-    again = msgspec.msgpack.decode(sender.encode(quotes))["c"]
-    assert again[0] == {"base": 2, "new": [], "idx": b"\x00\x00\x00\x00\x01\x00"}
+    venue, symbol, _ = msgspec.msgpack.decode(sender.encode(quotes))["c"]
+    assert (venue["base"], venue["new"], venue["idx"]) == (0, ["X", "Y"], b"\0\0\0\0\1\0")
+    assert (symbol["base"], symbol["new"], symbol["idx"]) == (0, ["A", "B"], b"\0\0\1\0\0\0")
+    assert venue["table"] != symbol["table"]
+    again = msgspec.msgpack.decode(sender.encode(quotes))["c"][0]
+    assert (again["table"], again["base"], again["new"]) == (venue["table"], 2, [])
     assert MsgpackCodec(Quote).encode(quotes) == msgspec.msgpack.encode({"c": quotes.data})
 
 
@@ -128,13 +133,38 @@ def test_a_column_that_outgrows_its_table_goes_as_it_is(monkeypatch) -> None:
 def test_a_frame_out_of_order_or_decoded_twice_is_an_error_not_wrong_rows() -> None:
     sender, receiver = MsgpackCodec(Tick, dictionary=True), MsgpackCodec(Tick)
     first, second = sender.encode(ticks(["a", "b"])), sender.encode(ticks(["c", "a"]))
-    with pytest.raises(RecordError, match="table of 2 strings, this decoder has 0"):
+    with pytest.raises(
+        RecordError, match=r"table of 2 strings this decoder does not have \(it has 0"
+    ):
         receiver.decode(second)
     receiver.decode(first)
     receiver.decode(second)
-    with pytest.raises(RecordError, match="out of order, or decoded twice"):
+    with pytest.raises(RecordError, match="out of order, decoded twice"):
         receiver.decode(second)
     assert receiver.decode(first).data[0] == ["a", "b"]  # base 0: a new table, from scratch
+
+
+def test_frames_of_two_channels_through_one_decoder_are_an_error_not_wrong_rows() -> None:
+    a, b, receiver = (
+        MsgpackCodec(Tick, dictionary=True),
+        MsgpackCodec(Tick, dictionary=True),
+        MsgpackCodec(Tick),
+    )
+    receiver.decode(a.encode(ticks(["AAPL", "MSFT"])))
+    receiver.decode(b.encode(ticks(["IBM", "GOOG"])))  # a new table: b's
+    with pytest.raises(RecordError, match="from two channels"):
+        receiver.decode(a.encode(ticks(["AAPL"])))
+
+
+def test_a_batch_that_fails_to_encode_leaves_the_channel_usable() -> None:
+    sender, receiver = MsgpackCodec(Tick, dictionary=True), MsgpackCodec(Tick)
+    receiver.decode(sender.encode(ticks(["a"])))
+    bad_price = Columns(Tick, (["b"], [1], [object()], [1.0]))
+    with pytest.raises(RecordError, match="cannot encode a batch of"):
+        sender.encode(bad_price)  # no frame; "b" went into the table all the same
+    with pytest.raises(RecordError, match="cannot encode a batch of"):
+        sender.encode(ticks(["c", "\ud800"]))  # a lone surrogate: not UTF-8
+    assert receiver.decode(sender.encode(ticks(["b", "a"]))).data[0] == ["b", "a"]
 
 
 def test_a_bad_value_in_a_string_column_still_fails_with_a_record_error() -> None:
