@@ -80,8 +80,9 @@ class Settings:
     heartbeat_timeout: float = 10.0
     startup_timeout: float = 60.0
     stop_grace: float = 3.0
-    # Longest a source may take to end its stream after a graceful stop: an async source
-    # whose await ignores its cancellation, or whose cleanup hangs, is abandoned then.
+    # How long an async source's cancelled await, and then its cleanup, may go on after a
+    # graceful stop: one that ignores its cancellation, or a cleanup that hangs, is
+    # abandoned then (engine.runtime_async).
     stop_timeout: float = 5.0
     metrics_port: int | None = None
 

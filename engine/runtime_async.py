@@ -17,9 +17,8 @@ class StopAwaiting(Exception):
 
 
 class Abandoned(StopAwaiting):
-    """The runner stopped waiting for an awaitable that ``abandon_when`` gave up on (one
-    that caught its cancellation and went on awaiting, or a cleanup that never ends); the
-    awaitable is left pending, never to be resumed."""
+    """The runner gave up on an awaitable ``abandon_after`` seconds into a stop: one that
+    caught its cancellation and went on awaiting, or a cleanup that did not end."""
 
 
 class AsyncRunner:
@@ -38,10 +37,12 @@ class AsyncRunner:
     stop does not wait for a quiet provider's next message. A call made with
     ``cancellable=False`` (a generator's ``aclose()``, its cleanup) is never cancelled.
 
-    ``abandon_when`` (if given) is asked at every tick too; once it says True, the call
-    stops waiting, cancellable or not, and raises ``Abandoned``: a source that swallows
-    ``asyncio.CancelledError``, or whose cleanup hangs, cannot hold a graceful stop up for
-    ever. Nothing more of the awaitable runs.
+    ``abandon_after`` (if given) bounds each call's wait once ``cancel_when`` says True:
+    that many seconds into it, an awaitable that was cancelled (at the latest then) and
+    is still running, or a cleanup still running, is given up on and the call raises
+    ``Abandoned``: a source that swallows ``asyncio.CancelledError``, or whose cleanup
+    hangs, cannot hold a graceful stop up for ever. Its loop is closed with it, so nothing
+    more of it runs; a later call gets a new loop.
 
     Nothing raised in a tick, or by a signal handler while the loop runs (a worker's SIGTERM
     exception), is lost in the loop's log: it cancels the awaitable and the call raises it.
@@ -52,20 +53,20 @@ class AsyncRunner:
         on_tick: Callable[[], float | None] | None = None,
         cancel_when: Callable[[], bool] | None = None,
         next_tick: Callable[[], float] | None = None,
-        abandon_when: Callable[[], bool] | None = None,
+        abandon_after: float | None = None,
     ) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_tick = on_tick
         self._cancel_when = cancel_when
         self._next_tick = next_tick
+        self._abandon_after = abandon_after
         self._running: asyncio.Future[Any] | None = None
+        self._outcome: asyncio.Future[Any] | None = None  # what the call returns or raises
         self._handle: asyncio.TimerHandle | None = None
         self._error: BaseException | None = None  # from a tick or a signal handler
         self._cancellable = False
         self._stop_since: float | None = None  # when cancel_when() began to say True
         self._cancelled = False
-        self._abandon_when = abandon_when
-        self._abandoned = False
 
     def __call__(self, awaitable: Awaitable[Any], *, cancellable: bool = True) -> Any:
         if self._loop is None:
@@ -79,15 +80,19 @@ class AsyncRunner:
         self._cancellable = cancellable
         self._stop_since = None
         self._cancelled = False
-        self._abandoned = False
-        self._running = asyncio.ensure_future(awaitable, loop=loop)
+        self._running = running = asyncio.ensure_future(awaitable, loop=loop)
+        # The call waits on its own future, which the awaitable completes when it ends and
+        # a tick fails with Abandoned when it gives up on it.
+        self._outcome = outcome = loop.create_future()
+        running.add_done_callback(_relay_to(outcome))
         try:
             try:
-                result = loop.run_until_complete(self._running)
-            except RuntimeError:
-                if not self._abandoned:
-                    raise
-                raise Abandoned from None  # the loop was stopped with the awaitable pending
+                result = loop.run_until_complete(outcome)
+            except Abandoned:
+                self._drop_loop(running)
+                if self._error is not None:  # a tick's error or SIGTERM meanwhile: that
+                    raise self._error from None
+                raise
             except asyncio.CancelledError:
                 if self._error is None and self._cancelled:
                     raise StopAwaiting from None
@@ -99,9 +104,18 @@ class AsyncRunner:
         finally:
             self._error = None
             self._running = None
+            self._outcome = None
             if self._handle is not None:
                 self._handle.cancel()
                 self._handle = None
+
+    def _drop_loop(self, running: asyncio.Future[Any]) -> None:
+        """Close the loop with the abandoned awaitable still pending on it, unrun."""
+        if isinstance(running, asyncio.Task):  # given up on, not forgotten: no warning
+            running._log_destroy_pending = False  # type: ignore[attr-defined]
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.close()
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
@@ -125,16 +139,7 @@ class AsyncRunner:
             return
         delay = TICK_S if delay is None else min(TICK_S, max(0.0, delay))
         self._handle = self._loop.call_later(delay, self._tick)
-        if self._running is not None and self._abandon_when is not None and self._abandon_when():
-            self._abandoned = True
-            self._loop.stop()  # run_until_complete returns with the awaitable still pending
-            return
-        if (
-            self._cancel_when is None
-            or not self._cancellable
-            or self._cancelled
-            or self._running is None
-        ):
+        if self._cancel_when is None or self._running is None:
             return
         if not self._cancel_when():
             self._stop_since = None
@@ -142,7 +147,13 @@ class AsyncRunner:
         now = time.monotonic()
         if self._stop_since is None:
             self._stop_since = now
-        elif now - self._stop_since >= TICK_S:
+        waited = now - self._stop_since
+        late = self._abandon_after is not None and waited >= self._abandon_after
+        if late and (self._cancelled or not self._cancellable):
+            if self._outcome is not None and not self._outcome.done():
+                self._outcome.set_exception(Abandoned())
+            return
+        if self._cancellable and not self._cancelled and (waited >= TICK_S or late):
             self._cancelled = True
             self._running.cancel()
 
@@ -150,3 +161,19 @@ class AsyncRunner:
         if self._loop is not None:
             self._loop.close()
             self._loop = None
+
+
+def _relay_to(outcome: asyncio.Future[Any]) -> Callable[[asyncio.Future[Any]], None]:
+    """A done-callback that gives ``outcome`` the finished future's result or exception."""
+
+    def relay(done: asyncio.Future[Any]) -> None:
+        if outcome.done():
+            return  # abandoned meanwhile
+        if done.cancelled():
+            outcome.cancel()
+        elif done.exception() is not None:
+            outcome.set_exception(done.exception())  # type: ignore[arg-type]
+        else:
+            outcome.set_result(done.result())
+
+    return relay

@@ -174,7 +174,6 @@ class Worker:
         self.row = row
         self.control = spec.control
         self.stop_requested = False
-        self._stop_deadline = float("inf")  # monotonic; set by the stop request
         self._aborting = False
         self._counters_due = 0.0
         self._counters_sent: tuple[dict[str, int], dict[str, float]] = ({}, {})
@@ -199,14 +198,14 @@ class Worker:
         self.emitter = Emitter(self.ctx, outputs)
         # While an async source or sink waits: heartbeat, and partial batches leave after
         # their linger. A stop cancels a source's wait (a provider with nothing to say),
-        # never a sink's: sinks drain what is in flight. A source still awaiting (or
-        # cleaning up) ``stop_timeout`` after the stop is abandoned: its stream ends anyway.
+        # never a sink's: sinks drain what is in flight. A source whose cancelled await, or
+        # cleanup, goes on for ``stop_timeout`` is abandoned: its stream ends anyway.
         is_source = node.kind == SOURCE
         self.runner = AsyncRunner(
             on_tick=self._on_async_tick,
             cancel_when=(lambda: self.stop_requested) if is_source else None,
             next_tick=self._until_flush,
-            abandon_when=(lambda: time.monotonic() >= self._stop_deadline) if is_source else None,
+            abandon_after=spec.stop_timeout if is_source else None,
         )
         logic = node.config.build(self.ctx)
         self.task: Task | SourceTask
@@ -254,19 +253,14 @@ class Worker:
                 if message == ("go",):
                     return
                 if message == ("stop",):
-                    self._request_stop()
+                    self.stop_requested = True
                     return
 
     def _check_control(self) -> None:
         if self.control.poll():
             message = self.control.recv()
             if message == ("stop",):
-                self._request_stop()
-
-    def _request_stop(self) -> None:
-        if not self.stop_requested:
-            self.stop_requested = True
-            self._stop_deadline = time.monotonic() + self.spec.stop_timeout
+                self.stop_requested = True
 
     def _update_stats(self) -> None:
         row = self.row

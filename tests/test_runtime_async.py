@@ -94,46 +94,69 @@ def test_cleanup_is_never_cancelled():
     runner.close()
 
 
-def after_ticks(n: int):
-    """An ``abandon_when`` that says True from its ``n``-th question on."""
-    asked = [0]
-
-    def ask() -> bool:
-        asked[0] += 1
-        return asked[0] >= n
-
-    return ask
-
-
-async def stubborn(cancelled: list[int]) -> None:
+async def stubborn(cancelled: list[int], steps: list[int] | None = None) -> None:
     """Awaits for ever, catching every cancellation (a source that should not)."""
     while True:
         try:
-            await asyncio.sleep(3600)
+            await asyncio.sleep(TICK / 4)
+            if steps is not None:
+                steps.append(1)
         except asyncio.CancelledError:
             cancelled.append(1)
 
 
-def test_an_await_that_ignores_its_cancellation_is_abandoned():
+def test_an_await_that_ignores_its_cancellation_is_abandoned_and_never_runs_again():
     cancelled: list[int] = []
-    runner = AsyncRunner(
-        on_tick=lambda: None, cancel_when=lambda: True, abandon_when=after_ticks(5)
-    )
+    steps: list[int] = []
+    runner = AsyncRunner(on_tick=lambda: None, cancel_when=lambda: True, abandon_after=TICK * 5)
     with pytest.raises(Abandoned):
-        runner(stubborn(cancelled))
-    assert cancelled == [1]  # cancelled once, a tick after the stop; then given up on
-    assert runner(asyncio.sleep(0, "next")) == "next"  # the runner goes on working
+        runner(stubborn(cancelled, steps))
+    assert cancelled == [1]  # cancelled once, a tick into the stop; given up on later
+    ran = len(steps)
+
+    async def later() -> str:
+        await asyncio.sleep(TICK * 3)
+        return "next"
+
+    assert runner(later(), cancellable=False) == "next"  # a new loop: the runner works ...
+    assert len(steps) == ran  # ... and the abandoned awaitable does not run on it
+    runner.close()
+
+
+def test_a_deadline_shorter_than_a_tick_cancels_first_and_abandons_only_after():
+    cleaned: list[int] = []
+
+    async def well_behaved() -> None:
+        try:
+            await forever()
+        finally:
+            await asyncio.sleep(TICK / 2)  # its cleanup, after the cancellation
+            cleaned.append(1)
+
+    runner = AsyncRunner(on_tick=lambda: None, cancel_when=lambda: True, abandon_after=TICK / 10)
+    with pytest.raises(StopAwaiting) as raised:
+        runner(well_behaved())
+    assert type(raised.value) is StopAwaiting and cleaned == [1]
     runner.close()
 
 
 def test_cleanup_that_never_ends_is_abandoned_not_cancelled():
     cancelled: list[int] = []
-    runner = AsyncRunner(
-        on_tick=lambda: None, cancel_when=lambda: True, abandon_when=after_ticks(3)
-    )
+    runner = AsyncRunner(on_tick=lambda: None, cancel_when=lambda: True, abandon_after=TICK * 3)
     with pytest.raises(Abandoned):
         runner(stubborn(cancelled), cancellable=False)
     assert cancelled == []
+    runner.close()
+
+
+def test_the_awaitables_own_errors_are_raised_as_they_are_during_a_stop():
+    async def fails() -> None:
+        await asyncio.sleep(TICK * 2)
+        raise RuntimeError("the provider's own")
+
+    runner = AsyncRunner(on_tick=lambda: None, cancel_when=lambda: True, abandon_after=TICK)
+    with pytest.raises(RuntimeError, match="the provider's own"):
+        runner(fails(), cancellable=False)
     runner.close()
 
 
