@@ -64,6 +64,7 @@ class Job:
         theirs.close()
         self._outcome: JobResult | JobFailed | None = None
         self._status: list[dict[str, Any]] = []
+        self._status_asked = False  # a status request's answer is on its way
         self.pids: list[int] = []
         self.interrupted = False  # a Ctrl-C already asked for a graceful stop
         # Ctrl-C never cuts a message to or from the coordinator in half: while one is on
@@ -168,6 +169,7 @@ class Job:
             self.pids = [pid for _, _, pid in message[1]]
         elif tag == "status":
             self._status = message[1]
+            self._status_asked = False
         elif tag in ("result", "failed"):
             self._outcome = message[1]
             self._restore_sigint()
@@ -214,14 +216,26 @@ class Job:
         return self._outcome is not None
 
     def status(self, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """Each worker's state and counters, as the coordinator sees them now."""
-        self._status = []
-        if not self._request(("status",)):
-            return []
+        """Each worker's state and counters, as the coordinator sees them now ([] if its
+        answer takes longer than ``timeout``).
+
+        One request at a time: a call made while an earlier call's answer is still on its
+        way waits for that answer rather than asking again, so a caller that polls with a
+        short timeout never piles answers up in the pipe (the coordinator would block
+        writing them, and the driver asking, and the job would stand still)."""
+        if not self._status_asked:
+            self._status = []
+            if not self._request(("status",)):
+                return []
+            self._status_asked = True
         deadline = time.monotonic() + timeout
-        while not self._status and self._outcome is None and time.monotonic() < deadline:
-            self._pump(0.1)
-        return self._status
+        while True:
+            self._pump(max(0.0, min(deadline - time.monotonic(), 0.1)))
+            if not self._status_asked or self._outcome is not None:
+                break
+            if time.monotonic() >= deadline:
+                break
+        return [] if self._status_asked else self._status
 
     def stop(self) -> None:
         """Graceful stop: sources end now, the records in flight drain to the sinks."""

@@ -303,6 +303,24 @@ def test_driver_death_tears_the_job_down():
     assert not _job_segments(job_id)
 
 
+def test_polling_status_with_no_time_to_answer_never_jams_the_job():
+    # Each call used to ask again: the unread answers filled the pipe, the coordinator
+    # blocked writing one and the driver asking, and the job stood still for good.
+    proc, job_id, pids = _driver(
+        "answers = sum(bool(job.status(timeout=0)) for _ in range(3000))\n"
+        "        job.stop()\n"
+        "        job.wait(60)\n"
+        "        print('STOPPED', flush=True)"
+    )
+    try:
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        proc.kill()
+    assert "STOPPED" in out, err
+    _assert_gone(pids, within=WAIT)
+    assert not _job_segments(job_id)
+
+
 def test_coordinator_death_takes_the_workers_with_it():
     proc, job_id, pids = _driver(
         "try:\n            job.wait(60)\n        except Exception as e:\n"
