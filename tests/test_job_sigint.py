@@ -77,6 +77,7 @@ def job():
     job.dag = SimpleNamespace(name="sigint")
     job._outcome = None
     job._status = []
+    job._status_asked = False
     job.interrupted = False
     job._in_pipe = False
     job._deferred = None
