@@ -501,12 +501,13 @@ def main(argv: list[str] | None = None) -> int:
     _prepare_out(args.out)
     report = Report(args.json)
     info = machine()
+    routing = "C" if info["native_routing"] else "Python (partitioning._native not built)"
+    texts = "by dictionary" if info["native_strings"] else "as they are (no engine._strings)"
     report.emit(
         info,
         f"# ringflow benchmarks: {info['date']}, {info['nproc']} CPUs ({info['cpu']}), "
         f"Python {info['python']}, msgspec {info['msgspec']}, key-hash routing in "
-        f"{'C' if info['native_routing'] else 'Python (partitioning._native not built)'}, "
-        f"load average {info['load_avg']}",
+        f"{routing}, string columns {texts}, load average {info['load_avg']}",
     )
     rows: list[dict[str, Any]] = []
     status = 0

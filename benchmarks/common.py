@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from engine import strings
 from operators.generator import Generator
 from partitioning import DEFAULT_MAX_PARALLELISM, keyhash
 
@@ -133,6 +134,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "msgspec": msgspec.__version__,
         "native_routing": keyhash.NATIVE,
+        "native_strings": strings.NATIVE,
         "load_avg": load_average(),
         "command": " ".join(["python", "-m", "benchmarks", *sys.argv[1:]]),
     }
