@@ -8,6 +8,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
+from engine.columns import Columns
 from engine.operator import (
     Context,
     Operator,
@@ -55,6 +58,38 @@ class _NumberedLogic(SourceLogic):
             n += 1
             if cfg.pause_every and n % cfg.pause_every == 0:
                 time.sleep(cfg.pause)
+
+
+class Order(msgspec.Struct, frozen=True):
+    venue: str
+    id: str
+    qty: int
+
+
+@dataclass(frozen=True)
+class Orders(Source):
+    """``count`` orders as Columns batches of ``batch``, shared among the replicas: venues
+    from a handful (a string column that repeats), ids all distinct (one that never does)."""
+
+    count: int
+    batch: int = 1000
+
+    output_type = Order
+
+    def build(self, ctx: Context) -> SourceLogic:
+        return _OrdersLogic(self, ctx)
+
+
+class _OrdersLogic(SourceLogic):
+    def __init__(self, cfg: Orders, ctx: Context) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+
+    def batches(self) -> Any:
+        cfg, r, p = self.cfg, self.ctx.replica, self.ctx.parallelism
+        for start in range(r * cfg.batch, cfg.count, p * cfg.batch):
+            n = range(start, min(start + cfg.batch, cfg.count))
+            yield Columns(Order, ([f"V{i % 5}" for i in n], [f"order-{i}" for i in n], list(n)))
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,17 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jobs import Order, Orders
 
 import engine.batch as batch
 import engine.strings as strings
+from engine import Dag, run
 from engine.batch import MsgpackCodec
 from engine.columns import Columns
 from engine.errors import RecordError
 from engine.records import Tick
+from engine.testing import run_inline
+from operators import Collect
 
 native = pytest.importorskip(
     "engine._strings", reason="engine._strings is not built (no C compiler)"
@@ -195,3 +199,19 @@ def test_without_the_extension_strings_go_as_they_are_and_tables_still_decode(
     assert msgspec.msgpack.decode(plain)["c"][0] == ["a"]
     got = MsgpackCodec(Tick).decode(payload)
     assert isinstance(got, Columns) and got.data[0] == ["a", "b", "a"]
+
+
+def test_string_columns_cross_processes_intact_whether_they_repeat_or_not() -> None:
+    """Through worker processes, a keyed edge to two replicas: venues repeat (they go by
+    table); ids never do. One channel carries 16,000 of them (its table holds them all),
+    the other 64,000 (its table fills, and they go as they are from then on)."""
+
+    def dag() -> Dag:
+        dag = Dag("orders")
+        dag.source("src", Orders(80_000)).key_by("venue").sink("out", Collect(), parallelism=2)
+        return dag
+
+    result = run(dag(), timeout=60)
+    got = sorted(result.collected("out"), key=lambda o: o.qty)
+    assert got == [Order(f"V{i % 5}", f"order-{i}", i) for i in range(80_000)]
+    assert sorted(run_inline(dag()).collected("out"), key=lambda o: o.qty) == got
