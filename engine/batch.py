@@ -97,7 +97,7 @@ class MsgpackCodec(Codec):
             if type(records) is Columns:
                 if self._wire is None or records.type is not self.record_type:
                     raise TypeError(f"got a Columns batch of {records.type.__name__}")
-                if not any(ids is not None for ids in self._ids):
+                if not self._strings:
                     return self._encoder.encode(self._wire(records.data))
                 try:
                     return self._encoder.encode(self._wire(self._encode_strings(records.data)))
@@ -292,27 +292,20 @@ class BatchBuilder:
         """Whether the oldest pending record has waited its linger time."""
         return self._count > 0 and now - self._first_at >= self.linger
 
-    def flush(self) -> None:
-        """Send every pending record now."""
-        self._flush_all()
-
-    def _flush_all(self, watermark: bytes = b"") -> None:
-        """Send every pending record, in one frame; an encoded ``watermark`` (only with
+    def flush(self, *, watermark: bytes = b"") -> None:
+        """Send every pending record now, in one frame; an encoded ``watermark`` (only with
         records pending: ``send_watermark`` sends it alone otherwise) ends that frame."""
         if self._count:
             self._flush_some(self._count, watermark)
-        self._columns = None
-        self._pending = []
 
     def _flush_some(self, n: int, watermark: bytes = b"") -> None:
         """Send the first ``n`` pending records as a frame; a ``watermark`` only with all of
-        them (``_flush_all``)."""
+        them (``flush``)."""
         pending, columns = self._pending, self._columns
         batch: list[Any] | Columns
-        if n >= self._count:
+        if n >= self._count:  # all of them: the builder starts empty, of either kind
             n = self._count
-            self._pending = [[] for _ in pending] if columns is not None else []
-            self._count = 0
+            self._pending, self._columns, self._count = [], None, 0
             batch = pending if columns is None else Columns(columns, pending)
         else:
             if columns is None:
@@ -337,7 +330,7 @@ class BatchBuilder:
 
     def send_watermark(self, ts: int) -> None:
         if self._count:
-            self._flush_all(encode_watermark(ts))
+            self.flush(watermark=encode_watermark(ts))
         else:
             self.writer.send(Kind.WATERMARK, encode_watermark(ts))
 

@@ -229,7 +229,7 @@ class Job:
                 return []
             self._status_asked = True
         deadline = time.monotonic() + timeout
-        while True:
+        while True:  # one read at least, even with no time to wait
             self._pump(max(0.0, min(deadline - time.monotonic(), 0.1)))
             if not self._status_asked or self._outcome is not None:
                 break
