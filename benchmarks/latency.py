@@ -27,6 +27,10 @@ columns, so half of that section's rate would load these jobs well past half.
 
 Samples from the first second of event time are dropped (processes still starting).
 Percentiles are over every remaining sample, nearest-rank.
+
+A run whose source fell more than ``OVERLOAD_MS`` behind its schedule did not take the rate
+it was given (the calibration overestimated the maximum, or the machine was busy): its
+row says so (``overloaded``), and its latencies are not latencies at half load.
 """
 
 from __future__ import annotations
@@ -36,13 +40,14 @@ import time
 from array import array
 from typing import Any
 
-from benchmarks.probes import ClockTicks, LatencySink, Timed, identity, started_ns
+from benchmarks.probes import ClockTicks, LatencySink, Timed, behind_ns, identity, started_ns
 from engine.dag import Dag
 from engine.job import run
 from engine.records import Tick
 from operators import OHLCV, Map, Tumbling, WindowAggregate
 
 BARS_WINDOW_NS = 100_000_000  # see the module docstring
+OVERLOAD_MS = 100.0  # see the module docstring
 
 
 def latency_dag(
@@ -112,7 +117,9 @@ def run_latency(
         "ticks": ticks,
         "samples": len(ordered),
         "wall_s": round(wall, 3),
+        "source_behind_ms": round(behind_ns(result.nodes["ticks"].counters) / 1e6, 3),
     }
+    row["overloaded"] = row["source_behind_ms"] > OVERLOAD_MS
     if ordered:
         row.update(
             {

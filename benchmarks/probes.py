@@ -32,6 +32,7 @@ from engine.operator import Batch, Context, Sink, SinkLogic, Source, SourceLogic
 from engine.records import Tick
 
 STARTED = "started_ns_"
+BEHIND = "behind_ns_"
 
 
 def identity(record: Any) -> Any:
@@ -67,6 +68,11 @@ class _TimedLogic(SourceLogic):
 def started_ns(counters: dict[str, int]) -> int:
     """The earliest replica start recorded by ``Timed``."""
     return min(v for k, v in counters.items() if k.startswith(STARTED))
+
+
+def behind_ns(counters: dict[str, int]) -> int:
+    """The furthest any ``ClockTicks`` replica fell behind its schedule (0 if none said)."""
+    return max((v for k, v in counters.items() if k.startswith(BEHIND)), default=0)
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,11 @@ class ClockTicks(Source):
     with the wake-up's ``time.time_ns()``. With ``watermarks`` it yields
     ``Watermark(newest - lateness_ns)`` after each batch; without, none (records only).
 
+    Stamping at creation leaves out how late the ticks were created, so each replica also
+    counts ``behind_ns_<replica>``: the furthest its creation fell behind the schedule. A
+    job that cannot take ``rate`` holds the source back (backpressure), and this is where
+    it shows: latencies measured then are not at the rate asked for.
+
     ``rate=None`` runs unpaced, for the job's maximum: ``seconds`` is ignored and the
     replicas create ``count`` ticks in all, in batches of ``batch``, as fast as they go.
     """
@@ -141,10 +152,15 @@ class _ClockTicksLogic(SourceLogic):
         total = int(rate * cfg.seconds) if paced else int(cfg.count * share)
         prices = [100.0 + (i % 50) / 100 for i in range(len(names))]
         emitted = 0
+        behind = 0.0  # seconds: the furthest creation fell behind the schedule
         start = time.monotonic()
         while emitted < total:
             if paced:
-                owed = min(total, int((time.monotonic() - start) * rate)) - emitted
+                elapsed = time.monotonic() - start
+                owed = min(total, int(elapsed * rate)) - emitted
+                # The oldest tick owed was due at emitted / rate; an on-time wake-up owes
+                # those of the last interval only.
+                behind = max(behind, elapsed - emitted / rate)
             else:
                 owed = min(total - emitted, cfg.batch)
             if owed > 0:
@@ -164,6 +180,8 @@ class _ClockTicksLogic(SourceLogic):
             delay = min(cfg.interval, wake - time.monotonic())
             if delay > 0:
                 time.sleep(delay)
+        if paced:
+            ctx.count(f"{BEHIND}{ctx.replica}", int(behind * 1e9))
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ promised schema, a disagreement fails loudly. Nothing here asserts on speed."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -13,7 +14,7 @@ from benchmarks.checksum import Digest, bar_hash, combine
 from benchmarks.common import Workload
 from benchmarks.engines import bars_dag, run_single_process
 from benchmarks.handroll import HandBars, fold_tick
-from benchmarks.probes import ClockTicks
+from benchmarks.probes import BEHIND, ClockTicks, behind_ns
 from engine.operator import Context, Watermark
 from engine.testing import run_inline
 from operators.generator import generate
@@ -165,6 +166,49 @@ def test_latency_rows_count_window_closes():
     assert row["samples"] >= row["closes"]  # every close brought at least one bar
     assert 0 <= row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
     assert row["close_p50_ms"] <= row["close_max_ms"] == row["max_ms"]
+    assert row["overloaded"] is (row["source_behind_ms"] > latency.OVERLOAD_MS)
+
+
+def test_a_paced_source_held_back_counts_how_far_it_fell_behind():
+    # The consumer holds the source for 50 ms after its first batch, as backpressure would:
+    # the next wake-up is at least that far behind the schedule (a lower bound, so no
+    # timing assumption), and the rate still holds: every tick owed is made.
+    ctx = Context("ticks", replica=0, parallelism=1)
+    source = ClockTicks(rate=20_000, seconds=0.1)
+    made = 0
+    for k, batch in enumerate(source.build(ctx).batches()):
+        made += len(batch)
+        if k == 0:
+            time.sleep(0.05)
+    assert made == 2_000
+    assert ctx.counters[f"{BEHIND}0"] >= 50_000_000
+    assert behind_ns(ctx.counters) == ctx.counters[f"{BEHIND}0"]
+    assert behind_ns({}) == 0  # an unpaced source says nothing
+
+
+def test_an_overloaded_latency_run_is_not_counted_against_or_for_the_target(capsys):
+    report = cli.Report(as_json=False)
+    for pipeline, behind, p99 in (("ticks", 2.0, 3.0), ("bars", 6_000.0, 5.0)):
+        report.rows.append(
+            {
+                "bench": "latency",
+                "pipeline": pipeline,
+                "linger_ms": cli.LINGERS[0] * 1e3,
+                "p99_ms": p99,
+                "source_behind_ms": behind,
+                "overloaded": behind > latency.OVERLOAD_MS,
+            }
+        )
+    cli.targets(report)
+    out = capsys.readouterr().out
+    assert "p99 ticks (default linger): 3.0 (target <= 10 ms): met" in out
+    assert "p99 bars (default linger): 5.0 (target <= 10 ms): not measured (overloaded" in out
+
+
+def test_latency_replicas_below_one_are_refused_before_anything_runs(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--latency-replicas", "0"])
+    assert "--latency-replicas: must be at least 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("parallelism", [1, 3])
