@@ -242,3 +242,39 @@ def test_a_long_subtitle_is_set_smaller_to_stay_inside_the_picture():
     assert '<text x="80" y="38" fill="#555">2 CPUs</text>' in short
     size = float(long.split('y="38" fill="#555" font-size="')[1].split('"')[0])
     assert 200 * 0.55 * size <= chart.WIDTH - chart.LEFT - 10 < 200 * 0.55 * 12
+
+
+def test_the_targets_are_the_issues_for_the_machines_size():
+    assert cli.ratio_targets(2) == {"ringflow_vs_single_process": 1.2, "ringflow_vs_mp_queue": 2.0}
+    assert cli.ratio_targets(8) == cli.ratio_targets(2)
+    assert cli.ratio_targets(16) == {
+        "ringflow_vs_single_process": 8.0,
+        "ringflow_efficiency": 0.7,
+    }
+
+
+def test_efficiency_is_ringflow_at_r_over_r_times_its_one_replica_rate(monkeypatch, capsys):
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 16)
+    rows = [
+        {"engine": engine, "replicas": r, "ticks_per_s": rate, "round": 0}
+        for engine, r, rate in (
+            ("single_process", 1, 1_000_000),
+            ("ringflow", 1, 1_500_000),
+            ("ringflow", 8, 9_000_000),  # two source counts: the best one counts
+            ("ringflow", 8, 10_800_000),
+            ("mp_queue", 8, 900_000),
+        )
+    ]
+    report = cli.Report(as_json=False)
+    cli._ratios(rows, [1, 8], report)
+    ratios = {r["replicas"]: r for r in report.rows}
+    assert ratios[1]["ringflow_efficiency"] is None
+    assert ratios[8]["ringflow_efficiency"] == 0.9  # 10.8 M / (8 x 1.5 M)
+    assert ratios["best"]["ringflow_vs_single_process"] == 10.8
+    cli.targets(report)
+    out = capsys.readouterr().out
+    assert "R=8: single_process 10.8x, mp_queue 12.0x; efficiency 90%" in out
+    assert "ringflow / single_process 10.8x (target >= 8.0x)" in out
+    assert "ringflow_vs_single_process: 10.8 (target >= 8.0): met" in out
+    assert "ringflow_efficiency at R=8: 0.9 (target >= 0.7): met" in out
+    assert "ringflow_vs_mp_queue:" not in out  # no mp_queue target on 16 cores
