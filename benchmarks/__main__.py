@@ -20,8 +20,9 @@ Sections (``--only`` picks some):
   of each ringflow run, a piece-by-piece CPU breakdown, and the scaling picture
   (``DIR/scaling.svg``) and rows (``DIR/scaling.jsonl``).
 * ``latency``: ``benchmarks.latency`` at half the measured maximum rate, for two linger
-  settings, with how far the source fell behind its schedule (a run that fell far behind
-  is marked overloaded and not judged against the target).
+  settings, with how far the source fell behind its schedule at worst and how late it
+  finished it (a run that finished far behind is marked overloaded and not judged against
+  the target).
 * ``memory``: peak RSS of the job and its workers, and the stalled-sink experiment.
 
 Last, the issue's targets for the machine's size (``ratio_targets``: 1.2x the single
@@ -46,7 +47,7 @@ from typing import Any
 
 from benchmarks import chart, engines, external, latency, memory, mpqueue
 from benchmarks.breakdown import breakdown
-from benchmarks.common import ChecksumMismatch, Workload, load_average, machine
+from benchmarks.common import ChecksumMismatch, Workload, load_average, machine, usable_cpus
 from engine.batch import DEFAULT_LINGER_S
 from operators.generator import Generator
 
@@ -300,7 +301,7 @@ def _ratios(rows: list[dict[str, Any]], replicas: list[int], report: Report) -> 
         if row["ringflow_efficiency"] is not None:
             text += f"; efficiency {row['ringflow_efficiency']:.0%}"
         report.emit(row, text)
-    goals = ratio_targets(os.cpu_count() or 0)
+    goals = ratio_targets(usable_cpus())
     best = {
         "bench": "ratio",
         "replicas": "best",
@@ -313,7 +314,7 @@ def _ratios(rows: list[dict[str, Any]], replicas: list[int], report: Report) -> 
         for name in ("ringflow_vs_single_process", "ringflow_vs_mp_queue")
         if best[name] is not None
     ]
-    report.emit(best, "  each engine at its best R: " + ", ".join(parts))
+    report.emit(best, "  each engine at its best R: " + ", ".join(parts) if parts else None)
     per_round = {name: _per_round(rows, name) for name in ("single_process", "mp_queue")}
     if len(per_round["single_process"]) > 1:
         summary: dict[str, Any] = {"bench": "ratio", "replicas": "per_round"}
@@ -404,10 +405,10 @@ def write_scaling(
 
 
 def latency_section(args: argparse.Namespace, report: Report) -> list[dict[str, Any]]:
-    replicas = args.latency_replicas or max(1, (os.cpu_count() or 2) - 1)
+    replicas = args.latency_replicas or max(1, usable_cpus() - 1)
     seconds = 2.0 if args.quick else 8.0
-    # Long enough that start-up and drain do not inflate the maximum on a fast machine (a
-    # 1,000,000-tick calibration took 0.25 s on 16 cores and once read 50% high).
+    # Long enough that start-up and drain weigh less on a fast machine: on 16 cores a
+    # 1,000,000-tick calibration took 0.25-0.42 s and once read 31-69% above the others.
     calibration = 200_000 if args.quick else 3_000_000
     report.say(
         f"\n## Latency: each pipeline at half its own maximum (measured just before: "
@@ -416,7 +417,7 @@ def latency_section(args: argparse.Namespace, report: Report) -> list[dict[str, 
     )
     report.say(
         f"{'pipeline':<9}{'ticks/s':>10}{'linger ms':>10}{'samples':>12}{'p50 ms':>9}"
-        f"{'p99 ms':>9}{'p99.9 ms':>10}{'max ms':>9}{'source behind ms':>18}"
+        f"{'p99 ms':>9}{'p99.9 ms':>10}{'max ms':>9}{'source: behind':>16}{'late ms':>9}"
     )
     out = []
     for mode in ("ticks", "bars"):
@@ -431,14 +432,14 @@ def latency_section(args: argparse.Namespace, report: Report) -> list[dict[str, 
                 f"{mode:<9}{row['rate']:>10,}{row['linger_ms']:>10g}{row['samples']:>12,}"
                 f"{row.get('p50_ms', 0):>9.2f}{row.get('p99_ms', 0):>9.2f}"
                 f"{row.get('p999_ms', 0):>10.2f}{row.get('max_ms', 0):>9.2f}"
-                f"{row['source_behind_ms']:>18.2f}",
+                f"{row['source_behind_ms']:>16.2f}{row['source_late_ms']:>9.2f}",
             )
             if row["overloaded"]:
                 report.say(
-                    f"{'':19}{'':10}  OVERLOADED: the source fell "
-                    f"{row['source_behind_ms']:,.0f} ms behind its schedule, so the job did "
-                    "not take this rate (the maximum was overestimated, or the machine was "
-                    "busy): these are not latencies at half load"
+                    f"{'':19}{'':10}  OVERLOADED: the source finished its schedule "
+                    f"{row['source_late_ms']:,.0f} ms late, so the job did not keep up with "
+                    "this rate (the maximum was overestimated, or the machine was busy for a "
+                    "long stretch): these are not latencies at half load"
                 )
             if "closes" in row:
                 report.say(
@@ -491,7 +492,7 @@ def memory_section(
 def targets(report: Report, quick: bool = False) -> None:
     rows = report.rows
     lines: list[tuple[str, Any, str, str]] = []
-    nproc = os.cpu_count() or 0
+    nproc = usable_cpus()
     goals = ratio_targets(nproc)
     ratios = {r["replicas"]: r for r in rows if r.get("bench") == "ratio"}
     for which, suffix, label in (("best", "", ""), ("per_round", "_median", ", median round")):
@@ -503,10 +504,13 @@ def targets(report: Report, quick: bool = False) -> None:
             if value is not None and key in goals:
                 verdict = "met" if value >= goals[key] else "MISSED"
                 lines.append((key + label, value, f">= {goals[key]}", verdict))
-    at = ratios.get(EFFICIENCY_AT, {}).get("ringflow_efficiency")
-    if at is not None and "ringflow_efficiency" in goals:
+    if "ringflow_efficiency" in goals and ratios:
         goal = goals["ringflow_efficiency"]
-        verdict = "met" if at >= goal else "MISSED"
+        at = ratios.get(EFFICIENCY_AT, {}).get("ringflow_efficiency")
+        if at is None:
+            verdict = f"not measured (needs R=1 and R={EFFICIENCY_AT} in one invocation)"
+        else:
+            verdict = "met" if at >= goal else "MISSED"
         lines.append((f"ringflow_efficiency at R={EFFICIENCY_AT}", at, f">= {goal}", verdict))
     for row in rows:
         if row.get("bench") == "latency" and row["linger_ms"] == LINGERS[0] * 1e3:
@@ -553,7 +557,7 @@ def _prepare_out(path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    nproc = os.cpu_count() or 1
+    nproc = usable_cpus()
     ticks = args.ticks or (200_000 if args.quick else 3_000_000)
     work = Workload(ticks=ticks, batch=args.batch)
     replicas = _ints(args.replicas) if args.replicas else list(range(1, nproc + 1))

@@ -120,6 +120,14 @@ def load_average() -> list[float]:
         return []
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's or ``taskset``'s limit included),
+    which is what the benchmarks size their replicas and pick their targets by."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def machine() -> dict[str, Any]:
     """Where and when the numbers were measured (printed first, also as a JSON row)."""
     import msgspec
@@ -127,7 +135,7 @@ def machine() -> dict[str, Any]:
     return {
         "bench": "machine",
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "nproc": os.cpu_count(),
+        "nproc": usable_cpus(),
         "cpu": cpu_model(),
         "machine": platform.machine(),
         "kernel": platform.release(),

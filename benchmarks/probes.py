@@ -33,6 +33,7 @@ from engine.records import Tick
 
 STARTED = "started_ns_"
 BEHIND = "behind_ns_"
+LATE = "late_ns_"
 
 
 def identity(record: Any) -> Any:
@@ -75,6 +76,11 @@ def behind_ns(counters: dict[str, int]) -> int:
     return max((v for k, v in counters.items() if k.startswith(BEHIND)), default=0)
 
 
+def late_ns(counters: dict[str, int]) -> int:
+    """How late the latest ``ClockTicks`` replica finished its schedule (0 if none said)."""
+    return max((v for k, v in counters.items() if k.startswith(LATE)), default=0)
+
+
 @dataclass(frozen=True)
 class DigestReport:
     bars: int
@@ -113,9 +119,10 @@ class ClockTicks(Source):
     ``Watermark(newest - lateness_ns)`` after each batch; without, none (records only).
 
     Stamping at creation leaves out how late the ticks were created, so each replica also
-    counts ``behind_ns_<replica>``: the furthest its creation fell behind the schedule. A
-    job that cannot take ``rate`` holds the source back (backpressure), and this is where
-    it shows: latencies measured then are not at the rate asked for.
+    counts ``behind_ns_<replica>``, the furthest its creation fell behind the schedule, and
+    ``late_ns_<replica>``, how late it finished it. A job that cannot take ``rate`` holds
+    the source back (backpressure), and this is where it shows: a stall it recovers from
+    shows in the first, a rate it cannot keep up with in both.
 
     ``rate=None`` runs unpaced, for the job's maximum: ``seconds`` is ignored and the
     replicas create ``count`` ticks in all, in batches of ``batch``, as fast as they go.
@@ -182,6 +189,8 @@ class _ClockTicksLogic(SourceLogic):
                 time.sleep(delay)
         if paced:
             ctx.count(f"{BEHIND}{ctx.replica}", int(behind * 1e9))
+            late = time.monotonic() - start - total / rate if rate else 0.0
+            ctx.count(f"{LATE}{ctx.replica}", int(max(0.0, late) * 1e9))
 
 
 @dataclass(frozen=True)
