@@ -66,19 +66,24 @@ class _TimedLogic(SourceLogic):
         yield from items
 
 
+def _per_replica(counters: dict[str, int], prefix: str) -> list[int]:
+    """The values of the per-replica counters ``<prefix><replica>``."""
+    return [v for k, v in counters.items() if k.startswith(prefix)]
+
+
 def started_ns(counters: dict[str, int]) -> int:
     """The earliest replica start recorded by ``Timed``."""
-    return min(v for k, v in counters.items() if k.startswith(STARTED))
+    return min(_per_replica(counters, STARTED))
 
 
 def behind_ns(counters: dict[str, int]) -> int:
     """The furthest any ``ClockTicks`` replica fell behind its schedule (0 if none said)."""
-    return max((v for k, v in counters.items() if k.startswith(BEHIND)), default=0)
+    return max(_per_replica(counters, BEHIND), default=0)
 
 
 def late_ns(counters: dict[str, int]) -> int:
     """How late the latest ``ClockTicks`` replica finished its schedule (0 if none said)."""
-    return max((v for k, v in counters.items() if k.startswith(LATE)), default=0)
+    return max(_per_replica(counters, LATE), default=0)
 
 
 @dataclass(frozen=True)

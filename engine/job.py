@@ -231,11 +231,9 @@ class Job:
         deadline = time.monotonic() + timeout
         while True:  # one read at least, even with no time to wait
             self._pump(max(0.0, min(deadline - time.monotonic(), 0.1)))
-            if not self._status_asked or self._outcome is not None:
-                break
-            if time.monotonic() >= deadline:
-                break
-        return [] if self._status_asked else self._status
+            answered = not self._status_asked or self._outcome is not None
+            if answered or time.monotonic() >= deadline:
+                return [] if self._status_asked else self._status
 
     def stop(self) -> None:
         """Graceful stop: sources end now, the records in flight drain to the sinks."""
