@@ -10,6 +10,7 @@ from typing import Any
 import uvloop
 
 TICK_S = 0.25
+TIMER_RESOLUTION_S = 0.001  # uvloop's timers and loop.time() count milliseconds
 
 
 class StopAwaiting(Exception):
@@ -62,7 +63,8 @@ class AsyncRunner:
         self._abandon_after = abandon_after
         self._running: asyncio.Future[Any] | None = None
         self._outcome: asyncio.Future[Any] | None = None  # what the call returns or raises
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: asyncio.Handle | None = None  # the next tick
+        self._tick_at = 0.0  # when it is due, in loop time
         self._error: BaseException | None = None  # from a tick or a signal handler
         self._cancellable = False
         self._stop_since: float | None = None  # when cancel_when() began to say True
@@ -76,7 +78,7 @@ class AsyncRunner:
         if self._on_tick is None:
             return loop.run_until_complete(awaitable)
         first = TICK_S if self._next_tick is None else min(TICK_S, self._next_tick())
-        self._handle = loop.call_later(max(0.0, first), self._tick)
+        self._schedule_tick(first)
         self._cancellable = cancellable
         self._stop_since = None
         self._cancelled = False
@@ -109,6 +111,26 @@ class AsyncRunner:
                 self._handle.cancel()
                 self._handle = None
 
+    @property
+    def ticking(self) -> bool:
+        """Whether a call is running with its tick scheduled (an async source's stream)."""
+        return self._handle is not None
+
+    def tick_within(self, delay: float) -> None:
+        """Run the next tick within ``delay`` seconds: sooner than planned, if it was
+        planned later (a record now waits in a partial batch that is due by then)."""
+        if self._handle is None or self._loop is None:
+            return
+        if self._tick_at > self._loop.time() + delay + TIMER_RESOLUTION_S:
+            self._handle.cancel()
+            self._schedule_tick(delay)
+
+    def _schedule_tick(self, delay: float) -> None:
+        assert self._loop is not None
+        delay = max(0.0, delay)
+        self._tick_at = self._loop.time() + delay
+        self._handle = self._loop.call_later(delay, self._tick)
+
     def _drop_loop(self, running: asyncio.Future[Any]) -> None:
         """Close the loop with the abandoned awaitable still pending on it, unrun."""
         if isinstance(running, asyncio.Task):  # given up on, not forgotten: no warning
@@ -138,7 +160,7 @@ class AsyncRunner:
             self._fail(exc)
             return
         delay = TICK_S if delay is None else min(TICK_S, max(0.0, delay))
-        self._handle = self._loop.call_later(delay, self._tick)
+        self._schedule_tick(delay)
         if self._cancel_when is None or self._running is None:
             return
         if not self._cancel_when():

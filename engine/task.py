@@ -14,14 +14,21 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from time import thread_time_ns as perf_counter_ns  # CPU time: fair on a busy machine
 from typing import Any, Protocol
 
 from engine.batch import MIN_WATERMARK
 from engine.columns import Columns
 from engine.dag import MAIN, SINK
-from engine.operator import Context, OperatorLogic, SinkLogic, SourceLogic, Watermark
+from engine.operator import (
+    Batch,
+    Context,
+    OperatorLogic,
+    SinkLogic,
+    SourceLogic,
+    Watermark,
+)
 from engine.runtime_async import Abandoned, StopAwaiting
 
 MAX_WATERMARK = 2**63 - 1
@@ -65,7 +72,7 @@ class Emitter:
         self.records_out = 0
         self.unrouted: dict[str, int] = {}
 
-    def emit(self, records: list[Any]) -> None:
+    def emit(self, records: list[Any] | Columns) -> None:
         if records:
             self.records_out += len(records)
             for out in self._main:
@@ -205,19 +212,13 @@ class SourceTask:
         self._run_async = run_async
 
     def step(self) -> bool:
-        """Handle the source's next item; False (and end-of-stream sent) when it has no more."""
+        """Handle the source's next item; False (and end-of-stream sent) when it has no more.
+        (The inline runner interleaves its sources by this; a worker calls ``run``.)"""
         started = perf_counter_ns()
         try:
             item = self._run_async(anext(self._items)) if self._is_async else next(self._items)
         except Abandoned:
-            # It went on awaiting after its cancellation: it is still running, so it cannot
-            # be closed either. The stream ends here all the same; what it sent is kept.
-            self._abandon(
-                "went on awaiting after the stop cancelled its await (does it catch "
-                "asyncio.CancelledError? let it propagate)"
-            )
-            self._items = None
-            self.finish()
+            self._abandoned()
             return False
         except (StopIteration, StopAsyncIteration, StopAwaiting):
             # StopAwaiting: the job is stopping and the worker cancelled the source's
@@ -226,6 +227,45 @@ class SourceTask:
             return False
         finally:
             self.logic_ns += perf_counter_ns() - started
+        self._handle(item)
+        return True
+
+    def run(self, after_item: Callable[[], bool]) -> None:
+        """Handle every item until the stream ends, or until ``after_item()`` (called after
+        each) says False; then end the stream.
+
+        An async source runs on the loop in one call for its whole stream, its items
+        handled between its awaits: a call per item would start and stop the loop every
+        time (about 60 us with uvloop, most of an item's cost for a small batch)."""
+        if not self._is_async:
+            while self.step():
+                if not after_item():
+                    break
+            self.finish()
+            return
+        try:
+            self._run_async(self._pump(after_item))
+        except Abandoned:
+            self._abandoned()
+        except StopAwaiting:
+            pass  # as in step: the stop cancelled the source's await
+        self.finish()
+
+    async def _pump(self, after_item: Callable[[], bool]) -> None:
+        items = self._items
+        while True:
+            started = perf_counter_ns()
+            try:
+                item = await anext(items)
+            except StopAsyncIteration:
+                return
+            finally:
+                self.logic_ns += perf_counter_ns() - started
+            self._handle(item)
+            if not after_item():
+                return
+
+    def _handle(self, item: Batch | Columns | Watermark) -> None:
         if isinstance(item, Watermark):
             if item.ts > self.watermark:
                 self.watermark = self.ctx.watermark = item.ts
@@ -234,7 +274,16 @@ class SourceTask:
         else:
             self.records_in += len(item)
             self.emitter.emit(item)
-        return True
+
+    def _abandoned(self) -> None:
+        # It went on awaiting after its cancellation: it is still running, so it cannot be
+        # closed either. The stream ends here all the same; what it sent is kept.
+        self._abandon(
+            "went on awaiting after the stop cancelled its await (does it catch "
+            "asyncio.CancelledError? let it propagate)"
+        )
+        self._items = None
+        self.finish()
 
     def finish(self) -> None:
         """End the stream now (normally, or on a graceful stop): EOF on every output."""

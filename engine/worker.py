@@ -176,6 +176,7 @@ class Worker:
         self.stop_requested = False
         self._aborting = False
         self._counters_due = 0.0
+        self._stats_due = 0.0  # next heartbeat and counters (_keep_alive)
         self._counters_sent: tuple[dict[str, int], dict[str, float]] = ({}, {})
         node = spec.node
         self.ctx = Context(node.name, spec.replica, node.parallelism)
@@ -229,11 +230,19 @@ class Worker:
         a failure: then nothing more goes out). Its CPU is the engine's, not the logic's,
         though it runs inside the await that the task times as logic."""
         started = thread_time_ns()
-        self.on_wait()
+        now = time.monotonic()
+        self._keep_alive(now)
         if not self._aborting:
-            self._flush_due(time.monotonic())
+            self._flush_due(now)
         self.task.logic_ns -= thread_time_ns() - started
         return self._until_flush()
+
+    def _keep_alive(self, now: float) -> None:
+        """Heartbeat, counters and control, at most every ``STATS_EVERY_S``: a source or
+        an async wait calls this far more often than that."""
+        if now >= self._stats_due:
+            self._stats_due = now + STATS_EVERY_S
+            self.on_wait()
 
     def _until_flush(self) -> float:
         """Seconds until the oldest pending output record has waited its linger (or the
@@ -341,21 +350,17 @@ class Worker:
         if self.stop_requested:  # stopped before it started: an empty stream
             task.finish()
             return
-        row = self.row
-        control = self.control
-        stats_due = 0.0
-        while task.step():
+        runner = self.runner
+
+        def after_item() -> bool:
             now = time.monotonic()
             self._flush_due(now)
-            if now >= stats_due:
-                stats_due = now + STATS_EVERY_S
-                row[HEARTBEAT] = time.monotonic_ns()
-                self._update_stats()
-                if control.poll():
-                    self._check_control()
-            if self.stop_requested:
-                task.finish()
-                break
+            self._keep_alive(now)
+            if runner.ticking:  # an async source: a flush falling due ticks during its await
+                runner.tick_within(self._until_flush())
+            return not self.stop_requested
+
+        task.run(after_item)
 
     def _run_task(self, task: Task) -> None:
         gate = InputGate(self.readers)

@@ -199,3 +199,28 @@ def test_a_tick_asking_for_more_than_tick_s_gets_tick_s():
     runner(asyncio.sleep(TICK * 8))
     assert len(ticks) >= 3  # uncapped, there would be one
     runner.close()
+
+
+def test_tick_within_brings_the_next_tick_forward_and_never_puts_it_off(monkeypatch):
+    # With ticks 60 s apart, only tick_within can make one run during this call (a
+    # source's partial batch falling due while the source awaits its provider).
+    monkeypatch.setattr(runtime_async, "TICK_S", 60.0)
+    ticks = []
+
+    async def body() -> None:
+        ticked = asyncio.Event()
+        ticks.append(ticked)
+        assert runner.ticking
+        runner.tick_within(0.0)
+        runner.tick_within(30.0)  # later than planned: changes nothing
+        await asyncio.wait_for(ticked.wait(), 5.0)
+
+    def tick() -> None:
+        ticks[0].set()
+
+    runner = AsyncRunner(on_tick=tick)
+    assert not runner.ticking
+    runner(body())
+    assert not runner.ticking
+    runner.tick_within(0.0)  # between calls: nothing to bring forward
+    runner.close()
