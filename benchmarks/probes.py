@@ -7,7 +7,7 @@
   only ``DigestReport(bars, total, closed_ns)``: no bar travels back to the driver, and
   ``closed_ns`` (monotonic, at end of input) ends the measured interval.
 * ``ClockTicks(rate, ...)``: ticks whose event time is their creation time
-  (``time.time_ns()``), emitted at a fixed rate in small batches, for latency; or, with
+  (``time.time_ns()``), a batch per millisecond at a fixed rate, for latency; or, with
   ``rate=None``, a fixed count as fast as the job takes them, for its maximum.
 * ``LatencySink(mode)``: per record, ``time.time_ns()`` on arrival minus the record's event
   time (``mode="ticks"``) or minus its window end (``mode="bars"``; a bar whose window has
@@ -19,10 +19,11 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from engine.operator import Batch, Context, Sink, SinkLogic, Source, SourceLogic
 from engine.records import Tick
 
 STARTED = "started_ns_"
+Item = Batch | Columns | Watermark  # what a source yields
 BEHIND = "behind_ns_"
 LATE = "late_ns_"
 
@@ -59,11 +61,21 @@ class _TimedLogic(SourceLogic):
         self.inner = inner
         self.ctx = ctx
 
-    def batches(self) -> Iterator[Batch | Columns | Watermark]:
-        self.ctx.count(f"{STARTED}{self.ctx.replica}", time.monotonic_ns())
+    def batches(self) -> Iterator[Item] | AsyncIterator[Item]:
         items = self.inner.batches()
-        assert isinstance(items, Iterator), "Timed wraps synchronous sources only"
+        return self._async(items) if isinstance(items, AsyncIterator) else self._sync(items)
+
+    def _started(self) -> None:
+        self.ctx.count(f"{STARTED}{self.ctx.replica}", time.monotonic_ns())
+
+    def _sync(self, items: Iterator[Item]) -> Iterator[Item]:
+        self._started()  # runs when the first batch is asked for, as does _async's
         yield from items
+
+    async def _async(self, items: AsyncIterator[Item]) -> AsyncIterator[Item]:
+        self._started()
+        async for item in items:
+            yield item
 
 
 def _per_replica(counters: dict[str, int], prefix: str) -> list[int]:
@@ -118,10 +130,12 @@ class _DigestLogic(SinkLogic):
 class ClockTicks(Source):
     """``rate`` ticks/s for ``seconds`` over ``symbols`` symbols, stamped at creation.
 
-    The replica wakes every ``interval`` seconds and creates the ticks it owes by then
-    (an absolute schedule: a late wake-up creates more, so the rate holds), all stamped
-    with the wake-up's ``time.time_ns()``. With ``watermarks`` it yields
-    ``Watermark(newest - lateness_ns)`` after each batch; without, none (records only).
+    The replica wakes at every ``interval`` boundary of its schedule and creates the ticks
+    it owes by then (an absolute schedule: a late wake-up creates more, so the rate
+    holds), all stamped with the wake-up's ``time.time_ns()``. It is an async generator
+    that awaits its wake-ups, as a provider's source awaits its feed, so its worker sends
+    partial batches when their linger is up, not at the next wake-up. With ``watermarks``
+    it yields ``Watermark(newest - lateness_ns)`` after each batch; without, none.
 
     Stamping at creation leaves out how late the ticks were created, so each replica also
     counts ``behind_ns_<replica>``, the furthest its creation fell behind the schedule, and
@@ -152,50 +166,54 @@ class _ClockTicksLogic(SourceLogic):
     def __init__(self, config: ClockTicks, ctx: Context) -> None:
         self.config = config
         self.ctx = ctx
+        names = [f"S{s:04d}" for s in range(config.symbols)]
+        self.names = names[ctx.replica :: ctx.parallelism]
+        self.prices = [100.0 + (i % 50) / 100 for i in range(len(self.names))]
+        self.share = len(self.names) / config.symbols
 
-    def batches(self) -> Iterator[Batch | Watermark]:
+    def batches(self) -> Iterator[Batch | Watermark] | AsyncIterator[Batch | Watermark]:
+        return self._unpaced() if self.config.rate is None else self._paced(self.config.rate)
+
+    def _ticks(self, first: int, count: int, now: int) -> list[Tick]:
+        """Ticks ``first`` .. ``first + count - 1`` of this replica, stamped ``now``."""
+        names, prices, n = self.names, self.prices, len(self.names)
+        return [Tick(names[i % n], now, prices[i % n], 100.0) for i in range(first, first + count)]
+
+    def _unpaced(self) -> Iterator[Batch | Watermark]:
+        cfg = self.config
+        total = int(cfg.count * self.share)
+        for first in range(0, total, cfg.batch):
+            now = time.time_ns()
+            yield self._ticks(first, min(cfg.batch, total - first), now)
+            if cfg.watermarks:
+                yield Watermark(now - cfg.lateness_ns)
+
+    async def _paced(self, rate: float) -> AsyncIterator[Batch | Watermark]:
         cfg, ctx = self.config, self.ctx
-        names = [f"S{s:04d}" for s in range(cfg.symbols)][ctx.replica :: ctx.parallelism]
-        if not names:
-            return
-        share = len(names) / cfg.symbols
-        paced = cfg.rate is not None
-        rate = (cfg.rate or 0.0) * share
-        total = int(rate * cfg.seconds) if paced else int(cfg.count * share)
-        prices = [100.0 + (i % 50) / 100 for i in range(len(names))]
+        rate *= self.share
+        total = int(rate * cfg.seconds) if self.names else 0
         emitted = 0
         behind = 0.0  # seconds: the furthest creation fell behind the schedule
         start = time.monotonic()
         while emitted < total:
-            if paced:
-                elapsed = time.monotonic() - start
-                owed = min(total, int(elapsed * rate)) - emitted
-                # The oldest tick owed was due at emitted / rate; an on-time wake-up owes
-                # those of the last interval only.
-                behind = max(behind, elapsed - emitted / rate)
-            else:
-                owed = min(total - emitted, cfg.batch)
+            elapsed = time.monotonic() - start
+            owed = min(total, int(elapsed * rate)) - emitted
+            # The oldest tick owed was due at emitted / rate; an on-time wake-up owes
+            # those of the last interval only.
+            behind = max(behind, elapsed - emitted / rate)
             if owed > 0:
                 now = time.time_ns()
-                n = len(names)
-                batch = [
-                    Tick(names[i % n], now, prices[i % n], 100.0)
-                    for i in range(emitted, emitted + owed)
-                ]
+                batch = self._ticks(emitted, owed, now)
                 emitted += owed
                 yield batch
                 if cfg.watermarks:
                     yield Watermark(now - cfg.lateness_ns)
-            if not paced:
-                continue
-            wake = start + (emitted + 1) / rate
-            delay = min(cfg.interval, wake - time.monotonic())
-            if delay > 0:
-                time.sleep(delay)
-        if paced:
-            ctx.count(f"{BEHIND}{ctx.replica}", int(behind * 1e9))
-            late = time.monotonic() - start - total / rate if rate else 0.0
-            ctx.count(f"{LATE}{ctx.replica}", int(max(0.0, late) * 1e9))
+            # Await the next interval boundary of the schedule: one batch per interval.
+            elapsed = time.monotonic() - start
+            await asyncio.sleep((math.floor(elapsed / cfg.interval) + 1) * cfg.interval - elapsed)
+        ctx.count(f"{BEHIND}{ctx.replica}", int(behind * 1e9))
+        late = time.monotonic() - start - total / rate if total else 0.0
+        ctx.count(f"{LATE}{ctx.replica}", int(max(0.0, late) * 1e9))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ promised schema, a disagreement fails loudly. Nothing here asserts on speed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -14,8 +15,9 @@ from benchmarks.checksum import Digest, bar_hash, combine
 from benchmarks.common import Workload
 from benchmarks.engines import bars_dag, run_single_process
 from benchmarks.handroll import HandBars, fold_tick
-from benchmarks.probes import BEHIND, LATE, ClockTicks, behind_ns, late_ns
+from benchmarks.probes import BEHIND, LATE, STARTED, ClockTicks, Timed, behind_ns, late_ns
 from engine.operator import Context, Watermark
+from engine.records import Tick
 from engine.testing import run_inline
 from operators.generator import generate
 
@@ -178,17 +180,54 @@ def test_a_paced_source_held_back_counts_how_far_it_fell_behind(hold_after):
     # assumption). Either way the rate holds: every tick owed is made.
     ctx = Context("ticks", replica=0, parallelism=1)
     source = ClockTicks(rate=20_000, seconds=0.1)
-    made = 0
-    for k, batch in enumerate(source.build(ctx).batches()):
-        made += len(batch)
-        if (hold_after == "first" and k == 0) or (hold_after == "last" and made == 2_000):
-            time.sleep(0.05)
-    assert made == 2_000
+
+    async def consume() -> int:
+        made = 0
+        k = 0
+        async for batch in source.build(ctx).batches():
+            made += len(batch)
+            if (hold_after == "first" and k == 0) or (hold_after == "last" and made == 2_000):
+                time.sleep(0.05)  # the consumer does not ask for the next batch meanwhile
+            k += 1
+        return made
+
+    assert asyncio.run(consume()) == 2_000
     assert ctx.counters[f"{BEHIND}0"] >= (50_000_000 if hold_after == "first" else 0)
     assert ctx.counters[f"{LATE}0"] >= (50_000_000 if hold_after == "last" else 0)
     assert behind_ns(ctx.counters) == ctx.counters[f"{BEHIND}0"]
     assert late_ns(ctx.counters) == ctx.counters[f"{LATE}0"]
     assert behind_ns({}) == late_ns({}) == 0  # an unpaced source says nothing
+
+
+def test_a_paced_source_makes_at_most_one_batch_per_interval():
+    # Its wake-ups are the interval's boundaries, so a 0.1 s schedule at 1 ms is at most
+    # 101 batches however the loop is scheduled (a late wake-up makes a larger batch),
+    # not one batch per sleep the system's timer allows.
+    ctx = Context("ticks", replica=0, parallelism=1)
+    source = ClockTicks(rate=20_000, seconds=0.1, interval=0.001)
+
+    async def consume() -> list[list[Tick]]:
+        return [batch async for batch in source.build(ctx).batches()]
+
+    batches = asyncio.run(consume())
+    assert sum(len(b) for b in batches) == 2_000
+    assert len(batches) <= 101
+    assert all(len({t.ts for t in b}) == 1 for b in batches)  # stamped at creation
+
+
+@pytest.mark.parametrize("rate", [None, 20_000.0], ids=["sync", "async"])
+def test_timed_starts_the_clock_at_the_first_batch_not_when_built(rate):
+    # A worker builds its source and asks for its iterator before the job's go: the
+    # measured interval must not include that wait.
+    ctx = Context("ticks", replica=0, parallelism=1)
+    items = Timed(ClockTicks(rate=rate, seconds=0.01, count=100)).build(ctx).batches()
+    assert f"{STARTED}0" not in ctx.counters
+    before = time.monotonic_ns()
+    if rate is None:
+        next(items)
+    else:
+        asyncio.run(anext(items))
+    assert ctx.counters[f"{STARTED}0"] >= before
 
 
 def test_an_overloaded_latency_run_is_not_counted_against_or_for_the_target(capsys):
