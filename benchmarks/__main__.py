@@ -32,6 +32,10 @@ R = 8 from 16), the latency target and the engine's cost, each met or missed.
 ``--json`` prints one JSON object per line (``bench`` says which kind); otherwise tables.
 Every row also goes to ``DIR/results.jsonl``. ``DIR`` defaults to ``benchmarks/out``,
 created with a ``.gitignore`` that ignores it.
+
+Two narrower benchmarks run on their own: ``python -m benchmarks.channels`` (one channel
+against ``multiprocessing.Queue`` and a pipe) and ``python -m benchmarks.sources`` (an async
+source's cost per item against a sync one's).
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ Usage::
     python -m benchmarks.sources --json   # one JSON object per line
 
 A job ``src -> out``: the source yields ``--items`` batches of ``--size`` ticks, the same
-prebuilt batch every time (so the source's logic costs next to nothing), and the sink
-counts them. ``sync`` is a plain generator; ``async`` an async generator that awaits
-``asyncio.sleep(0)`` before each batch, as a provider's source awaits its feed. Each
-variant runs ``--rounds`` times, alternating; a row is one run.
+prebuilt batch every time (so the source's logic costs next to nothing), and
+``operators.CountSink`` counts them. ``sync`` is a plain generator; ``async`` an async
+generator that awaits ``asyncio.sleep(0)`` before each batch, as a provider's source
+awaits its feed. Each variant runs ``--rounds`` times, alternating; a row is one run.
 
 ``cpu_us`` is the source worker's CPU per item (``time.process_time`` over its loop),
 ``logic_us`` the part inside the generator, ``engine_us`` the rest: routing, batching,
@@ -31,8 +31,9 @@ from typing import Any
 
 from engine.dag import Dag
 from engine.job import run
-from engine.operator import Batch, Context, Sink, SinkLogic, Source, SourceLogic
+from engine.operator import Batch, Context, Source, SourceLogic
 from engine.records import Tick
+from operators import CountSink
 
 
 @dataclass(frozen=True)
@@ -67,28 +68,11 @@ class _RepeatLogic(SourceLogic):
             yield self.batch
 
 
-@dataclass(frozen=True)
-class CountSink(Sink):
-    def build(self, ctx: Context) -> SinkLogic:
-        return _CountLogic()
-
-
-class _CountLogic(SinkLogic):
-    def __init__(self) -> None:
-        self.records = 0
-
-    def write(self, batch: Batch) -> None:
-        self.records += len(batch)
-
-    def close(self) -> int:
-        return self.records
-
-
 def measure(items: int, size: int, is_async: bool) -> dict[str, Any]:
     dag = Dag("source-cost")
     dag.source("src", Repeat(items, size, is_async)).sink("out", CountSink())
     result = run(dag)
-    received = sum(result.sinks["out"])
+    received = sum(counts.records for counts in result.sinks["out"])
     if received != items * size:
         raise AssertionError(f"the sink counted {received} ticks, expected {items * size}")
     timing = result.nodes["src"].timing

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from benchmarks import __main__ as cli
-from benchmarks import chart, latency, mpqueue
+from benchmarks import chart, latency, mpqueue, sources
 from benchmarks.checksum import Digest, bar_hash, combine
 from benchmarks.common import Workload
 from benchmarks.engines import bars_dag, run_single_process
@@ -338,3 +338,17 @@ def test_efficiency_without_a_one_replica_run_is_not_measured(monkeypatch, capsy
     out = capsys.readouterr().out
     assert "each engine at its best R" not in out  # no baseline ran: nothing to say
     assert "ringflow_efficiency at R=8: None (target >= 0.7): not measured (needs R=1" in out
+
+
+def test_the_source_cost_benchmark_runs_both_sources_and_counts_every_tick(capsys):
+    assert sources.main(["--json", "--items", "30", "--size", "4", "--rounds", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["source"] for r in rows] == ["sync", "async"]
+    for row in rows:
+        assert (row["items"], row["size"]) == (30, 4)
+        assert row["cpu_us"] > 0 and row["engine_us"] == pytest.approx(
+            row["cpu_us"] - row["logic_us"], abs=0.02
+        )
+    assert rows[0]["vs_sync"] == 1.0
+    with pytest.raises(SystemExit):
+        sources.main(["--items", "0"])

@@ -77,7 +77,12 @@ def test_run_handles_every_item_in_order_then_ends_the_stream(is_async):
     logic = Items(is_async)
     task, recorder, runner = source_task(logic)
     calls = []
-    task.run(lambda: calls.append(task.records_in) or True)
+
+    def after_item() -> bool:
+        calls.append(task.records_in)
+        return True
+
+    task.run(after_item)
     runner.close()
     assert recorder.got == [
         ("records", [1, 2]),
@@ -105,7 +110,12 @@ def test_an_async_source_runs_its_stream_in_one_call_on_the_loop():
     logic = Items(is_async=True)
     task, _, runner = source_task(logic)
     loops = set()
-    task.run(lambda: loops.add(id(asyncio.get_running_loop())) or True)
+
+    def after_item() -> bool:
+        loops.add(id(asyncio.get_running_loop()))  # raises outside a running loop
+        return True
+
+    task.run(after_item)
     runner.close()
     assert len(loops) == 1  # every hook ran inside the same running loop
 
