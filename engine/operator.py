@@ -82,6 +82,13 @@ class SourceLogic:
     def batches(
         self,
     ) -> Iterator[Batch | Columns | Watermark] | AsyncIterator[Batch | Columns | Watermark]:
+        """The stream: batches, and watermarks after the batches they cover.
+
+        A generator suits a source that computes or reads its items (a generator, a file).
+        A source that waits for them (a feed, a clock) should be an async generator and
+        await: while a generator's ``next()`` blocks, its worker can do nothing else, so
+        partial batches wait past their linger and a stop cannot interrupt the wait.
+        While an async source awaits, its worker flushes, heartbeats and stops."""
         raise NotImplementedError
 
 
