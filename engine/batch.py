@@ -229,10 +229,14 @@ def codec_for(record_type: Any | None, *, dictionary: bool = False) -> Codec:
 class BatchBuilder:
     """Collects records bound for one channel and sends them as DATA frames.
 
-    The batch target adapts to the records: after each flush it is set so that a batch
-    encodes to about 90% of a slot (from the bytes per record just measured), between 1 and
-    ``MAX_BATCH``. A batch that still encodes larger than a slot is split over slots by the
-    channel, so nothing is ever refused for size.
+    The batch size adapts to the records: after each frame, ``limit`` is set to the records
+    that fit one slot at the bytes per record just measured, and ``target`` to 90% of that
+    (between 1 and ``MAX_BATCH``). Pending records are sent once they reach the target: all
+    of them in one frame while they fit a slot, else in frames of ``target`` (headroom for
+    records larger than those measured). So a source's batch that fits a slot goes whole,
+    and into an empty builder it goes as it is, without being copied. A frame that still
+    encodes larger than a slot is split over slots by the channel, so nothing is ever
+    refused for size.
     """
 
     def __init__(
@@ -252,6 +256,7 @@ class BatchBuilder:
         self._count = 0
         self._first_at = 0.0
         self.target = 256
+        self.limit = 256  # records that fit one slot (target is 90% of that); 256 unmeasured
         self.records_out = 0
         self.bytes_out = 0
         self.frames_out = 0
@@ -264,6 +269,9 @@ class BatchBuilder:
         """Queue records; flush every time the batch reaches its target size."""
         n = len(records)
         if not n:
+            return
+        if not self._count and self.target <= n <= self.limit:
+            self._send(records, n)  # a frame's worth already: sent as it is, not copied
             return
         if type(records) is Columns:
             if self._columns is not records.type:
@@ -280,7 +288,9 @@ class BatchBuilder:
             self._first_at = self._clock()
         self._count += n
         while self._count >= self.target:
-            self._flush_some(self.target)
+            # What fits one slot goes as one frame; more is cut into frames of ``target``
+            # (90% of a slot: headroom for records larger than those measured).
+            self._flush_some(self._count if self._count <= self.limit else self.target)
         if self._count and self._clock() - self._first_at >= self.linger:
             self.flush()
 
@@ -315,6 +325,10 @@ class BatchBuilder:
                 self._pending = [c[n:] for c in pending]
             self._count -= n
             self._first_at = self._clock()
+        self._send(batch, n, watermark)
+
+    def _send(self, batch: list[Any] | Columns, n: int, watermark: bytes = b"") -> None:
+        """Encode and send ``batch`` (``n`` records) as one frame; size the next ones."""
         payload = self.codec.encode(batch)
         size = len(payload)
         if watermark:
@@ -325,8 +339,9 @@ class BatchBuilder:
         self.bytes_out += size
         self.frames_out += 1
         per_record = size / n
-        fit = int(self.writer.capacity * 0.9 / per_record) if per_record else MAX_BATCH
-        self.target = max(1, min(MAX_BATCH, fit))
+        fit = int(self.writer.capacity / per_record) if per_record else MAX_BATCH
+        self.limit = max(1, min(MAX_BATCH, fit))
+        self.target = max(1, min(self.limit, int(fit * 0.9)))
 
     def send_watermark(self, ts: int) -> None:
         if self._count:

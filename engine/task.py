@@ -21,14 +21,7 @@ from typing import Any, Protocol
 from engine.batch import MIN_WATERMARK
 from engine.columns import Columns
 from engine.dag import MAIN, SINK
-from engine.operator import (
-    Batch,
-    Context,
-    OperatorLogic,
-    SinkLogic,
-    SourceLogic,
-    Watermark,
-)
+from engine.operator import Batch, Context, OperatorLogic, SinkLogic, SourceLogic, Watermark
 from engine.runtime_async import Abandoned, StopAwaiting
 
 MAX_WATERMARK = 2**63 - 1
@@ -235,8 +228,9 @@ class SourceTask:
         each) says False; then end the stream.
 
         An async source runs on the loop in one call for its whole stream, its items
-        handled between its awaits: a call per item would start and stop the loop every
-        time (about 60 us with uvloop, most of an item's cost for a small batch)."""
+        handled between its awaits. A call per item, starting and stopping the loop every
+        time, cost 106-139 us of CPU an item, against 4-6 for a sync source's
+        (``python -m benchmarks.sources``, 10-tick batches)."""
         if not self._is_async:
             while self.step():
                 if not after_item():

@@ -100,6 +100,33 @@ def test_flushes_when_batch_reaches_target() -> None:
         assert (builder.pending, builder.records_out, builder.frames_out) == (0, 300, 2)
 
 
+def test_what_fits_one_slot_goes_as_one_frame_uncut() -> None:
+    # The target is 90% of what fits a slot. A batch between the two is not cut at the
+    # target (that would leave a sliver for a second frame): it goes whole, and a batch
+    # that arrives that large into an empty builder goes without being copied into it.
+    codec = MsgpackCodec(Tick)
+    with _channel() as (_, writer, reader):
+        builder = BatchBuilder(writer, codec, linger=NO_LINGER, clock=ManualClock())
+        builder.extend(_ticks(10))
+        builder.flush()  # measures the bytes per record
+        _published(reader)
+        target, limit = builder.target, builder.limit
+        assert 0 < target < limit
+        whole = _ticks(limit, start=10)
+        builder.extend(whole)
+        assert _batches(_published(reader), codec) == [whole]
+        assert builder.pending == 0
+        first, rest = _ticks(target - 1, start=1000), _ticks(limit - target + 1, start=2000)
+        builder.extend(first)
+        assert _published(reader) == []
+        builder.extend(rest)  # target reached, still within a slot: one frame of all
+        assert _batches(_published(reader), codec) == [first + rest]
+        more = _ticks(limit + 1, start=5000)
+        builder.extend(more)  # more than a slot: cut at the target
+        assert _batches(_published(reader), codec) == [more[:target]]
+        assert builder.pending == limit + 1 - target
+
+
 def test_flushes_when_oldest_record_has_lingered() -> None:
     codec = MsgpackCodec(Tick)
     ticks = _ticks(20)
