@@ -272,6 +272,12 @@ def test_unpaced_clock_ticks_make_exactly_their_count(parallelism):
     assert len({t.symbol for t in made}) == 1000
 
 
+def test_half_load_is_half_the_median_maximum_so_one_high_reading_does_not_set_it():
+    maxima = [{"ticks_per_s": r} for r in (1_500_000, 2_250_000, 1_470_000)]
+    assert latency.half_load(maxima) == 750_000
+    assert latency.half_load(maxima[:1]) == 750_000
+
+
 def test_each_latency_pipeline_has_its_own_maximum():
     top = latency.maximum("ticks", replicas=1, ticks=20_000, linger=0.002)
     assert (top["pipeline"], top["ticks"]) == ("ticks", 20_000)
