@@ -134,7 +134,8 @@ class ClockTicks(Source):
     it owes by then (an absolute schedule: a late wake-up creates more, so the rate
     holds), all stamped with the wake-up's ``time.time_ns()``. It is an async generator
     that awaits its wake-ups, as a provider's source awaits its feed, so its worker sends
-    partial batches when their linger is up, not at the next wake-up. With ``watermarks``
+    each batch as soon as the source waits (it is idle), not at its next wake-up or after
+    the linger. With ``watermarks``
     it yields ``Watermark(newest - lateness_ns)`` after each batch; without, none.
 
     Stamping at creation leaves out how late the ticks were created, so each replica also

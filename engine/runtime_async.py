@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any
 
 import uvloop
@@ -183,6 +184,31 @@ class AsyncRunner:
         if self._loop is not None:
             self._loop.close()
             self._loop = None
+
+
+@types.coroutine
+def anext_noting_wait(
+    items: AsyncIterator[Any], on_wait: Callable[[], None]
+) -> Generator[Any, Any, Any]:
+    """``await anext(items)``, calling ``on_wait()`` once if the item is not ready: when the
+    iterator first suspends on a future (a timer, a socket, an empty queue), not when it
+    only yields to the loop (``asyncio.sleep(0)``) and goes on."""
+    step = items.__anext__().__await__()
+    waited = False
+    sent: Any = None
+    thrown: BaseException | None = None
+    while True:
+        try:
+            yielded = step.send(sent) if thrown is None else step.throw(thrown)
+        except StopIteration as stop:
+            return stop.value
+        if yielded is not None and not waited:
+            waited = True
+            on_wait()
+        try:
+            sent, thrown = (yield yielded), None
+        except BaseException as exc:  # a cancellation, or the worker's SIGTERM: passed on
+            sent, thrown = None, exc
 
 
 def _relay_to(outcome: asyncio.Future[Any]) -> Callable[[asyncio.Future[Any]], None]:

@@ -22,7 +22,7 @@ from engine.batch import MIN_WATERMARK
 from engine.columns import Columns
 from engine.dag import MAIN, SINK
 from engine.operator import Batch, Context, OperatorLogic, SinkLogic, SourceLogic, Watermark
-from engine.runtime_async import Abandoned, StopAwaiting
+from engine.runtime_async import Abandoned, StopAwaiting, anext_noting_wait
 
 MAX_WATERMARK = 2**63 - 1
 ABANDONED = "abandoned"  # the counter of a source's awaits a stop gave up on (Abandoned)
@@ -223,9 +223,12 @@ class SourceTask:
         self._handle(item)
         return True
 
-    def run(self, after_item: Callable[[], bool]) -> None:
+    def run(
+        self, after_item: Callable[[], bool], on_wait: Callable[[], None] | None = None
+    ) -> None:
         """Handle every item until the stream ends, or until ``after_item()`` (called after
-        each) says False; then end the stream.
+        each) says False; then end the stream. ``on_wait()`` is called when an async source
+        starts waiting for its next item (``engine.runtime_async.anext_noting_wait``).
 
         An async source runs on the loop in one call for its whole stream, its items
         handled between its awaits. A call per item, starting and stopping the loop every
@@ -238,19 +241,23 @@ class SourceTask:
             self.finish()
             return
         try:
-            self._run_async(self._pump(after_item))
+            self._run_async(self._pump(after_item, on_wait))
         except Abandoned:
             self._abandoned()
         except StopAwaiting:
             pass  # as in step: the stop cancelled the source's await
         self.finish()
 
-    async def _pump(self, after_item: Callable[[], bool]) -> None:
+    async def _pump(
+        self, after_item: Callable[[], bool], on_wait: Callable[[], None] | None
+    ) -> None:
         items = self._items
         while True:
             started = perf_counter_ns()
             try:
-                item = await anext(items)
+                item = await (
+                    anext(items) if on_wait is None else anext_noting_wait(items, on_wait)
+                )
             except StopAsyncIteration:
                 return
             finally:

@@ -206,6 +206,24 @@ def test_graceful_stop_ends_an_async_source_waiting_on_a_quiet_provider(swallow)
     _assert_gone([*job.pids, job.coordinator_pid])
 
 
+def test_an_async_source_that_waits_sends_what_it_made_at_once_not_after_its_linger():
+    # An hour's linger: only the flush when the source starts waiting (it is idle, as an
+    # operator with no input is) can get the records out while the test waits.
+    dag = Dag("idle")
+    dag.source("src", AsyncNumbered(25, then_wait=True)).sink("out", Collect())
+    job = launch(dag, linger=3600.0)
+    _wait_started(job)
+    deadline = time.monotonic() + 20.0
+    arrived = False
+    while not arrived and time.monotonic() < deadline:
+        arrived = sum(r["records_in"] for r in job.status() if r["node"] == "out") >= 25
+    assert arrived, "the source's records waited for the linger although it was idle"
+    job.stop()
+    result = job.wait(WAIT)
+    assert len(result.collected("out")) == 25
+    _assert_gone([*job.pids, job.coordinator_pid])
+
+
 def test_a_record_that_fails_to_encode_while_an_async_source_waits_fails_the_job():
     dag = Dag("unpicklable")
     dag.source("src", AsyncUnpicklable()).sink("out", Collect())

@@ -224,3 +224,55 @@ def test_tick_within_brings_the_next_tick_forward_and_never_puts_it_off(monkeypa
     assert not runner.ticking
     runner.tick_within(0.0)  # between calls: nothing to bring forward
     runner.close()
+
+
+def test_anext_noting_wait_calls_on_wait_once_for_an_item_that_is_not_ready():
+    # A bare yield to the loop (asyncio.sleep(0)) is not a wait; sleeping on a timer is,
+    # once per item however many futures the wait takes.
+    async def items():
+        yield "ready"
+        await asyncio.sleep(0)
+        yield "after a bare yield"
+        await asyncio.sleep(0.001)
+        await asyncio.sleep(0.001)
+        yield "after two timers"
+
+    waits = []
+
+    async def body():
+        it = items()
+        got = []
+        for _ in range(3):
+            got.append(await runtime_async.anext_noting_wait(it, lambda: waits.append(got[:])))
+        with pytest.raises(StopAsyncIteration):
+            await runtime_async.anext_noting_wait(it, lambda: None)
+        return got
+
+    runner = AsyncRunner()
+    assert runner(body()) == ["ready", "after a bare yield", "after two timers"]
+    runner.close()
+    assert waits == [["ready", "after a bare yield"]]  # one wait, before the third item
+
+
+def test_a_cancellation_reaches_the_source_through_anext_noting_wait():
+    seen = []
+
+    async def items():
+        try:
+            await asyncio.Event().wait()
+            yield "never"
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    async def body():
+        task = asyncio.ensure_future(runtime_async.anext_noting_wait(items(), lambda: None))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    runner = AsyncRunner()
+    runner(body())
+    runner.close()
+    assert seen == ["cancelled"]
