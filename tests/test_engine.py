@@ -54,6 +54,15 @@ def _assert_gone(pids: list[int], within: float = 10.0) -> None:
     assert not [p for p in pids if _alive(p)], "processes of the job are still running"
 
 
+def _arrived(job, node: str, records: int, within: float = 20.0) -> bool:
+    """Whether ``node`` has taken in ``records`` records within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if sum(r["records_in"] for r in job.status() if r["node"] == node) >= records:
+            return True
+    return False
+
+
 def _wait_started(job, within: float = WAIT) -> list[int]:
     deadline = time.monotonic() + within
     while not job.pids and time.monotonic() < deadline:
@@ -191,13 +200,9 @@ def test_graceful_stop_ends_an_async_source_waiting_on_a_quiet_provider(swallow)
     dag.source("src", source).sink("out", Collect())
     job = launch(dag, stop_timeout=0.5)
     _wait_started(job)
-    # The 25 records are a partial batch: they leave after their linger although the
-    # source is suspended in its await, not when (never) it yields again.
-    deadline = time.monotonic() + 20.0
-    arrived = False
-    while not arrived and time.monotonic() < deadline:
-        arrived = sum(r["records_in"] for r in job.status() if r["node"] == "out") >= 25
-    assert arrived, "the partial batch was held while the source waited"
+    # The 25 records are a partial batch: they leave while the source is suspended in its
+    # await, not when (never) it yields again.
+    assert _arrived(job, "out", 25), "the partial batch was held while the source waited"
     job.stop()  # the source is inside an await that would never return
     result = job.wait(WAIT)
     assert result.stopped
@@ -213,11 +218,7 @@ def test_an_async_source_that_waits_sends_what_it_made_at_once_not_after_its_lin
     dag.source("src", AsyncNumbered(25, then_wait=True)).sink("out", Collect())
     job = launch(dag, linger=3600.0)
     _wait_started(job)
-    deadline = time.monotonic() + 20.0
-    arrived = False
-    while not arrived and time.monotonic() < deadline:
-        arrived = sum(r["records_in"] for r in job.status() if r["node"] == "out") >= 25
-    assert arrived, "the source's records waited for the linger although it was idle"
+    assert _arrived(job, "out", 25), "the records waited for the linger, the source idle"
     job.stop()
     result = job.wait(WAIT)
     assert len(result.collected("out")) == 25
