@@ -130,13 +130,14 @@ class _DigestLogic(SinkLogic):
 class ClockTicks(Source):
     """``rate`` ticks/s for ``seconds`` over ``symbols`` symbols, stamped at creation.
 
-    The replica wakes at every ``interval`` boundary of its schedule and creates the ticks
-    it owes by then (an absolute schedule: a late wake-up creates more, so the rate
-    holds), all stamped with the wake-up's ``time.time_ns()``. It is an async generator
-    that awaits its wake-ups, as a provider's source awaits its feed, so its worker sends
-    each batch as soon as the source waits (it is idle), not at its next wake-up or after
-    the linger. With ``watermarks``
-    it yields ``Watermark(newest - lateness_ns)`` after each batch; without, none.
+    The replica wakes after each ``interval`` boundary of its schedule and creates the ticks
+    owed up to the last boundary passed (an absolute schedule: a late wake-up creates more,
+    so the rate holds; uvloop's timers count whole milliseconds, so wake-ups come up to a
+    millisecond late), all stamped with the wake-up's ``time.time_ns()``. It is an async
+    generator that awaits its wake-ups, as a provider's source awaits its feed, so its
+    worker sends each batch as soon as the source waits (it is idle), not at its next
+    wake-up or after the linger. With ``watermarks`` it yields ``Watermark(newest -
+    lateness_ns)`` after each batch; without, none.
 
     Stamping at creation leaves out how late the ticks were created, so each replica also
     counts ``behind_ns_<replica>``, the furthest its creation fell behind the schedule, and
@@ -198,7 +199,8 @@ class _ClockTicksLogic(SourceLogic):
         start = time.monotonic()
         while emitted < total:
             elapsed = time.monotonic() - start
-            owed = min(total, int(elapsed * rate)) - emitted
+            passed = math.floor(elapsed / cfg.interval) * cfg.interval  # the last boundary
+            owed = min(total, int(passed * rate)) - emitted
             # The oldest tick owed was due at emitted / rate; an on-time wake-up owes
             # those of the last interval only.
             behind = max(behind, elapsed - emitted / rate)
@@ -209,9 +211,12 @@ class _ClockTicksLogic(SourceLogic):
                 yield batch
                 if cfg.watermarks:
                     yield Watermark(now - cfg.lateness_ns)
-            # Await the next interval boundary of the schedule: one batch per interval.
+            # Await the next interval boundary of the schedule: one batch per interval. uvloop
+            # counts whole milliseconds and runs a shorter timer at once, so the wait is
+            # rounded up: an early wake-up would make a sliver of a batch.
             elapsed = time.monotonic() - start
-            await asyncio.sleep((math.floor(elapsed / cfg.interval) + 1) * cfg.interval - elapsed)
+            wait = (math.floor(elapsed / cfg.interval) + 1) * cfg.interval - elapsed
+            await asyncio.sleep(math.ceil(wait * 1000 - 1e-9) / 1000)
         ctx.count(f"{BEHIND}{ctx.replica}", int(behind * 1e9))
         late = time.monotonic() - start - total / rate if total else 0.0
         ctx.count(f"{LATE}{ctx.replica}", int(max(0.0, late) * 1e9))

@@ -13,8 +13,9 @@ generator that awaits ``asyncio.sleep(0)`` before each batch, as a provider's so
 awaits its feed. Each variant runs ``--rounds`` times, alternating; a row is one run.
 
 ``cpu_us`` is the source worker's CPU per item (``time.process_time`` over its loop),
-``logic_us`` the part inside the generator, ``engine_us`` the rest: routing, batching,
-framing, and for ``async`` driving the event loop. ``vs_sync`` is the row's ``cpu_us``
+``logic_us`` the part inside the generator (for ``async``, the loop's iterations while it
+awaits included), ``engine_us`` the rest: routing, batching, framing, the worker's checks
+after each item. ``vs_sync`` is the row's ``cpu_us``
 over the best ``sync`` row of the run. Small items are where a per-item cost shows:
 market-data providers send many small messages.
 """

@@ -39,6 +39,7 @@ from engine.ring import Kind
 _WATERMARK = struct.Struct("<q")
 WATERMARK_SIZE = _WATERMARK.size  # bytes of a watermark, alone or at a DATA_WATERMARK's end
 MAX_BATCH = 8192  # records per frame, whatever their size
+_AS_IS = (list, Columns)  # batches a frame may carry as they come (not a tuple, say)
 # Longest a record waits in a partial batch. Under load batches fill (or a watermark flushes
 # them) long before this; at low rates it bounds the latency each hop adds (a three-hop
 # job's median is about 2-3 ms with 2 ms; its tail is the machine's: benchmarks/RESULTS.md).
@@ -270,10 +271,10 @@ class BatchBuilder:
         n = len(records)
         if not n:
             return
-        if not self._count and self.target <= n <= self.limit:
+        if not self._count and self.target <= n <= self.limit and type(records) in _AS_IS:
             self._send(records, n)  # a frame's worth already: sent as it is, not copied
             return
-        if type(records) is Columns:
+        if isinstance(records, Columns):
             if self._columns is not records.type:
                 self.flush()
                 self._columns = records.type

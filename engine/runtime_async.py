@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
@@ -29,9 +30,9 @@ class AsyncRunner:
     ``on_tick`` (if given) is called while an awaitable runs, at most ``TICK_S`` apart, so a
     worker keeps its heartbeat and counters fresh while an async sink waits on its store or
     an async source on its provider. It returns the seconds until it wants to run again
-    (None: ``TICK_S``), and ``next_tick`` says when it first wants to run: a source worker
-    flushes a partial batch after its linger while the source waits, rather than whenever
-    the provider next speaks.
+    (None: ``TICK_S``), and ``next_tick`` says when it first wants to run; during a call,
+    ``tick_within`` brings it forward. A source worker flushes a partial batch after its
+    linger while the source waits, rather than whenever the provider next speaks.
 
     ``cancel_when`` (if given) is asked at every tick; once it has said True for ``TICK_S``
     (so an item already on its way has time to arrive), the awaitable is cancelled, once,
@@ -192,7 +193,13 @@ def anext_noting_wait(
 ) -> Generator[Any, Any, Any]:
     """``await anext(items)``, calling ``on_wait()`` once if the item is not ready: when the
     iterator first suspends on a future (a timer, a socket, an empty queue), not when it
-    only yields to the loop (``asyncio.sleep(0)``) and goes on."""
+    only yields to the loop (``asyncio.sleep(0)``) and goes on.
+
+    Whatever the loop sends or throws in (a cancellation, the worker's SIGTERM) goes on to
+    the iterator. Closing this closes the iterator's pending await without running any more
+    of it, as closing a plain ``await`` does (an abandoned source runs no further). If
+    ``on_wait()`` raises, the iterator's wait is cancelled first, so its cleanup runs as it
+    would on any cancellation."""
     step = items.__anext__().__await__()
     waited = False
     sent: Any = None
@@ -204,11 +211,27 @@ def anext_noting_wait(
             return stop.value
         if yielded is not None and not waited:
             waited = True
-            on_wait()
+            try:
+                on_wait()
+            except BaseException:
+                _cancel(step)
+                raise
         try:
             sent, thrown = (yield yielded), None
-        except BaseException as exc:  # a cancellation, or the worker's SIGTERM: passed on
+        except GeneratorExit:
+            step.close()
+            raise
+        except BaseException as exc:
             sent, thrown = None, exc
+
+
+def _cancel(step: Any) -> None:
+    """Unwind a suspended ``__await__`` iterator as a cancellation would (its ``finally``
+    blocks run); what it raises doing so is secondary to the error being raised."""
+    with contextlib.suppress(BaseException):
+        step.throw(asyncio.CancelledError())
+    with contextlib.suppress(BaseException):
+        step.close()  # it caught the cancellation and went on waiting
 
 
 def _relay_to(outcome: asyncio.Future[Any]) -> Callable[[asyncio.Future[Any]], None]:

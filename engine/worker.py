@@ -8,10 +8,12 @@ Loop (operators and sinks)::
     DATA_WATERMARK -> the DATA steps for the records, then the WATERMARK steps
     EOF       -> that input is done; after the last one: on_eof, flush, EOF downstream, exit 0
 
-A source steps its logic one batch at a time instead of reading a gate. Every step and every
-bounded wait refreshes the heartbeat in the job's stats block, so the coordinator can tell
-a busy worker from a hung one; any exception is reported to the coordinator with its
-traceback before the process exits non-zero.
+A source runs its logic's stream instead of reading a gate (``SourceTask.run``: an async
+source's in one call on the worker's event loop), sending its partial batches at once when
+an async source starts to wait. Every item and every bounded wait refreshes the heartbeat
+in the job's stats block, so the coordinator can tell a busy worker from a hung one; any
+exception is reported to the coordinator with its traceback before the process exits
+non-zero.
 """
 
 from __future__ import annotations

@@ -100,6 +100,18 @@ def test_flushes_when_batch_reaches_target() -> None:
         assert (builder.pending, builder.records_out, builder.frames_out) == (0, 300, 2)
 
 
+class Spy:
+    """A codec that keeps what it was asked to encode."""
+
+    def __init__(self, codec: MsgpackCodec, encoded: list[Any]) -> None:
+        self.codec = codec
+        self.encoded = encoded
+
+    def encode(self, batch: Any) -> bytes:
+        self.encoded.append(batch)
+        return self.codec.encode(batch)
+
+
 def test_what_fits_one_slot_goes_as_one_frame_uncut() -> None:
     # The target is 90% of what fits a slot. A batch between the two is not cut at the
     # target (that would leave a sliver for a second frame): it goes whole, and a batch
@@ -113,9 +125,15 @@ def test_what_fits_one_slot_goes_as_one_frame_uncut() -> None:
         target, limit = builder.target, builder.limit
         assert 0 < target < limit
         whole = _ticks(limit, start=10)
+        encoded = []
+        builder.codec = Spy(codec, encoded)
         builder.extend(whole)
+        assert encoded == [whole] and encoded[0] is whole  # the caller's list, not a copy
         assert _batches(_published(reader), codec) == [whole]
         assert builder.pending == 0
+        builder.extend(tuple(_ticks(limit, start=10)))  # type: ignore[arg-type]
+        assert type(encoded[1]) is list  # any other sequence goes through the builder
+        assert _batches(_published(reader), codec) == [whole]
         first, rest = _ticks(target - 1, start=1000), _ticks(limit - target + 1, start=2000)
         builder.extend(first)
         assert _published(reader) == []

@@ -276,3 +276,53 @@ def test_a_cancellation_reaches_the_source_through_anext_noting_wait():
     runner(body())
     runner.close()
     assert seen == ["cancelled"]
+
+
+def test_a_failing_on_wait_cancels_the_sources_wait_so_its_cleanup_runs():
+    cleaned = []
+
+    async def items():
+        try:
+            await asyncio.sleep(5)
+            yield "never"
+        finally:
+            cleaned.append(True)
+
+    def on_wait():
+        raise ValueError("the flush failed")
+
+    async def body():
+        await runtime_async.anext_noting_wait(items(), on_wait)
+
+    runner = AsyncRunner()
+    with pytest.raises(ValueError, match="the flush failed"):
+        runner(body())
+    runner.close()
+    assert cleaned == [True]
+
+
+def test_closing_anext_noting_wait_runs_nothing_more_of_the_source_as_with_a_plain_await():
+    # What the worker relies on when it gives up on (abandons) a source: nothing of it runs
+    # again. Closing the wrapper closes the source's pending await, as closing a plain
+    # ``await anext(items)`` does, without throwing into the source's code.
+    events = []
+
+    async def items():
+        try:
+            await asyncio.sleep(5)
+            yield "never"
+        except GeneratorExit:
+            events.append("closed")
+            raise
+        finally:
+            events.append("finally")
+
+    async def body():  # drives the wrapper by hand, as a task would, inside a running loop
+        step = runtime_async.anext_noting_wait(items(), lambda: None)
+        assert isinstance(step.send(None), asyncio.Future)  # suspended on the sleep
+        step.close()
+
+    runner = AsyncRunner()
+    runner(body())
+    runner.close()
+    assert events == []

@@ -109,15 +109,17 @@ def test_a_hook_that_says_stop_ends_the_stream_there_and_the_source_cleans_up(is
 def test_an_async_source_runs_its_stream_in_one_call_on_the_loop():
     logic = Items(is_async=True)
     task, _, runner = source_task(logic)
-    loops = set()
+    calls = []
 
-    def after_item() -> bool:
-        loops.add(id(asyncio.get_running_loop()))  # raises outside a running loop
-        return True
+    def run_async(awaitable: Any, **options: Any) -> Any:
+        calls.append(awaitable)
+        return runner(awaitable, **options)
 
-    task.run(after_item)
+    task._run_async = run_async
+    task.run(lambda: asyncio.get_running_loop() is not None)  # the hook runs in the loop
     runner.close()
-    assert len(loops) == 1  # every hook ran inside the same running loop
+    assert len(calls) == 2  # the stream, then its generator's aclose: not a call per item
+    assert task.records_in == 5 and logic.cleaned
 
 
 def test_an_error_in_an_async_source_is_raised_by_run():
