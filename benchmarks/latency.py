@@ -11,8 +11,9 @@ time. Two jobs, each run once per linger setting:
   ``WindowAggregate(Tumbling(100 ms), OHLCV())`` x R -> ``LatencySink`` x R. A sample per
   bar: arrival at the sink minus ``window_end``. With event time = creation time and no
   lateness, ``window_end`` is when the window closed in wall time; the first tick past it
-  (which moves the watermark) is created at most one source interval (1 ms) later, so this
-  is the delay from the event that closes a window to the bar's arrival, plus < 1 ms.
+  (which moves the watermark) is created at the source's next wake-up, 0-2 ms later (1 ms
+  intervals on uvloop's millisecond timers), so this is the delay from the event that
+  closes a window to the bar's arrival, plus up to 2 ms.
   Watermarks flush batches, so linger matters little here. The bars of one window arrive
   together (one per symbol that traded in it, so about 1,000 a close), which makes the
   bars' p99 a statistic of window closes: the windows are 100 ms rather than the
