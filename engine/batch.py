@@ -41,8 +41,9 @@ WATERMARK_SIZE = _WATERMARK.size  # bytes of a watermark, alone or at a DATA_WAT
 MAX_BATCH = 8192  # records per frame, whatever their size
 _AS_IS = (list, Columns)  # batches a frame may carry as they come (not a tuple, say)
 # Longest a record waits in a partial batch. Under load batches fill (or a watermark flushes
-# them) long before this; at low rates it bounds the latency each hop adds (a three-hop
-# job's median is about 2-3 ms with 2 ms; its tail is the machine's: benchmarks/RESULTS.md).
+# them) long before this; an idle worker sends at once. In between it bounds the latency
+# each hop adds (a three-hop job at half load on 2 cores: median 1.35-2.4 ms; its tail is
+# the machine's: benchmarks/RESULTS.md).
 DEFAULT_LINGER_S = 0.002
 MIN_WATERMARK = -(2**63)
 
