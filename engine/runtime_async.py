@@ -189,11 +189,14 @@ class AsyncRunner:
 
 @types.coroutine
 def anext_noting_wait(
-    items: AsyncIterator[Any], on_wait: Callable[[], None]
+    items: AsyncIterator[Any],
+    on_wait: Callable[[], None],
+    on_ready: Callable[[], None] | None = None,
 ) -> Generator[Any, Any, Any]:
     """``await anext(items)``, calling ``on_wait()`` once if the item is not ready: when the
     iterator first suspends on a future (a timer, a socket, an empty queue), not when it
-    only yields to the loop (``asyncio.sleep(0)``) and goes on.
+    only yields to the loop (``asyncio.sleep(0)``) and goes on. ``on_ready()`` follows
+    when that wait is over, however it ends (an item, the end, an error).
 
     Whatever the loop sends or throws in (a cancellation, the worker's SIGTERM) goes on to
     the iterator. Closing this closes the iterator's pending await without running any more
@@ -204,25 +207,29 @@ def anext_noting_wait(
     waited = False
     sent: Any = None
     thrown: BaseException | None = None
-    while True:
-        try:
-            yielded = step.send(sent) if thrown is None else step.throw(thrown)
-        except StopIteration as stop:
-            return stop.value
-        if yielded is not None and not waited:
-            waited = True
+    try:
+        while True:
             try:
-                on_wait()
-            except BaseException:
-                _cancel(step)
+                yielded = step.send(sent) if thrown is None else step.throw(thrown)
+            except StopIteration as stop:
+                return stop.value
+            if yielded is not None and not waited:
+                waited = True
+                try:
+                    on_wait()
+                except BaseException:
+                    _cancel(step)
+                    raise
+            try:
+                sent, thrown = (yield yielded), None
+            except GeneratorExit:
+                step.close()
                 raise
-        try:
-            sent, thrown = (yield yielded), None
-        except GeneratorExit:
-            step.close()
-            raise
-        except BaseException as exc:
-            sent, thrown = None, exc
+            except BaseException as exc:
+                sent, thrown = None, exc
+    finally:
+        if waited and on_ready is not None:
+            on_ready()
 
 
 def _cancel(step: Any) -> None:

@@ -224,11 +224,15 @@ class SourceTask:
         return True
 
     def run(
-        self, after_item: Callable[[], bool], on_wait: Callable[[], None] | None = None
+        self,
+        after_item: Callable[[], bool],
+        on_wait: Callable[[], None] | None = None,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         """Handle every item until the stream ends, or until ``after_item()`` (called after
         each) says False; then end the stream. ``on_wait()`` is called when an async source
-        starts waiting for its next item (``engine.runtime_async.anext_noting_wait``).
+        starts waiting for its next item, ``on_ready()`` when that wait is over
+        (``engine.runtime_async.anext_noting_wait``).
 
         An async source runs on the loop in one call for its whole stream, its items
         handled between its awaits. A call per item, starting and stopping the loop every
@@ -241,7 +245,7 @@ class SourceTask:
             self.finish()
             return
         try:
-            self._run_async(self._pump(after_item, on_wait))
+            self._run_async(self._pump(after_item, on_wait, on_ready))
         except Abandoned:
             self._abandoned()
         except StopAwaiting:
@@ -249,15 +253,19 @@ class SourceTask:
         self.finish()
 
     async def _pump(
-        self, after_item: Callable[[], bool], on_wait: Callable[[], None] | None
+        self,
+        after_item: Callable[[], bool],
+        on_wait: Callable[[], None] | None,
+        on_ready: Callable[[], None] | None,
     ) -> None:
         items = self._items
         while True:
             started = perf_counter_ns()
             try:
-                item = await (
-                    anext(items) if on_wait is None else anext_noting_wait(items, on_wait)
-                )
+                if on_wait is None:
+                    item = await anext(items)
+                else:
+                    item = await anext_noting_wait(items, on_wait, on_ready)
             except StopAsyncIteration:
                 return
             finally:

@@ -179,6 +179,8 @@ class Worker:
         self._aborting = False
         self._counters_due = 0.0
         self._stats_due = 0.0  # next heartbeat and counters (_keep_alive)
+        self._idle_ns = 0  # an async source's finished waits for its next item
+        self._waiting_since = 0  # monotonic ns when its current wait began; 0: none
         self._counters_sent: tuple[dict[str, int], dict[str, float]] = ({}, {})
         node = spec.node
         self.ctx = Context(node.name, spec.replica, node.parallelism)
@@ -234,6 +236,8 @@ class Worker:
         started = thread_time_ns()
         now = time.monotonic()
         self._keep_alive(now)
+        if self._waiting_since:
+            self._publish_source_idle()
         if not self._aborting:
             self._flush_due(now)
         self.task.logic_ns -= thread_time_ns() - started
@@ -241,13 +245,25 @@ class Worker:
 
     def _on_source_wait(self) -> None:
         """An async source waits with nothing ready: it is idle, so what it sent goes now
-        rather than after its linger, as an operator's output does when its input is idle.
-        Its CPU is the engine's, though the task times the wait as the source's."""
+        rather than after its linger, as an operator's output does when its input is idle;
+        and the wait counts as idle time, as an operator's wait for input does. Its CPU is
+        the engine's, though the task times the wait as the source's."""
         started = thread_time_ns()
+        self._waiting_since = time.monotonic_ns()
         for builder in self.builders:
             if builder.pending:
                 builder.flush()
         self.task.logic_ns -= thread_time_ns() - started
+
+    def _on_source_ready(self) -> None:
+        self._idle_ns += time.monotonic_ns() - self._waiting_since
+        self._waiting_since = 0
+        self.row[IDLE_NS] = self._idle_ns
+
+    def _publish_source_idle(self) -> None:
+        """A wait still going on counts so far (a quiet provider shows idle, not busy)."""
+        since = self._waiting_since
+        self.row[IDLE_NS] = self._idle_ns + (time.monotonic_ns() - since if since else 0)
 
     def _keep_alive(self, now: float) -> None:
         """Heartbeat, counters and control, at most every ``STATS_EVERY_S``: a source or
@@ -372,7 +388,7 @@ class Worker:
                 runner.tick_within(self._until_flush())
             return not self.stop_requested
 
-        task.run(after_item, self._on_source_wait)
+        task.run(after_item, self._on_source_wait, self._on_source_ready)
 
     def _run_task(self, task: Task) -> None:
         gate = InputGate(self.readers)

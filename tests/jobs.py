@@ -94,7 +94,8 @@ class _OrdersLogic(SourceLogic):
 
 @dataclass(frozen=True)
 class AsyncNumbered(Source):
-    """``count`` records, ten per batch. With ``then_wait``, the source then waits for a
+    """``count`` records, ten per batch, each after ``asyncio.sleep(pause_s)`` (a bare
+    yield to the loop by default). With ``then_wait``, the source then waits for a
     message that never comes (a provider with nothing to say): only a stop that cancels
     the wait can end it; with ``swallow_cancel`` too, it catches that cancellation and
     waits on (only the stop's deadline, ``stop_timeout``, ends it)."""
@@ -102,22 +103,24 @@ class AsyncNumbered(Source):
     count: int
     then_wait: bool = False
     swallow_cancel: bool = False
+    pause_s: float = 0.0
 
     def build(self, ctx: Context) -> SourceLogic:
-        return _AsyncLogic(self.count, self.then_wait, self.swallow_cancel)
+        return _AsyncLogic(self.count, self.then_wait, self.swallow_cancel, self.pause_s)
 
 
 class _AsyncLogic(SourceLogic):
-    def __init__(self, count: int, then_wait: bool, swallow_cancel: bool) -> None:
+    def __init__(self, count: int, then_wait: bool, swallow_cancel: bool, pause_s: float) -> None:
         self.count = count
         self.then_wait = then_wait
         self.swallow_cancel = swallow_cancel
+        self.pause_s = pause_s
 
     async def batches(self) -> Any:  # type: ignore[override]
         import asyncio
 
         for i in range(0, self.count, 10):
-            await asyncio.sleep(0)
+            await asyncio.sleep(self.pause_s)
             yield [("a", j, 0) for j in range(i, min(i + 10, self.count))]
         while self.then_wait:
             try:

@@ -225,6 +225,19 @@ def test_an_async_source_that_waits_sends_what_it_made_at_once_not_after_its_lin
     _assert_gone([*job.pids, job.coordinator_pid])
 
 
+def test_an_async_sources_waits_for_its_next_item_count_as_idle_not_busy():
+    # Three waits of 0.2 s each: about 0.6 s idle (the slack covers uvloop's millisecond
+    # timers, which count from the loop's last look at the clock). Busy time is what is
+    # left of the run, so the waits are not in it. A sync source never waits: no idle.
+    dag = Dag("waits")
+    dag.source("src", AsyncNumbered(30, pause_s=0.2)).sink("out", Collect())
+    timing = run(dag, timeout=WAIT).nodes["src"].timing
+    assert timing["idle_s"] >= 0.5
+    dag = Dag("sync")
+    dag.source("src", Numbered(30)).sink("out", Collect())
+    assert run(dag, timeout=WAIT).nodes["src"].timing["idle_s"] == 0
+
+
 def test_a_record_that_fails_to_encode_while_an_async_source_waits_fails_the_job():
     dag = Dag("unpicklable")
     dag.source("src", AsyncUnpicklable()).sink("out", Collect())

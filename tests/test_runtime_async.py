@@ -326,3 +326,34 @@ def test_closing_anext_noting_wait_runs_nothing_more_of_the_source_as_with_a_pla
     runner(body())
     runner.close()
     assert events == []
+
+
+def test_on_ready_follows_a_wait_however_it_ends():
+    async def items():
+        yield "ready"  # no wait: neither callback
+        await asyncio.sleep(0.001)
+        yield "after a wait"
+        await asyncio.sleep(0.001)
+        raise ValueError("feed lost")  # a wait that ends in an error
+
+    calls = []
+
+    async def body():
+        it = items()
+
+        def step():
+            return runtime_async.anext_noting_wait(
+                it, lambda: calls.append("wait"), lambda: calls.append("ready")
+            )
+
+        assert await step() == "ready"
+        assert calls == []
+        assert await step() == "after a wait"
+        assert calls == ["wait", "ready"]
+        with pytest.raises(ValueError, match="feed lost"):
+            await step()
+        assert calls == ["wait", "ready", "wait", "ready"]
+
+    runner = AsyncRunner()
+    runner(body())
+    runner.close()
