@@ -193,10 +193,10 @@ def anext_noting_wait(
     on_wait: Callable[[], None],
     on_ready: Callable[[], None] | None = None,
 ) -> Generator[Any, Any, Any]:
-    """``await anext(items)``, calling ``on_wait()`` once if the item is not ready: when the
-    iterator first suspends on a future (a timer, a socket, an empty queue), not when it
-    only yields to the loop (``asyncio.sleep(0)``) and goes on. ``on_ready()`` follows
-    when that wait is over, however it ends (an item, the end, an error).
+    """``await anext(items)``, calling ``on_wait()`` each time the iterator suspends on a
+    future (a timer, a socket, an empty queue: the item is not ready), not when it only
+    yields to the loop (``asyncio.sleep(0)``) and goes on; and ``on_ready()`` when it
+    resumes from that wait, however the wait ended.
 
     Whatever the loop sends or throws in (a cancellation, the worker's SIGTERM) goes on to
     the iterator. Closing this closes the iterator's pending await without running any more
@@ -204,7 +204,7 @@ def anext_noting_wait(
     ``on_wait()`` raises, the iterator's wait is cancelled first, so its cleanup runs as it
     would on any cancellation."""
     step = items.__anext__().__await__()
-    waited = False
+    waiting = False
     sent: Any = None
     thrown: BaseException | None = None
     try:
@@ -213,8 +213,8 @@ def anext_noting_wait(
                 yielded = step.send(sent) if thrown is None else step.throw(thrown)
             except StopIteration as stop:
                 return stop.value
-            if yielded is not None and not waited:
-                waited = True
+            if yielded is not None:
+                waiting = True
                 try:
                     on_wait()
                 except BaseException:
@@ -227,8 +227,12 @@ def anext_noting_wait(
                 raise
             except BaseException as exc:
                 sent, thrown = None, exc
+            if waiting:
+                waiting = False
+                if on_ready is not None:
+                    on_ready()
     finally:
-        if waited and on_ready is not None:
+        if waiting and on_ready is not None:  # closed while it waited
             on_ready()
 
 

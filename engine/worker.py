@@ -246,14 +246,15 @@ class Worker:
     def _on_source_wait(self) -> None:
         """An async source waits with nothing ready: it is idle, so what it sent goes now
         rather than after its linger, as an operator's output does when its input is idle;
-        and the wait counts as idle time, as an operator's wait for input does. Its CPU is
-        the engine's, though the task times the wait as the source's."""
+        and the wait, until the source resumes, counts as idle time, as an operator's wait
+        for input does. The flush's CPU is the engine's, though the task times the wait as
+        the source's."""
         started = thread_time_ns()
-        self._waiting_since = time.monotonic_ns()
         for builder in self.builders:
             if builder.pending:
                 builder.flush()
         self.task.logic_ns -= thread_time_ns() - started
+        self._waiting_since = time.monotonic_ns()  # from here, after the flush
 
     def _on_source_ready(self) -> None:
         self._idle_ns += time.monotonic_ns() - self._waiting_since

@@ -226,9 +226,8 @@ def test_tick_within_brings_the_next_tick_forward_and_never_puts_it_off(monkeypa
     runner.close()
 
 
-def test_anext_noting_wait_calls_on_wait_once_for_an_item_that_is_not_ready():
-    # A bare yield to the loop (asyncio.sleep(0)) is not a wait; sleeping on a timer is,
-    # once per item however many futures the wait takes.
+def test_anext_noting_wait_calls_on_wait_each_time_the_source_waits_on_a_future():
+    # A bare yield to the loop (asyncio.sleep(0)) is not a wait; sleeping on a timer is.
     async def items():
         yield "ready"
         await asyncio.sleep(0)
@@ -251,7 +250,7 @@ def test_anext_noting_wait_calls_on_wait_once_for_an_item_that_is_not_ready():
     runner = AsyncRunner()
     assert runner(body()) == ["ready", "after a bare yield", "after two timers"]
     runner.close()
-    assert waits == [["ready", "after a bare yield"]]  # one wait, before the third item
+    assert waits == [["ready", "after a bare yield"]] * 2  # two timers before the third item
 
 
 def test_a_cancellation_reaches_the_source_through_anext_noting_wait():
