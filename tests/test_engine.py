@@ -238,6 +238,23 @@ def test_an_async_sources_waits_for_its_next_item_count_as_idle_not_busy():
     assert run(dag, timeout=WAIT).nodes["src"].timing["idle_s"] == 0
 
 
+def test_a_quiet_providers_wait_shows_as_idle_while_it_lasts():
+    # Published from the worker's tick (at most 0.25 s apart), not only when the wait ends:
+    # a dashboard must not show a source that waits for ever as busy.
+    dag = Dag("quiet")
+    dag.source("src", AsyncNumbered(10, then_wait=True)).sink("out", Collect())
+    job = launch(dag)
+    _wait_started(job)
+    deadline = time.monotonic() + 20.0
+    idle = 0.0
+    while idle < 0.5 and time.monotonic() < deadline:
+        idle = max(r["idle_s"] for r in job.status() if r["node"] == "src")
+    assert idle >= 0.5, "the source's wait did not show as idle while it lasted"
+    job.stop()
+    assert len(job.wait(WAIT).collected("out")) == 10
+    _assert_gone([*job.pids, job.coordinator_pid])
+
+
 def test_a_record_that_fails_to_encode_while_an_async_source_waits_fails_the_job():
     dag = Dag("unpicklable")
     dag.source("src", AsyncUnpicklable()).sink("out", Collect())
