@@ -226,7 +226,7 @@ class SourceTask:
     def run(
         self,
         after_item: Callable[[], bool],
-        on_wait: Callable[[], None] | None = None,
+        on_wait: Callable[[], None] = lambda: None,
         on_ready: Callable[[], None] | None = None,
     ) -> None:
         """Handle every item until the stream ends, or until ``after_item()`` (called after
@@ -255,17 +255,14 @@ class SourceTask:
     async def _pump(
         self,
         after_item: Callable[[], bool],
-        on_wait: Callable[[], None] | None,
+        on_wait: Callable[[], None],
         on_ready: Callable[[], None] | None,
     ) -> None:
         items = self._items
         while True:
             started = perf_counter_ns()
             try:
-                if on_wait is None:
-                    item = await anext(items)
-                else:
-                    item = await anext_noting_wait(items, on_wait, on_ready)
+                item = await anext_noting_wait(items, on_wait, on_ready)
             except StopAsyncIteration:
                 return
             finally:

@@ -262,13 +262,12 @@ class Worker:
         self.row[IDLE_NS] = self._idle_ns
 
     def _publish_source_idle(self) -> None:
-        """A wait still going on counts so far (a quiet provider shows idle, not busy)."""
-        since = self._waiting_since
-        self.row[IDLE_NS] = self._idle_ns + (time.monotonic_ns() - since if since else 0)
+        """The wait going on counts so far (a quiet provider shows idle, not busy)."""
+        self.row[IDLE_NS] = self._idle_ns + time.monotonic_ns() - self._waiting_since
 
     def _keep_alive(self, now: float) -> None:
-        """Heartbeat, counters and control, at most every ``STATS_EVERY_S``: a source or
-        an async wait calls this far more often than that."""
+        """Heartbeat, counters and control, at most every ``STATS_EVERY_S``: the loops and
+        an async wait call this far more often than that."""
         if now >= self._stats_due:
             self._stats_due = now + STATS_EVERY_S
             self.on_wait()
@@ -396,7 +395,6 @@ class Worker:
         decoders = self.decoders
         row = self.row
         builders = self.builders
-        stats_due = 0.0
         try:
             while not gate.done:
                 frame = gate.next(0.0)
@@ -408,11 +406,8 @@ class Worker:
                             builder.flush()
                     frame = gate.next(WAIT_S)
                     if frame is None:
-                        row[HEARTBEAT] = time.monotonic_ns()
                         row[IDLE_NS] = gate.idle_ns
-                        self._update_stats()
-                        if self.control.poll():
-                            self._check_control()
+                        self.on_wait()
                         continue
                 index, kind, payload = frame
                 if kind == Kind.DATA:
@@ -431,11 +426,8 @@ class Worker:
                     task.on_eof(index)
                 now = time.monotonic()
                 self._flush_due(now)
-                if now >= stats_due:  # heartbeat and counters, at most every STATS_EVERY_S
-                    stats_due = now + STATS_EVERY_S
-                    row[HEARTBEAT] = time.monotonic_ns()
-                    row[IDLE_NS] = gate.idle_ns
-                    self._update_stats()
+                row[IDLE_NS] = gate.idle_ns
+                self._keep_alive(now)
             task.finish()
         finally:
             gate.close()
