@@ -19,8 +19,8 @@ Semantics, per replica (keys are spread over replicas by the edge's key-hash par
   open session of its key (it may extend an open session backwards).
 * **Firing.** ``on_watermark(wm)`` returns the result of every window with ``end <= wm`` and
   forgets its state; ``on_eof()`` returns every open window's. Results come sorted by
-  ``(window_end, key)`` (by window end then arrival order of the keys when keys do not
-  compare), so the output is deterministic whatever the batch cuts. ``process`` only
+  ``(window_end, key)`` (the results of a window end whose keys do not compare come in
+  the keys' arrival order), so the output is deterministic whatever the batch cuts. ``process`` only
   aggregates and returns no records.
 * **Sessions** are ``[first ts, last ts + gap)``; a record whose window ``[t, t + gap)``
   overlaps open sessions of its key merges them (``aggregation.merge``, earlier session
@@ -110,11 +110,22 @@ class WindowAggregate(Operator):
 
 
 def _in_order(fired: list[tuple[int, Any, int, Any]]) -> list[tuple[int, Any, int, Any]]:
-    """Sort (end, key, start, acc) by end then key; by end alone when keys do not compare."""
-    try:
-        return sorted(fired, key=itemgetter(0, 1))
-    except TypeError:
-        return sorted(fired, key=itemgetter(0))
+    """Sort (end, key, start, acc) by end, and each end's results by key; in arrival
+    order, for an end whose keys do not compare.
+
+    One sort by end, then one of each end's keys alone: str keys (or int ends) alone compare
+    directly, where (end, key) pairs go through the tuple comparison, which made sorting most
+    of the work of a 1,000-bar close.
+    """
+    by_end = sorted(fired, key=itemgetter(0))
+    ordered: list[tuple[int, Any, int, Any]] = []
+    for _, window in itertools.groupby(by_end, key=itemgetter(0)):
+        results = list(window)
+        try:
+            ordered += sorted(results, key=itemgetter(1))
+        except TypeError:
+            ordered += results
+    return ordered
 
 
 class _WindowLogic(OperatorLogic):

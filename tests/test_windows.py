@@ -635,3 +635,23 @@ def test_public_names() -> None:
     assert set(operators.__all__) >= WINDOW_NAMES
     for name in operators.__all__:
         assert getattr(operators, name) is not None
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.one_of(st.text(max_size=2), st.integers(0, 3))),
+        max_size=30,
+    )
+)
+def test_fired_windows_come_by_end_then_key_or_else_in_arrival_order(
+    pairs: list[tuple[int, Any]],
+) -> None:
+    fired = [(end, key, end - 1, i) for i, (end, key) in enumerate(pairs)]
+    expected = []
+    for end in sorted({f[0] for f in fired}):
+        window = [f for f in fired if f[0] == end]
+        try:
+            expected += sorted(window, key=lambda f: f[1])
+        except TypeError:  # keys that do not compare: arrival order
+            expected += window
+    assert operators.windows._in_order(fired) == expected
