@@ -128,6 +128,14 @@ def _in_order(fired: list[tuple[int, Any, int, Any]]) -> list[tuple[int, Any, in
     return ordered
 
 
+def _keys_in_order(bucket: dict[Any, Any]) -> list[Any]:
+    """A window's keys sorted; in arrival order when they do not compare."""
+    try:
+        return sorted(bucket)
+    except TypeError:
+        return list(bucket)
+
+
 class _WindowLogic(OperatorLogic):
     """What all window logics share: the watermark, late output and the result order."""
 
@@ -169,14 +177,14 @@ class _FixedLogic(_WindowLogic):
     def _fire(self, watermark: int | None) -> Batch:
         size = self._size
         windows = self._windows
-        starts = (
-            list(windows) if watermark is None else [s for s in windows if s + size <= watermark]
-        )
-        fired: list[tuple[int, Any, int, Any]] = []
-        for start in starts:
+        starts = windows if watermark is None else [s for s in windows if s + size <= watermark]
+        result = self._agg.result
+        out: list[Any] = []
+        for start in sorted(starts):  # one size: ends come in the order of the starts
             end = start + size
-            fired.extend((end, key, start, acc) for key, acc in windows.pop(start).items())
-        return self._results(fired) if fired else []
+            bucket = windows.pop(start)
+            out += [result(bucket[key], key, start, end) for key in _keys_in_order(bucket)]
+        return out
 
 
 class _TumblingLogic(_FixedLogic):
