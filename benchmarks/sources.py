@@ -114,13 +114,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row))
         return 0
     print(
-        f"{'source':<8}{'items':>9}{'size':>6}{'cpu us':>9}{'logic us':>10}{'engine us':>11}"
+        f"{'source':<8}{'items':>9}{'size':>10}{'cpu us':>13}{'logic us':>13}{'engine us':>13}"
         f"{'vs sync':>9}"
     )
     for r in rows:
         print(
-            f"{r['source']:<8}{r['items']:>9,}{r['size']:>6}{r['cpu_us']:>9.2f}"
-            f"{r['logic_us']:>10.2f}{r['engine_us']:>11.2f}{r['vs_sync']:>8.2f}x"
+            f"{r['source']:<8}{r['items']:>9,}{r['size']:>10,}{r['cpu_us']:>13.2f}"
+            f"{r['logic_us']:>13.2f}{r['engine_us']:>13.2f}{r['vs_sync']:>8.2f}x"
         )
     return 0
 

@@ -289,10 +289,8 @@ class BatchBuilder:
         if not self._count:
             self._first_at = self._clock()
         self._count += n
-        while self._count >= self.target:
-            # What fits one slot goes as one frame; more is cut into frames of ``target``
-            # (90% of a slot: headroom for records larger than those measured).
-            self._flush_some(self._count if self._count <= self.limit else self.target)
+        if self._count >= self.target:
+            self._send_ready()
         if self._count and self._clock() - self._first_at >= self.linger:
             self.flush()
 
@@ -308,26 +306,41 @@ class BatchBuilder:
         """Send every pending record now, in one frame; an encoded ``watermark`` (only with
         records pending: ``send_watermark`` sends it alone otherwise) ends that frame."""
         if self._count:
-            self._flush_some(self._count, watermark)
-
-    def _flush_some(self, n: int, watermark: bytes = b"") -> None:
-        """Send the first ``n`` pending records as a frame; a ``watermark`` only with all of
-        them (``flush``)."""
-        pending, columns = self._pending, self._columns
-        batch: list[Any] | Columns
-        if n >= self._count:  # all of them: the builder starts empty, of either kind
-            n = self._count
-            self._pending, self._columns, self._count = [], None, 0
+            pending, columns, n = self._pending, self._columns, self._count
+            self._pending, self._columns, self._count = [], None, 0  # empty, of either kind
             batch = pending if columns is None else Columns(columns, pending)
-        else:
-            if columns is None:
-                batch, self._pending = pending[:n], pending[n:]
-            else:
-                batch = Columns(columns, [c[:n] for c in pending])
-                self._pending = [c[n:] for c in pending]
-            self._count -= n
-            self._first_at = self._clock()
-        self._send(batch, n, watermark)
+            self._send(batch, n, watermark)
+
+    def _send_ready(self) -> None:
+        """Send frames while the pending records reach the target: all of them in one frame
+        once they fit a slot, else ``target`` of them (90% of a slot: headroom for records
+        larger than those measured). Each frame is cut from the pending records once, and
+        what is left is kept once at the end: cutting the rest anew after every frame made a
+        batch of N records cost N^2 / target copies (1 us a record at a million)."""
+        pending, columns, count = self._pending, self._columns, self._count
+        if count <= self.limit:
+            self.flush()
+            return
+        sent = 0
+        try:
+            while count - sent >= self.target:
+                left = count - sent
+                n = left if left <= self.limit else self.target
+                end = sent + n
+                batch: list[Any] | Columns = (
+                    pending[sent:end]
+                    if columns is None
+                    else Columns(columns, [c[sent:end] for c in pending])
+                )
+                sent = end  # a frame that fails to go is not kept, as with flush
+                self._send(batch, n)
+        finally:
+            if sent == count:
+                self._pending, self._columns, self._count = [], None, 0
+            elif sent:
+                self._pending = pending[sent:] if columns is None else [c[sent:] for c in pending]
+                self._count = count - sent
+                self._first_at = self._clock()
 
     def _send(self, batch: list[Any] | Columns, n: int, watermark: bytes = b"") -> None:
         """Encode and send ``batch`` (``n`` records) as one frame; size the next ones."""

@@ -29,6 +29,7 @@ from engine.batch import (
     encode_watermark,
 )
 from engine.channel import Channel, Reader, Writer
+from engine.columns import Columns
 from engine.errors import RecordError
 from engine.records import Tick
 from engine.ring import SLOT_HEADER_SIZE, Kind
@@ -143,6 +144,64 @@ def test_what_fits_one_slot_goes_as_one_frame_uncut() -> None:
         builder.extend(more)  # more than a slot: cut at the target
         assert _batches(_published(reader), codec) == [more[:target]]
         assert builder.pending == limit + 1 - target
+
+
+@pytest.mark.parametrize("as_columns", [False, True])
+def test_a_batch_of_many_slots_goes_in_frames_of_the_target_each_record_once(
+    as_columns: bool,
+) -> None:
+    codec = MsgpackCodec(Tick)
+    with _channel() as (_, writer, reader):
+        builder = BatchBuilder(writer, codec, linger=NO_LINGER, clock=ManualClock())
+        builder.extend(_ticks(10))
+        builder.flush()  # measures the bytes per record
+        _published(reader)
+        target = builder.target
+        rest = builder.limit - target + 1  # with a frame of target, more than a slot
+        ticks = _ticks(20 * target + rest, start=10)
+        builder.extend(Columns.from_rows(Tick, ticks) if as_columns else ticks)
+        published = _published(reader)
+        assert all(len(payload) <= writer.capacity for _, payload in published)  # one slot
+        frames = [list(batch) for batch in _batches(published, codec)]
+        sent = sum(len(frame) for frame in frames)
+        if not as_columns:  # rows measure the same every frame; columns a little less
+            assert [len(frame) for frame in frames] == [target] * 20
+        assert [t for frame in frames for t in frame] == ticks[:sent]
+        assert 0 < builder.pending == len(ticks) - sent < builder.target
+        builder.flush()
+        assert [list(b) for b in _batches(_published(reader), codec)] == [ticks[sent:]]
+
+
+class FailingAt:
+    """A codec that refuses the ``n``-th batch it is asked to encode."""
+
+    def __init__(self, codec: MsgpackCodec, n: int) -> None:
+        self.codec, self.n, self.calls = codec, n, 0
+
+    def encode(self, batch: Any) -> bytes:
+        self.calls += 1
+        if self.calls == self.n:
+            raise RecordError("refused")
+        return self.codec.encode(batch)
+
+
+def test_a_frame_that_fails_to_encode_is_not_kept_and_nothing_is_sent_twice() -> None:
+    codec = MsgpackCodec(Tick)
+    with _channel() as (_, writer, reader):
+        builder = BatchBuilder(writer, codec, linger=NO_LINGER, clock=ManualClock())
+        builder.extend(_ticks(10))
+        builder.flush()
+        _published(reader)
+        target = builder.target
+        ticks = _ticks(5 * target + 3, start=10)
+        builder.codec = FailingAt(codec, 3)
+        with pytest.raises(RecordError):
+            builder.extend(ticks)
+        assert _batches(_published(reader), codec) == [ticks[:target], ticks[target : 2 * target]]
+        assert builder.pending == len(ticks) - 3 * target
+        builder.codec = codec
+        builder.flush()
+        assert _batches(_published(reader), codec) == [ticks[3 * target :]]
 
 
 def test_flushes_when_oldest_record_has_lingered() -> None:
