@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import strings
+from operators import tumbling
 from operators.generator import Generator
 from partitioning import DEFAULT_MAX_PARALLELISM, keyhash
 
@@ -143,6 +144,7 @@ def machine() -> dict[str, Any]:
         "msgspec": msgspec.__version__,
         "native_routing": keyhash.NATIVE,
         "native_strings": strings.NATIVE,
+        "native_bounds": tumbling.NATIVE,
         "load_avg": load_average(),
         "command": " ".join(["python", "-m", "benchmarks", *sys.argv[1:]]),
     }

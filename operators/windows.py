@@ -56,7 +56,7 @@ from operators.aggregations import Aggregation
 from operators.assigners import Assigner, Session, Sliding, Tumbling
 from operators.codegen import identifier
 from operators.keys import KeySpec, check_key, key_and_time, key_getter
-from operators.tumbling import columns_loop, rows_loop
+from operators.tumbling import columns_loop, int_bounds, rows_loop
 
 __all__ = ["WindowAggregate"]
 
@@ -218,7 +218,7 @@ class _TumblingLogic(_FixedLogic):
         times = batch.data[positions[0]]
         if not times:
             return []
-        low, high = min(times), max(times)  # int times: no NaN to confuse them
+        low, high = int_bounds(times)
         # A record is late when its window has ended (start <= watermark - size), which
         # for a window start that grows with t is: t before the first window still open.
         open_from = self._start(self._watermark - self._size) + self._size

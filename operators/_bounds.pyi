@@ -1,0 +1,3 @@
+from typing import Any
+
+def int_bounds(column: Any) -> tuple[int, int] | None: ...
