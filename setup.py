@@ -1,12 +1,14 @@
 """The compiled pieces: ``partitioning._native`` (the key-hash splitter's loop, see
 partitioning/_native.c), ``engine._strings`` (dictionary-encoded string columns, see
-engine/_strings.c) and ``operators._bounds`` (a time column's bounds, see
-operators/_bounds.c).
+engine/_strings.c), ``operators._bounds`` (a time column's bounds, see operators/_bounds.c)
+and ``operators._ohlcv`` (OHLCV over the columns of one window's batch, see
+operators/_ohlcv.c).
 
 All are optional: where no C compiler is found the build says so and goes on; the engine
 then splits in Python (``partitioning.keyhash``), only slower, sends string columns as
-they are, and the tumbling window takes its bounds with min() and max(). Everything else
-about the package is in pyproject.toml.
+they are, and the tumbling window takes its bounds with min() and max() and runs OHLCV in
+its generated Python loop, with the same results. Everything else about the package is in
+pyproject.toml.
 """
 
 from setuptools import Extension, setup
@@ -30,6 +32,13 @@ setup(
             ["operators/_bounds.c"],
             optional=True,
             extra_compile_args=["-O2"],
+        ),
+        Extension(
+            "operators._ohlcv",
+            ["operators/_ohlcv.c"],
+            optional=True,
+            # No fused multiply-add: price * size is rounded before it is summed, as in Python.
+            extra_compile_args=["-O2", "-ffp-contract=off"],
         ),
     ]
 )

@@ -25,6 +25,13 @@ have no leading underscore, so they cannot clash. No ``return``, ``continue`` or
 The tumbling window pastes that body into its own loop, so a record costs no call at
 all, and can then read the fields straight from the columns of a ``Columns`` batch.
 ``add`` is compiled from the same body, so both paths compute exactly the same thing.
+
+With an inline body, ``window_kernel()`` may return a compiled loop that does the same over
+whole columns, for a window keyed by a field whose time is the body's first field:
+``kernel(bucket, initial, times, keys, *other_fields) -> rows done``, each row in order,
+stopping before any row it cannot do exactly as the body would, which the window then
+runs through its Python loop. OHLCV's is C (``operators/_ohlcv.c``) where the
+extension is built; its results are identical to the bit.
 """
 
 from __future__ import annotations
@@ -75,6 +82,22 @@ class Aggregation:
         """``(fields, body)`` for window loops to paste in (module docstring), or None."""
         return None
 
+    def window_kernel(self) -> Callable[..., int] | None:
+        """A compiled loop doing what the inline body does, over the columns of a batch in
+        one window (module docstring), or None."""
+        return None
+
+
+def _native_window() -> Callable[..., int] | None:
+    try:
+        from operators import _ohlcv
+    except ImportError:  # built without a C compiler: the window's Python loop
+        return None
+    return _ohlcv.window
+
+
+_ohlcv_window = _native_window()
+NATIVE = _ohlcv_window is not None
 
 # OHLCV accumulator layout: a flat list, the cheapest mutable thing CPython indexes.
 OPEN_TS, OPEN, HIGH, LOW, CLOSE_TS, CLOSE, VOLUME, PV, N = range(9)
@@ -142,6 +165,9 @@ class OHLCV(Aggregation):
 
     def inline(self) -> tuple[tuple[str, ...], str]:
         return (self.time, self.price, self.size), _OHLCV_BODY
+
+    def window_kernel(self) -> Callable[..., int] | None:
+        return _ohlcv_window
 
     def initial(self) -> list[Any]:
         inf = math.inf

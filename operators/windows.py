@@ -42,6 +42,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -200,11 +201,18 @@ class _TumblingLogic(_FixedLogic):
         inline = self._agg.inline() if hasattr(self._agg, "inline") else None
         offset = self._offset != 0
         self._process = rows_loop(key_field, config.time, offset, inline)
-        self.accepts_columns = key_field is not None and inline is not None
-        if self.accepts_columns:
+        self.accepts_columns = False
+        self._kernel: Callable[..., int] | None = None
+        if key_field is not None and inline is not None:
+            self.accepts_columns = True
             self._fields, self._process_columns, self._process_window = columns_loop(
                 key_field, config.time, offset, inline
             )
+            # A kernel takes (time, key, the aggregation's other fields), its first field
+            # being the window's time: the loop's columns in most configurations.
+            fields = inline[0]
+            if self._fields == (config.time, key_field, *fields[1:]) and fields[0] == config.time:
+                self._kernel = getattr(self._agg, "window_kernel", lambda: None)()
         self._positions: dict[type, tuple[int, ...] | None] = {}
 
     def process(self, batch: Batch | Columns) -> Batch:
@@ -230,10 +238,24 @@ class _TumblingLogic(_FixedLogic):
         columns = [batch.data[i] for i in positions]
         first = self._start(low)
         if first == self._start(high):
-            self._process_window(self, columns, first)  # one window: found once
+            self._one_window(columns, first)  # one window: found once
         else:
             self._process_columns(self, columns)
         return []
+
+    def _one_window(self, columns: list[Any], start: int) -> None:
+        """Aggregate columns that all fall in the window at ``start``: through the
+        aggregation's kernel (C) as far as it goes, then the Python loop for the rest."""
+        kernel = self._kernel
+        if kernel is not None:
+            bucket = self._windows.get(start)
+            if bucket is None:
+                bucket = self._windows[start] = {}
+            done = kernel(bucket, self._agg.initial, *columns)
+            if done == len(columns[0]):
+                return
+            columns = [column[done:] for column in columns]
+        self._process_window(self, columns, start)
 
     def _start(self, t: int) -> int:
         """The start of the window holding time ``t``."""
