@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import strings
-from operators import tumbling
+from operators import aggregations, tumbling
 from operators.generator import Generator
 from partitioning import DEFAULT_MAX_PARALLELISM, keyhash
 
@@ -145,6 +145,7 @@ def machine() -> dict[str, Any]:
         "native_routing": keyhash.NATIVE,
         "native_strings": strings.NATIVE,
         "native_bounds": tumbling.NATIVE,
+        "native_ohlcv": aggregations.NATIVE,
         "load_avg": load_average(),
         "command": " ".join(["python", "-m", "benchmarks", *sys.argv[1:]]),
     }

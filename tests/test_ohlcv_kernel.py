@@ -20,8 +20,7 @@ from hypothesis import strategies as st
 from engine.columns import Columns
 from engine.operator import Context
 from engine.records import Bar, Tick
-from operators import OHLCV, Tumbling, WindowAggregate
-from operators import aggregations
+from operators import OHLCV, Tumbling, WindowAggregate, aggregations
 
 native = pytest.mark.skipif(not aggregations.NATIVE, reason="operators._ohlcv is not built")
 
