@@ -47,7 +47,7 @@ from typing import Any
 
 from engine.columns import Columns, column_index
 from engine.errors import DagError, RecordError
-from engine.operator import Batch, Context, Source, SourceLogic, Watermark
+from engine.operator import Context, Source, SourceLogic, Watermark
 from engine.records import Tick
 from operators.csvio import (
     DEAD_LETTER_HEADER,
@@ -132,7 +132,7 @@ class CsvTicksLogic(SourceLogic):
         self.dead_rows: Any = None  # a csv writer into self.dead
         self._counted = (0, 0)  # (offset, newlines before it): line numbers, counted lazily
 
-    def batches(self) -> Iterator[Batch | Watermark]:
+    def batches(self) -> Iterator[Columns | Watermark]:
         cfg, ctx = self.config, self.ctx
         n = cfg.ranges or ctx.parallelism
         bounds = split_points(os.path.getsize(cfg.path), n)
@@ -151,7 +151,7 @@ class CsvTicksLogic(SourceLogic):
             if self.dead is not None:
                 self.dead.abort()  # no-op after commit
 
-    def _emit(self, final: bool) -> Iterator[Batch | Watermark]:
+    def _emit(self, final: bool) -> Iterator[Columns | Watermark]:
         """Yield the buffered ticks in batches (the remainder too when ``final``)."""
         buffer, size, lateness = self.buffer, self.config.batch, self.config.lateness_ns
         full = len(buffer) if final else len(buffer) - len(buffer) % size
@@ -164,7 +164,7 @@ class CsvTicksLogic(SourceLogic):
             yield Watermark(self.high - lateness)
         del buffer[:full]
 
-    def _range(self, f: io.BufferedReader, start: int, end: int) -> Iterator[Batch | Watermark]:
+    def _range(self, f: io.BufferedReader, start: int, end: int) -> Iterator[Columns | Watermark]:
         """Parse the lines of one byte range a block at a time, emitting full batches."""
         reader = RangeReader(f, start, end)
         header = reader.first == 0  # then the range's first line is the file's header
@@ -181,7 +181,7 @@ class CsvTicksLogic(SourceLogic):
                 self.buffer += ticks
                 yield from self._emit(final=False)
 
-    def _lines(self, lines: list[str], offset: int) -> Iterator[Batch | Watermark]:
+    def _lines(self, lines: list[str], offset: int) -> Iterator[Columns | Watermark]:
         """Parse lines the fast path refused as a block, a batch of lines at a time;
         ``offset`` is where ``lines[0]`` starts in the file."""
         size = self.config.batch
