@@ -14,7 +14,8 @@
  *
  * with the same objects stored and the same double arithmetic (the build turns off fused
  * multiply-add, so price * size is rounded before it is added, as in Python): the results
- * are identical to the bit.
+ * are identical to the bit, but for which NaN a sum of two NaNs is (the compiler orders
+ * the operands of an addition as it likes, here as in CPython).
  *
  * It stops before the first row it cannot do exactly that way, and returns that row's
  * index, having changed nothing for it; the caller runs the Python loop from there. Such a

@@ -31,7 +31,7 @@ whole columns, for a window keyed by a field whose time is the body's first fiel
 ``kernel(bucket, initial, times, keys, *other_fields) -> rows done``, each row in order,
 stopping before any row it cannot do exactly as the body would, which the window then
 runs through its Python loop. OHLCV's is C (``operators/_ohlcv.c``) where the
-extension is built; its results are identical to the bit.
+extension is built; its results are identical to the bit (NaN where Python gives NaN).
 """
 
 from __future__ import annotations

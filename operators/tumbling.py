@@ -29,7 +29,7 @@ from typing import Any
 
 from operators.codegen import compile_function
 
-__all__ = ["columns_loop", "int_bounds", "rows_loop", "window_start"]
+__all__ = ["columns_loop", "int_bounds", "native_int_bounds", "rows_loop", "window_start"]
 
 _ROWS = """\
 def process(self, batch):
@@ -108,6 +108,12 @@ def _native_bounds() -> Callable[[Any], tuple[int, int] | None] | None:
 
 _int_bounds = _native_bounds()
 NATIVE = _int_bounds is not None
+
+
+def native_int_bounds(times: Sequence[int]) -> tuple[int, int] | None:
+    """``(min, max)`` of an exact list of ints within 64 bits, in C; None for anything else
+    or without the extension."""
+    return _int_bounds(times) if _int_bounds is not None else None
 
 
 def int_bounds(times: Sequence[int]) -> tuple[int, int]:

@@ -1,10 +1,10 @@
 """OHLCV's compiled window loop (``operators/_ohlcv.c``) against the window's Python loop.
 
-The kernel must leave every accumulator exactly as the generated Python loop would (the same
-values to the bit, NaN and -0.0 included), and stop before any row it cannot do that way,
-so that the Python loop carries on from there. Each test runs the same Columns batches
-through two replicas of one window, one with the kernel and one without, and compares the
-bars they fire.
+The kernel must leave every accumulator exactly as the generated Python loop would (the
+same values to the bit, -0.0 included; NaN where it gives NaN), and stop before any row it
+cannot do that way, so that the Python loop carries on from there. Each test runs the same
+batches (columns, or records the window reads as columns) through two replicas of one
+window, one with the kernel and one without, and compares what they fire.
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ T0 = 1_700_000_000_000_000_000
 
 
 def _bits(value: Any) -> Any:
-    """Floats by their bits (NaN equals NaN, -0.0 differs from 0.0), anything else as is."""
-    return struct.pack("<d", value) if isinstance(value, float) else (type(value), value)
+    """Floats by their bits (-0.0 differs from 0.0), every NaN alike (which NaN a sum of two
+    NaNs gives is the compiler's choice of operand order, in CPython as here), anything
+    else as is."""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else struct.pack("<d", value)
+    return (type(value), value)
 
 
 def _same(a: list[Bar], b: list[Bar]) -> bool:
@@ -157,3 +161,50 @@ def test_without_the_extension_the_window_uses_its_python_loop(
     bars = _run(logic, [_columns([("A", 1, 2.0, 3.0), ("A", 2, 1.0, 1.0)])])
     assert [(b.open, b.close, b.low, b.volume, b.count) for b in bars] == [(2.0, 1.0, 1.0, 4.0, 2)]
     assert math.isclose(bars[0].vwap, 7.0 / 4.0)
+
+
+_times = st.integers(0, 3 * SIZE - 1)  # three windows: late records and window changes too
+
+
+@native
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["A", "B", "C"]), _times, _prices, _prices),
+        min_size=0,
+        max_size=60,
+    ),
+    st.integers(-1, 2 * SIZE),
+)
+def test_records_go_through_the_kernel_as_columns_with_the_rows_loops_results(
+    rows: list[tuple[str, int, float, float]], watermark: int
+) -> None:
+    ticks = [Tick(symbol, T0 + t, price, size) for symbol, t, price, size in rows]
+    config = WindowAggregate(Tumbling(SIZE), OHLCV())
+    out = []
+    for kernel in (True, False):
+        ctx = Context("w")
+        logic = config.build(ctx)
+        if not kernel:
+            logic._kernel = None
+        logic.on_watermark(T0 + watermark)
+        assert logic.process(ticks) == []
+        out.append((logic.on_eof(), ctx.side.get("late", [])))
+    (bars, late), (bars_rows, late_rows) = out
+    assert _same(bars, bars_rows)
+    assert late == late_rows and all(any(t is x for x in ticks) for t in late)
+
+
+@native
+def test_records_the_columns_cannot_take_go_through_the_rows_loop() -> None:
+    class Quote:  # no size: the rows loop's error names it
+        symbol, ts, price = "A", T0, 1.0
+
+    logic = WindowAggregate(Tumbling(SIZE), OHLCV()).build(Context("w"))
+    with pytest.raises(AttributeError, match="size"):
+        logic.process([Tick("A", T0 + i, 1.0, 1.0) for i in range(20)] + [Quote()])
+    float_times = [Tick("A", 10_000 + i, 1.0, 1.0) for i in range(20)]
+    float_times.append(Tick("A", 10_021.0, 2.0, 1.0))  # type: ignore[arg-type]
+    logic = WindowAggregate(Tumbling(SIZE), OHLCV()).build(Context("w"))
+    assert logic.process(float_times) == []
+    assert [(b.count, b.close) for b in logic.on_eof()] == [(21, 2.0)]
