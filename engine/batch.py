@@ -321,6 +321,7 @@ class BatchBuilder:
         if count <= self.limit:
             self.flush()
             return
+        arrived = self._clock()  # what is left waits its linger from here, not after the sends
         sent = 0
         try:
             while count - sent >= self.target:
@@ -340,7 +341,7 @@ class BatchBuilder:
             elif sent:
                 self._pending = pending[sent:] if columns is None else [c[sent:] for c in pending]
                 self._count = count - sent
-                self._first_at = self._clock()
+                self._first_at = arrived
 
     def _send(self, batch: list[Any] | Columns, n: int, watermark: bytes = b"") -> None:
         """Encode and send ``batch`` (``n`` records) as one frame; size the next ones."""

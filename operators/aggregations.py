@@ -167,7 +167,8 @@ class OHLCV(Aggregation):
         return (self.time, self.price, self.size), _OHLCV_BODY
 
     def window_kernel(self) -> Callable[..., int] | None:
-        return _ohlcv_window
+        # The C loop is this body's: a subclass with a body of its own gets none.
+        return _ohlcv_window if self.inline()[1] is _OHLCV_BODY else None
 
     def initial(self) -> list[Any]:
         inf = math.inf

@@ -222,7 +222,7 @@ class _TumblingLogic(_FixedLogic):
 
     def process(self, batch: Batch | Columns) -> Batch:
         if not isinstance(batch, Columns):
-            if self._kernel is not None and len(batch) >= ROWS_AS_COLUMNS:
+            if self._kernel is not None and type(batch) is list and len(batch) >= ROWS_AS_COLUMNS:
                 return self._rows_as_columns(batch)
             return self._process(self, batch)
         if not self.accepts_columns:  # the task converts; a direct caller may not
@@ -253,11 +253,12 @@ class _TumblingLogic(_FixedLogic):
     def _rows_as_columns(self, batch: Batch) -> Batch:
         """Records through the kernel: the loop's fields read into columns (one ``map`` of
         an ``attrgetter`` each, in C), then as a Columns batch. The rows loop takes a batch
-        with a record lacking a field (it says which), with times that are not all ints
-        within 64 bits, or with late records (it sends them on as they are)."""
+        with a record whose fields cannot be read (it raises at that record, having done
+        those before it), with times that are not all ints within 64 bits, or with late
+        records (it sends them on as they are)."""
         try:
             columns = [list(map(getter, batch)) for getter in self._getters]
-        except AttributeError:
+        except Exception:
             return self._process(self, batch)
         bounds = native_int_bounds(columns[0])
         open_from = self._start(self._watermark - self._size) + self._size

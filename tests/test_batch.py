@@ -204,6 +204,60 @@ def test_a_frame_that_fails_to_encode_is_not_kept_and_nothing_is_sent_twice() ->
         assert _batches(_published(reader), codec) == [ticks[3 * target :]]
 
 
+class SendFailsAt:
+    """A writer that refuses the ``n``-th frame it is asked to send."""
+
+    def __init__(self, writer: Writer, n: int) -> None:
+        self.writer, self.n, self.calls = writer, n, 0
+        self.capacity = writer.capacity
+
+    def send(self, kind: int, payload: Any, trailer: bytes = b"") -> None:
+        self.calls += 1
+        if self.calls == self.n:
+            raise OSError("refused")
+        self.writer.send(kind, payload, trailer=trailer)
+
+
+@pytest.mark.parametrize("as_columns", [False, True])
+@pytest.mark.parametrize("fails_at", ["first", "last"])
+def test_a_frame_that_fails_to_send_is_not_kept_and_nothing_is_sent_twice(
+    as_columns: bool, fails_at: str
+) -> None:
+    codec = MsgpackCodec(Tick)
+    with _channel() as (_, writer, reader):
+        builder = BatchBuilder(writer, codec, linger=NO_LINGER, clock=ManualClock())
+        first = _ticks(10)
+        builder.extend(Columns.from_rows(Tick, first) if as_columns else first)
+        builder.flush()  # measures the bytes per record
+        _published(reader)
+        target, limit = builder.target, builder.limit
+        ticks = _ticks(2 * target + (limit - target), start=10)  # two frames of target, ...
+        builder.writer = SendFailsAt(writer, 1 if fails_at == "first" else 2)  # type: ignore[assignment]
+        with pytest.raises(OSError):
+            builder.extend(Columns.from_rows(Tick, ticks) if as_columns else ticks)
+        sent = [t for batch in _batches(_published(reader), codec) for t in batch]
+        if fails_at == "first":  # the first frame lost, the rest still pending
+            assert sent == [] and builder.pending == len(ticks) - builder.target
+        else:  # the first went; the last frame (the rest, within a slot) lost
+            assert sent == ticks[: len(sent)] and builder.pending == 0
+
+
+def test_records_left_after_cutting_frames_linger_from_their_arrival() -> None:
+    codec = MsgpackCodec(Tick)
+    clock = ManualClock()
+    with _channel() as (_, writer, reader):
+        builder = BatchBuilder(writer, codec, linger=0.002, clock=clock)
+        builder.extend(_ticks(10))
+        builder.flush()
+        _published(reader)
+        target, limit = builder.target, builder.limit
+        clock.now = 5.0
+        builder.extend(_ticks(target + limit - target + 1, start=10))  # a frame and a rest
+        assert 0 < builder.pending < target
+        assert builder.due_in(5.0) == pytest.approx(0.002)
+        assert not builder.due(5.001) and builder.due(5.0021)
+
+
 def test_flushes_when_oldest_record_has_lingered() -> None:
     codec = MsgpackCodec(Tick)
     ticks = _ticks(20)

@@ -145,11 +145,150 @@ def test_the_kernel_refuses_columns_of_other_kinds_at_once() -> None:
     kernel = aggregations._ohlcv_window
     assert kernel is not None
     bucket: dict[str, Any] = {}
-    assert kernel(bucket, OHLCV().initial, (1,), ["A"], [1.0], [1.0]) == 0
-    assert kernel({"A": None}.__class__(), OHLCV().initial, [1], ["A"], [1.0], [1.0, 2.0]) == 0
+    initial = OHLCV().initial
+    assert kernel(bucket, initial, iter([1]), ["A"], [1.0], [1.0]) == 0  # not a list or tuple
+    assert kernel(bucket, initial, [1], ["A"], [1.0], [1.0, 2.0]) == 0  # lengths differ
+    assert kernel(dict[str, Any](), initial, [1], ["A"], [1.0], [1.0]) == 1
     assert bucket == {}
+    assert kernel(bucket, initial, (1, 2), ("A", "B"), (1.0, 2.0), (1.0, 1.0)) == 2  # tuples
+    assert sorted(bucket) == ["A", "B"]
     with pytest.raises(TypeError):
-        kernel(bucket, OHLCV().initial, [1], ["A"], [1.0])  # type: ignore[call-arg]
+        kernel(bucket, initial, [1], ["A"], [1.0])  # type: ignore[call-arg]
+
+
+class _Collider:
+    """A key that shares "A"'s hash, whose ``__eq__`` (Python code, run inside the kernel's
+    dict lookup) rewrites the batch's columns and churns memory."""
+
+    def __init__(self, columns: list[list[Any]]) -> None:
+        self.columns = columns
+
+    def __hash__(self) -> int:
+        return hash("A")
+
+    def __eq__(self, other: object) -> bool:
+        for column in self.columns:
+            column[:] = [object()] * len(column)
+        [float(i) + 0.5 for i in range(1000)]
+        return False
+
+
+@native
+def test_python_code_run_by_the_lookup_cannot_pull_the_row_from_under_the_kernel() -> None:
+    ts, symbols = [T0 + 1, T0 + 2], ["A", "A"]
+    prices, sizes = [float(7) * 3.0, 2.5], [1.0 * 2, 4.0]
+    columns = [ts, symbols, prices, sizes]
+    kernel = aggregations._ohlcv_window
+    assert kernel is not None
+    bucket: dict[Any, Any] = {_Collider(columns): OHLCV().initial()}
+    # As the Python loop would with its zipped row: the first row is the one read, then the
+    # columns hold other objects, where the kernel stops.
+    assert kernel(bucket, OHLCV().initial, *columns) == 1
+    acc = bucket["A"]
+    assert acc[1] == 21.0 and acc[6] == 2.0 and acc[8] == 1
+
+
+class _LoudOHLCV(OHLCV):
+    """OHLCV whose ``initial`` (Python code the kernel calls) rewrites the batch it is in."""
+
+    columns: Any = None
+
+    def initial(self) -> list[Any]:
+        if _LoudOHLCV.columns is not None:
+            for column in _LoudOHLCV.columns:
+                column[:] = column[:1]  # shorter: the kernel must stop after this row
+        return super().initial()
+
+
+@native
+def test_a_new_accumulator_made_by_python_code_keeps_the_row_it_was_made_for() -> None:
+    agg = _LoudOHLCV()
+    columns = [[T0 + 1, T0 + 2, T0 + 3], ["A", "B", "C"], [1.0, 2.0, 3.0], [1.0, 1.0, 1.0]]
+    _LoudOHLCV.columns = columns
+    try:
+        kernel = agg.window_kernel()
+        assert kernel is not None
+        bucket: dict[Any, Any] = {}
+        assert kernel(bucket, agg.initial, *columns) == 1
+    finally:
+        _LoudOHLCV.columns = None
+    assert list(bucket) == ["A"] and bucket["A"][5] == 1.0 and bucket["A"][8] == 1
+
+
+@native
+@pytest.mark.parametrize("odd", ["float subclass price", "str subclass key", "count at max"])
+def test_the_kernel_stops_at_values_it_does_not_read_exactly(odd: str) -> None:
+    class Price(float):
+        pass
+
+    class Symbol(str):
+        pass
+
+    kernel = aggregations._ohlcv_window
+    assert kernel is not None
+    ts, symbols, prices, sizes = [T0, T0 + 1], ["A", "A"], [1.0, 2.0], [1.0, 1.0]
+    bucket: dict[Any, Any] = {}
+    if odd == "float subclass price":
+        prices[1] = Price(2.0)
+    elif odd == "str subclass key":
+        symbols[1] = Symbol("A")
+    else:
+        kernel(bucket, OHLCV().initial, ts[:1], symbols[:1], prices[:1], sizes[:1])
+        bucket["A"][8] = 2**63 - 1
+        assert kernel(bucket, OHLCV().initial, ts[1:], symbols[1:], prices[1:], sizes[1:]) == 0
+        return
+    assert kernel(bucket, OHLCV().initial, ts, symbols, prices, sizes) == 1
+
+
+@native
+def test_times_at_the_ends_of_int64_order_against_the_sentinels() -> None:
+    kernel = aggregations._ohlcv_window
+    assert kernel is not None
+    for t in (2**63 - 1, -(2**63)):
+        bucket: dict[Any, Any] = {}
+        assert kernel(bucket, OHLCV().initial, [t], ["A"], [5.0], [1.0]) == 1
+        assert bucket["A"][0] == t and bucket["A"][4] == t
+
+
+def test_an_aggregation_with_its_own_body_gets_no_kernel_from_ohlcv() -> None:
+    class Other(OHLCV):
+        def inline(self) -> tuple[tuple[str, ...], str]:
+            return (self.time, self.price, self.size), "acc[8] += 1\n"
+
+    assert Other().window_kernel() is None
+    logic = WindowAggregate(Tumbling(SIZE), Other()).build(Context("w"))
+    assert logic._kernel is None
+
+
+@native
+@settings(max_examples=100)
+@given(_rows, st.integers(1, 999))
+def test_a_window_with_an_offset_gives_the_same_bars_with_the_kernel(
+    rows: list[tuple[str, int, float, float]], offset: int
+) -> None:
+    config = WindowAggregate(Tumbling(SIZE, offset_ns=offset), OHLCV())
+    with_kernel, without = config.build(Context("w")), config.build(Context("w"))
+    without._kernel = None
+    batch = _columns(rows)
+    assert _same(_run(with_kernel, [batch]), _run(without, [batch]))
+
+
+@native
+def test_a_columns_batch_with_late_records_still_goes_through_the_kernel() -> None:
+    ctx = Context("w")
+    logic = WindowAggregate(Tumbling(SIZE), OHLCV()).build(ctx)
+    calls: list[int] = []
+    kernel = logic._kernel
+
+    def spy(*args: Any) -> int:
+        calls.append(kernel(*args))
+        return calls[-1]
+
+    logic._kernel = spy
+    logic.on_watermark(T0 + SIZE)  # the first window has ended
+    batch = _columns([("A", 5, 1.0, 1.0), ("A", SIZE + 1, 2.0, 1.0), ("B", SIZE + 2, 3.0, 2.0)])
+    assert logic.process(batch) == []
+    assert calls == [2] and [t.ts for t in ctx.side["late"]] == [T0 + 5]
 
 
 def test_without_the_extension_the_window_uses_its_python_loop(
@@ -208,3 +347,34 @@ def test_records_the_columns_cannot_take_go_through_the_rows_loop() -> None:
     logic = WindowAggregate(Tumbling(SIZE), OHLCV()).build(Context("w"))
     assert logic.process(float_times) == []
     assert [(b.count, b.close) for b in logic.on_eof()] == [(21, 2.0)]
+
+
+class _Flaky:
+    """A record whose price cannot be read: a property that raises."""
+
+    symbol, ts, size = "A", T0 + 30, 1.0
+
+    @property
+    def price(self) -> float:
+        raise ValueError("no price")
+
+
+@native
+def test_a_record_whose_field_raises_fails_as_in_the_rows_loop_after_those_before_it() -> None:
+    batches = [Tick("A", T0 + i, float(i), 1.0) for i in range(20)] + [_Flaky()]
+    out = []
+    for kernel in (True, False):
+        logic = WindowAggregate(Tumbling(SIZE), OHLCV()).build(Context("w"))
+        if not kernel:
+            logic._kernel = None
+        with pytest.raises(ValueError, match="no price"):
+            logic.process(batches)
+        out.append(logic.on_eof())
+    assert _same(out[0], out[1]) and out[0][0].count == 20
+
+
+@native
+def test_records_with_keys_that_are_not_str_give_the_same_bars() -> None:
+    ticks = [Tick(i % 3, T0 + i, float(i), 1.0) for i in range(40)]  # type: ignore[arg-type]
+    with_kernel, without = _replicas()
+    assert _same(_run(with_kernel, [ticks]), _run(without, [ticks]))
