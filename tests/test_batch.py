@@ -85,6 +85,25 @@ def _batches(frames: list[tuple[int, bytes]], codec: Any) -> list[list[Any]]:
 # --- BatchBuilder -----------------------------------------------------------------------
 
 
+def _measured(
+    writer: Writer,
+    reader: Reader,
+    codec: Any,
+    *,
+    linger: float = NO_LINGER,
+    clock: ManualClock | None = None,
+    as_columns: bool = False,
+) -> BatchBuilder:
+    """A builder that has sent one frame of 10 ticks (so it knows their bytes per record:
+    its target and limit are measured), that frame read off the channel."""
+    builder = BatchBuilder(writer, codec, linger=linger, clock=clock or ManualClock())
+    ticks = _ticks(10)
+    builder.extend(Columns.from_rows(Tick, ticks) if as_columns else ticks)
+    builder.flush()
+    _published(reader)
+    return builder
+
+
 def test_flushes_when_batch_reaches_target() -> None:
     codec = MsgpackCodec(Tick)
     ticks = _ticks(300)
@@ -119,10 +138,7 @@ def test_what_fits_one_slot_goes_as_one_frame_uncut() -> None:
     # that arrives that large into an empty builder goes without being copied into it.
     codec = MsgpackCodec(Tick)
     with _channel() as (_, writer, reader):
-        builder = BatchBuilder(writer, codec, linger=NO_LINGER, clock=ManualClock())
-        builder.extend(_ticks(10))
-        builder.flush()  # measures the bytes per record
-        _published(reader)
+        builder = _measured(writer, reader, codec)
         target, limit = builder.target, builder.limit
         assert 0 < target < limit
         whole = _ticks(limit, start=10)
@@ -152,10 +168,7 @@ def test_a_batch_of_many_slots_goes_in_frames_of_the_target_each_record_once(
 ) -> None:
     codec = MsgpackCodec(Tick)
     with _channel() as (_, writer, reader):
-        builder = BatchBuilder(writer, codec, linger=NO_LINGER, clock=ManualClock())
-        builder.extend(_ticks(10))
-        builder.flush()  # measures the bytes per record
-        _published(reader)
+        builder = _measured(writer, reader, codec)
         target = builder.target
         rest = builder.limit - target + 1  # with a frame of target, more than a slot
         ticks = _ticks(20 * target + rest, start=10)
@@ -188,10 +201,7 @@ class FailingAt:
 def test_a_frame_that_fails_to_encode_is_not_kept_and_nothing_is_sent_twice() -> None:
     codec = MsgpackCodec(Tick)
     with _channel() as (_, writer, reader):
-        builder = BatchBuilder(writer, codec, linger=NO_LINGER, clock=ManualClock())
-        builder.extend(_ticks(10))
-        builder.flush()
-        _published(reader)
+        builder = _measured(writer, reader, codec)
         target = builder.target
         ticks = _ticks(5 * target + 3, start=10)
         builder.codec = FailingAt(codec, 3)
@@ -225,11 +235,7 @@ def test_a_frame_that_fails_to_send_is_not_kept_and_nothing_is_sent_twice(
 ) -> None:
     codec = MsgpackCodec(Tick)
     with _channel() as (_, writer, reader):
-        builder = BatchBuilder(writer, codec, linger=NO_LINGER, clock=ManualClock())
-        first = _ticks(10)
-        builder.extend(Columns.from_rows(Tick, first) if as_columns else first)
-        builder.flush()  # measures the bytes per record
-        _published(reader)
+        builder = _measured(writer, reader, codec, as_columns=as_columns)
         target, limit = builder.target, builder.limit
         ticks = _ticks(2 * target + (limit - target), start=10)  # two frames of target, ...
         builder.writer = SendFailsAt(writer, 1 if fails_at == "first" else 2)  # type: ignore[assignment]
@@ -246,10 +252,7 @@ def test_records_left_after_cutting_frames_linger_from_their_arrival() -> None:
     codec = MsgpackCodec(Tick)
     clock = ManualClock()
     with _channel() as (_, writer, reader):
-        builder = BatchBuilder(writer, codec, linger=0.002, clock=clock)
-        builder.extend(_ticks(10))
-        builder.flush()
-        _published(reader)
+        builder = _measured(writer, reader, codec, linger=0.002, clock=clock)
         target, limit = builder.target, builder.limit
         clock.now = 5.0
         builder.extend(_ticks(target + limit - target + 1, start=10))  # a frame and a rest
