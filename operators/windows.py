@@ -20,8 +20,8 @@ Semantics, per replica (keys are spread over replicas by the edge's key-hash par
 * **Firing.** ``on_watermark(wm)`` returns the result of every window with ``end <= wm`` and
   forgets its state; ``on_eof()`` returns every open window's. Results come sorted by
   ``(window_end, key)`` (the results of a window end whose keys do not compare come in
-  the keys' arrival order), so the output is deterministic whatever the batch cuts. ``process`` only
-  aggregates and returns no records.
+  the keys' arrival order), so the output is deterministic whatever the batch cuts.
+  ``process`` only aggregates and returns no records.
 * **Sessions** are ``[first ts, last ts + gap)``; a record whose window ``[t, t + gap)``
   overlaps open sessions of its key merges them (``aggregation.merge``, earlier session
   first). A new session may overlap one of its key that has already fired.
