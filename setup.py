@@ -1,6 +1,6 @@
 """The compiled pieces: ``partitioning._native`` (the key-hash splitter's loop, see
 partitioning/_native.c), ``engine._strings`` (dictionary-encoded string columns, see
-engine/_strings.c), ``operators._bounds`` (a time column's bounds, see operators/_bounds.c)
+engine/_strings.c), ``operators._columns`` (a time column's bounds, see operators/_columns.c)
 and ``operators._ohlcv`` (OHLCV over the columns of one window's batch, see
 operators/_ohlcv.c).
 
@@ -28,8 +28,8 @@ setup(
             extra_compile_args=["-O2"],
         ),
         Extension(
-            "operators._bounds",
-            ["operators/_bounds.c"],
+            "operators._columns",
+            ["operators/_columns.c"],
             optional=True,
             extra_compile_args=["-O2"],
         ),

@@ -563,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     routing = "C" if info["native_routing"] else "Python (partitioning._native not built)"
     texts = "by dictionary" if info["native_strings"] else "as they are (no engine._strings)"
-    bounds = "C" if info["native_bounds"] else "min/max (no operators._bounds)"
+    bounds = "C" if info["native_bounds"] else "min/max (no operators._columns)"
     ohlcv = "C" if info["native_ohlcv"] else "the Python loop (no operators._ohlcv)"
     report.emit(
         info,

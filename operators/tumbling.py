@@ -14,7 +14,7 @@ Three loops, each compiled once per (key, time, offset, aggregation body):
   milliseconds and a window usually seconds, so its lowest and highest time nearly always
   put the whole batch in one window: then a second loop runs without any per-record
   window arithmetic (the window is found once, for the batch). ``int_bounds`` finds both
-  in one pass in C (``operators/_bounds.c``) where the extension is built: ``min`` and
+  in one pass in C (``operators/_columns.c``) where the extension is built: ``min`` and
   ``max`` compare ns times, ints of three digits, at about a tenth of the loop's cost.
 
 The watermark is fixed for a batch, so lateness is one comparison of the window start.
@@ -29,7 +29,14 @@ from typing import Any
 
 from operators.codegen import compile_function
 
-__all__ = ["columns_loop", "int_bounds", "native_int_bounds", "rows_loop", "window_start"]
+__all__ = [
+    "columns_loop",
+    "fields_of",
+    "int_bounds",
+    "native_int_bounds",
+    "rows_loop",
+    "window_start",
+]
 
 _ROWS = """\
 def process(self, batch):
@@ -98,16 +105,44 @@ def process(self, columns, start):
 {inline}{body}"""
 
 
-def _native_bounds() -> Callable[[Any], tuple[int, int] | None] | None:
+def _native() -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
     try:
-        from operators import _bounds
-    except ImportError:  # built without a C compiler: min() and max()
-        return None
-    return _bounds.int_bounds
+        from operators import _columns
+    except ImportError:  # built without a C compiler: min(), max() and attrgetter
+        return None, None
+    return _columns.int_bounds, _columns.fields
 
 
-_int_bounds = _native_bounds()
+_int_bounds, _fields = _native()
 NATIVE = _int_bounds is not None
+
+
+_DESCRIPTORS: dict[tuple[type, tuple[str, ...]], tuple[Any, ...] | None] = {}
+
+
+def _descriptors(record_type: type, names: tuple[str, ...]) -> tuple[Any, ...] | None:
+    """The type's descriptors for ``names``, remembered per type (the C routine checks
+    they are slots)."""
+    key = (record_type, names)
+    if key not in _DESCRIPTORS:
+        if len(_DESCRIPTORS) >= 64:
+            _DESCRIPTORS.clear()
+        found = tuple(getattr(record_type, name, None) for name in names)
+        _DESCRIPTORS[key] = None if any(d is None for d in found) else found
+    return _DESCRIPTORS[key]
+
+
+def fields_of(records: list[Any], names: tuple[str, ...]) -> tuple[list[Any], ...] | None:
+    """The fields ``names`` of ``records`` as columns, read in C when every record is of one
+    slotted type (a msgspec Struct): None otherwise, or without the extension."""
+    if _fields is None or not records:
+        return None
+    record_type = type(records[0])
+    descriptors = _descriptors(record_type, names)
+    if descriptors is None:
+        return None
+    found: tuple[list[Any], ...] | None = _fields(records, record_type, descriptors)
+    return found
 
 
 def native_int_bounds(times: Sequence[int]) -> tuple[int, int] | None:

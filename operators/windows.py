@@ -57,7 +57,13 @@ from operators.aggregations import Aggregation
 from operators.assigners import Assigner, Session, Sliding, Tumbling
 from operators.codegen import identifier
 from operators.keys import KeySpec, check_key, key_and_time, key_getter
-from operators.tumbling import columns_loop, int_bounds, native_int_bounds, rows_loop
+from operators.tumbling import (
+    columns_loop,
+    fields_of,
+    int_bounds,
+    native_int_bounds,
+    rows_loop,
+)
 
 __all__ = ["WindowAggregate"]
 
@@ -251,15 +257,18 @@ class _TumblingLogic(_FixedLogic):
         return []
 
     def _rows_as_columns(self, batch: Batch) -> Batch:
-        """Records through the kernel: the loop's fields read into columns (one ``map`` of
-        an ``attrgetter`` each, in C), then as a Columns batch. The rows loop takes a batch
+        """Records through the kernel: the loop's fields read into columns (in C for records
+        of a Struct type, else by a ``map`` of an ``attrgetter`` each), then as a Columns
+        batch. The rows loop takes a batch
         with a record whose fields cannot be read (it raises at that record, having done
         those before it), with times that are not all ints within 64 bits, or with late
         records (it sends them on as they are)."""
-        try:
-            columns = [list(map(getter, batch)) for getter in self._getters]
-        except Exception:
-            return self._process(self, batch)
+        columns: Any = fields_of(batch, self._fields)  # in C, for records of a Struct type
+        if columns is None:
+            try:
+                columns = [list(map(getter, batch)) for getter in self._getters]
+            except Exception:
+                return self._process(self, batch)
         bounds = native_int_bounds(columns[0])
         open_from = self._start(self._watermark - self._size) + self._size
         if bounds is None or bounds[0] < open_from:

@@ -1,3 +1,0 @@
-from typing import Any
-
-def int_bounds(column: Any) -> tuple[int, int] | None: ...

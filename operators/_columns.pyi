@@ -1,0 +1,6 @@
+from typing import Any
+
+def int_bounds(column: Any) -> tuple[int, int] | None: ...
+def fields(
+    records: Any, record_type: type, descriptors: tuple[Any, ...]
+) -> tuple[list[Any], ...] | None: ...
