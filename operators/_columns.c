@@ -9,15 +9,15 @@
  * fit in 64 bits: the caller then uses min() and max(), which take any values Python can
  * order.
  *
- * fields(records, record_type, descriptors) -> tuple of lists | None. The fields a window
- * reads, as columns, from a list of records of one slotted type (a msgspec Struct, or a
- * class with __slots__): each descriptor is the type's member descriptor for a field, and
- * each value is read at the descriptor's offset, as the descriptor's __get__ would read it,
- * without a call per record and field (four map(attrgetter) over a list cost about 200 ns a
- * record; this, about 15). Returns None, having built nothing, when records is not an exact
- * list, a record is not exactly of record_type, a descriptor is not a member descriptor of
- * a required object slot of that type, or a field is unset (the caller then reads them with
- * attrgetter, which raises where Python would).
+ * fields(records, names) -> tuple of lists | None. The fields a window reads, as columns,
+ * from a list of records of one slotted type (a msgspec Struct, or a class with
+ * __slots__): each value read at its member descriptor's offset, as the descriptor's
+ * __get__ reads it, without a call per record and field. Returns None, keeping nothing,
+ * unless every record is exactly of the first one's type, that type uses the default
+ * attribute access (no __getattribute__ or __getattr__ of its own), each name is an object
+ * slot of it (a member descriptor, found as attribute access finds it, on every call) and
+ * no slot read is unset: the caller then reads the fields with attrgetter, which gives what
+ * Python gives, errors included.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -58,69 +58,116 @@ int_bounds(PyObject *Py_UNUSED(module), PyObject *column)
     return Py_BuildValue("(LL)", low, high);
 }
 
+/* The list, untracked by the collector while its items are unset (a collection could
+ * otherwise hand it to Python code through gc.get_objects()). */
 static PyObject *
-fields(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+untracked_list(Py_ssize_t n)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError,
-                        "fields(records, record_type, descriptors) takes 3 arguments");
-        return NULL;
+    PyObject *list = PyList_New(n);
+    if (list != NULL) {
+        PyObject_GC_UnTrack(list);
     }
-    PyObject *records = args[0], *record_type = args[1], *descriptors = args[2];
-    if (!PyList_CheckExact(records) || !PyType_Check(record_type)
-        || !PyTuple_CheckExact(descriptors)) {
-        Py_RETURN_NONE;
+    return list;
+}
+
+/* Fill columns[j][i] with field names[j] of records[i]: 1 done, 0 not readable so. Each
+ * name is looked up on the type as attribute access would for an instance (_PyType_Lookup,
+ * through the MRO, on every call, so a class attribute replaced since is seen): a member
+ * descriptor found there decides (it is a data descriptor), and its __get__ reads the slot
+ * at its offset, as this does. */
+static int
+read_records(PyObject *records, Py_ssize_t n, PyObject *names, Py_ssize_t k,
+             PyObject **columns)
+{
+    if (PyList_GET_SIZE(records) != n) {
+        return 0;
     }
-    const Py_ssize_t k = PyTuple_GET_SIZE(descriptors);
-    if (k < 1 || k > MAX_FIELDS) {
-        Py_RETURN_NONE;
+    PyTypeObject *type = Py_TYPE(PyList_GET_ITEM(records, 0));
+    if (type->tp_getattro != PyObject_GenericGetAttr) { /* a __getattribute__ of its own */
+        return 0;
     }
     Py_ssize_t offsets[MAX_FIELDS];
     for (Py_ssize_t j = 0; j < k; j++) {
-        PyObject *d = PyTuple_GET_ITEM(descriptors, j);
-        if (!PyObject_TypeCheck(d, &PyMemberDescr_Type)) {
-            Py_RETURN_NONE;
+        PyObject *name = PyTuple_GET_ITEM(names, j);
+        if (!PyUnicode_CheckExact(name)) {
+            return 0;
+        }
+        PyObject *d = _PyType_Lookup(type, name); /* borrowed */
+        if (d == NULL || !PyObject_TypeCheck(d, &PyMemberDescr_Type)) {
+            return 0;
         }
         PyMemberDef *member = ((PyMemberDescrObject *)d)->d_member;
-        if (member->type != T_OBJECT_EX
-            || !PyType_IsSubtype((PyTypeObject *)record_type, PyDescr_TYPE(d))) {
-            Py_RETURN_NONE;
+        if (member->type != T_OBJECT_EX || !PyType_IsSubtype(type, PyDescr_TYPE(d))) {
+            return 0;
         }
         offsets[j] = member->offset;
     }
-    const Py_ssize_t n = PyList_GET_SIZE(records);
-    PyObject *out = PyTuple_New(k);
-    if (out == NULL) {
-        return NULL;
-    }
-    for (Py_ssize_t j = 0; j < k; j++) {
-        PyObject *column = PyList_New(n); /* its items NULL until set */
-        if (column == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(out, j, column);
-    }
-    /* Making the lists may have run a collection, and finalizers with it: from here on
-     * nothing allocates, so no Python code runs while the loop reads the records. */
-    if (PyList_GET_SIZE(records) != n) {
-        Py_DECREF(out);
-        Py_RETURN_NONE;
-    }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *record = PyList_GET_ITEM(records, i);
-        if (Py_TYPE(record) != (PyTypeObject *)record_type) {
-            Py_DECREF(out); /* a list with unset items frees the ones it has */
-            Py_RETURN_NONE;
+        if (Py_TYPE(record) != type) {
+            return 0;
         }
         for (Py_ssize_t j = 0; j < k; j++) {
             PyObject *value = *(PyObject **)((char *)record + offsets[j]);
             if (value == NULL) {
-                Py_DECREF(out);
-                Py_RETURN_NONE;
+                return 0;
             }
-            PyList_SET_ITEM(PyTuple_GET_ITEM(out, j), i, Py_NewRef(value));
+            PyList_SET_ITEM(columns[j], i, Py_NewRef(value));
         }
+    }
+    return 1;
+}
+
+static PyObject *
+fields(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "fields(records, names) takes 2 arguments");
+        return NULL;
+    }
+    PyObject *records = args[0], *names = args[1];
+    if (!PyList_CheckExact(records) || PyList_GET_SIZE(records) == 0
+        || !PyTuple_CheckExact(names)) {
+        Py_RETURN_NONE;
+    }
+    const Py_ssize_t k = PyTuple_GET_SIZE(names);
+    if (k < 1 || k > MAX_FIELDS) {
+        Py_RETURN_NONE;
+    }
+    /* The lists first: making them may run a collection, and Python code with it. From
+     * then on nothing allocates and no Python code runs, so the type's attributes and the
+     * records are read as they are. */
+    const Py_ssize_t n = PyList_GET_SIZE(records);
+    PyObject *columns[MAX_FIELDS];
+    for (Py_ssize_t j = 0; j < k; j++) {
+        columns[j] = untracked_list(n);
+        if (columns[j] == NULL) {
+            while (j-- > 0) {
+                Py_DECREF(columns[j]);
+            }
+            return NULL;
+        }
+    }
+    int ok = read_records(records, n, names, k, columns);
+    if (ok <= 0) {
+        for (Py_ssize_t j = 0; j < k; j++) {
+            Py_DECREF(columns[j]); /* a list with unset items frees those it has */
+        }
+        if (ok < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    PyObject *out = PyTuple_New(k);
+    if (out == NULL) {
+        for (Py_ssize_t j = 0; j < k; j++) {
+            Py_DECREF(columns[j]);
+        }
+        return NULL;
+    }
+    for (Py_ssize_t j = 0; j < k; j++) {
+        PyObject_GC_Track(columns[j]);
+        PyTuple_SET_ITEM(out, j, columns[j]);
     }
     return out;
 }
@@ -130,7 +177,7 @@ static PyMethodDef methods[] = {
      "int_bounds(column) -> (low, high) | None\n\n"
      "min() and max() of a list of ints in one pass (see operators/_columns.c)."},
     {"fields", (PyCFunction)(void (*)(void))fields, METH_FASTCALL,
-     "fields(records, record_type, descriptors) -> tuple of lists | None\n\n"
+     "fields(records, names) -> tuple of lists | None\n\n"
      "Slotted records' fields as columns (see operators/_columns.c)."},
     {NULL, NULL, 0, NULL},
 };

@@ -117,31 +117,13 @@ _int_bounds, _fields = _native()
 NATIVE = _int_bounds is not None
 
 
-_DESCRIPTORS: dict[tuple[type, tuple[str, ...]], tuple[Any, ...] | None] = {}
-
-
-def _descriptors(record_type: type, names: tuple[str, ...]) -> tuple[Any, ...] | None:
-    """The type's descriptors for ``names``, remembered per type (the C routine checks
-    they are slots)."""
-    key = (record_type, names)
-    if key not in _DESCRIPTORS:
-        if len(_DESCRIPTORS) >= 64:
-            _DESCRIPTORS.clear()
-        found = tuple(getattr(record_type, name, None) for name in names)
-        _DESCRIPTORS[key] = None if any(d is None for d in found) else found
-    return _DESCRIPTORS[key]
-
-
 def fields_of(records: list[Any], names: tuple[str, ...]) -> tuple[list[Any], ...] | None:
     """The fields ``names`` of ``records`` as columns, read in C when every record is of one
-    slotted type (a msgspec Struct): None otherwise, or without the extension."""
-    if _fields is None or not records:
+    slotted type with the default attribute access (a msgspec Struct): None otherwise, or
+    without the extension (see operators/_columns.c)."""
+    if _fields is None:
         return None
-    record_type = type(records[0])
-    descriptors = _descriptors(record_type, names)
-    if descriptors is None:
-        return None
-    found: tuple[list[Any], ...] | None = _fields(records, record_type, descriptors)
+    found: tuple[list[Any], ...] | None = _fields(records, names)
     return found
 
 

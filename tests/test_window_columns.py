@@ -7,12 +7,14 @@ from __future__ import annotations
 from operator import attrgetter
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine.operator import Context
 from engine.records import Tick
-from operators import tumbling
+from operators import OHLCV, Tumbling, WindowAggregate, tumbling
 from operators.tumbling import int_bounds
 
 native = pytest.mark.skipif(not tumbling.NATIVE, reason="operators._columns is not built")
@@ -122,13 +124,48 @@ def test_fields_of_reads_slots_and_leaves_anything_else_to_attrgetter() -> None:
     assert tumbling.fields_of([], _NAMES) is None
 
 
+class _Audited(msgspec.Struct):
+    symbol: str
+    ts: int
+    price: float
+    size: float
+
+    def __getattribute__(self, name: str) -> Any:  # attribute access of its own
+        value = object.__getattribute__(self, name)
+        return value * 2 if name == "price" else value
+
+
 @native
-def test_the_c_routine_checks_each_descriptor_belongs_to_the_type() -> None:
+def test_fields_of_leaves_records_with_their_own_attribute_access_to_attrgetter() -> None:
+    records = [_Audited("A", 1, 1.5, 1.0), _Audited("B", 2, 2.5, 1.0)]
+    assert tumbling.fields_of(records, _NAMES) is None
+    logic = WindowAggregate(Tumbling(1_000), OHLCV()).build(Context("w"))
+    assert logic._kernel is not None
+    assert logic.process(records * 10) == []  # 20 records: read as columns
+    assert [b.high for b in logic.on_eof()] == [3.0, 5.0]  # the doubled prices
+
+
+@native
+def test_fields_of_sees_a_slot_replaced_on_the_class_since_the_last_call() -> None:
+    class Slotted:
+        __slots__ = ("price", "ts")
+
+    record = Slotted()
+    record.ts, record.price = 1, 1.0
+    assert tumbling.fields_of([record], ("ts", "price")) == ([1], [1.0])
+    Slotted.price = property(lambda self: 99.0)  # type: ignore[assignment]
+    assert tumbling.fields_of([record], ("ts", "price")) is None
+    assert attrgetter("price")(record) == 99.0
+
+
+@native
+def test_the_c_routine_refuses_what_is_not_a_list_of_records_and_a_tuple_of_names() -> None:
     from operators._columns import fields
 
     tick = Tick("A", 1, 1.0, 2.0)
-    foreign = tuple(getattr(_Slotted, name) for name in _NAMES)
-    assert fields([tick], Tick, foreign) is None  # another type's slots: other offsets
-    assert fields((tick,), Tick, (Tick.ts,)) is None  # not a list
-    assert fields([tick], Tick, ()) is None
-    assert fields([tick], Tick, (Tick.ts, Tick.price)) == ([1], [1.0])
+    assert fields((tick,), ("ts",)) is None
+    assert fields([tick], ["ts"]) is None  # type: ignore[arg-type]
+    assert fields([tick], ()) is None
+    assert fields([tick], (1,)) is None  # type: ignore[arg-type]
+    assert fields([], ("ts",)) is None
+    assert fields([tick], ("ts", "price")) == ([1], [1.0])
