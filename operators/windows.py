@@ -68,8 +68,10 @@ from operators.tumbling import (
 __all__ = ["WindowAggregate"]
 
 # Records in a batch from which the tumbling window reads them as columns, where its
-# aggregation has a kernel: below it the rows loop costs less than making the columns.
-ROWS_AS_COLUMNS = 16
+# aggregation has a kernel: below it the rows loop costs less than making the columns
+# (OHLCV on Tick records, ns/tick, rows loop / kernel: 4 records 581-592 / 586-607, 6
+# records 536-577 / 453-465, 8 records 490-503 / 349-391; benchmarks/RESULTS.md).
+ROWS_AS_COLUMNS = 8
 
 
 @dataclass(frozen=True)
