@@ -250,9 +250,7 @@ class Worker:
         for input does. The flush's CPU is the engine's, though the task times the wait as
         the source's."""
         started = thread_time_ns()
-        for builder in self.builders:
-            if builder.pending:
-                builder.flush()
+        self._flush_idle()
         self.task.logic_ns -= thread_time_ns() - started
         self._waiting_since = time.monotonic_ns()  # from here, after the flush
 
@@ -331,6 +329,12 @@ class Worker:
             if builder.due(now):
                 builder.flush()
 
+    def _flush_idle(self) -> None:
+        """Idle, no input to batch with: pending output goes now rather than after its
+        linger (linger only trades latency for size under load)."""
+        for builder in self.builders:
+            builder.flush()
+
     # -- loops ----------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -394,16 +398,11 @@ class Worker:
         gate = InputGate(self.readers)
         decoders = self.decoders
         row = self.row
-        builders = self.builders
         try:
             while not gate.done:
                 frame = gate.next(0.0)
                 if frame is None:
-                    # Idle: no input to batch with, so pending output goes now rather than
-                    # after its linger (linger only trades latency for size under load).
-                    for builder in builders:
-                        if builder.pending:
-                            builder.flush()
+                    self._flush_idle()
                     frame = gate.next(WAIT_S)
                     if frame is None:
                         row[IDLE_NS] = gate.idle_ns

@@ -42,7 +42,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from typing import Any
@@ -242,47 +242,48 @@ class _TumblingLogic(_FixedLogic):
         if not times:
             return []
         low, high = int_bounds(times)
-        # A record is late when its window has ended (start <= watermark - size), which
-        # for a window start that grows with t is: t before the first window still open.
-        open_from = self._start(self._watermark - self._size) + self._size
+        open_from = self._open_from()
         if low < open_from:
             batch = self._take_late(batch, times, open_from)
             if not batch:
                 return []
             low = min(batch.data[positions[0]])
-        columns = [batch.data[i] for i in positions]
-        first = self._start(low)
-        if first == self._start(high):
-            self._one_window(columns, first)  # one window: found once
-        else:
-            self._process_columns(self, columns)
+        self._aggregate([batch.data[i] for i in positions], low, high)
         return []
 
     def _rows_as_columns(self, batch: Batch) -> Batch:
         """Records through the kernel: the loop's fields read into columns (in C for records
-        of a Struct type, else by a ``map`` of an ``attrgetter`` each), then as a Columns
-        batch. The rows loop takes a batch
-        with a record whose fields cannot be read (it raises at that record, having done
-        those before it), with times that are not all ints within 64 bits, or with late
-        records (it sends them on as they are)."""
-        columns: Any = fields_of(batch, self._fields)  # in C, for records of a Struct type
+        of a Struct type, else by a ``map`` of an ``attrgetter`` each). The rows loop takes
+        a batch with a record whose fields cannot be read (it raises at that record, having
+        done those before it), with times that are not all ints within 64 bits, or with
+        late records (it sends them on as they are)."""
+        columns: Sequence[list[Any]] | None = fields_of(batch, self._fields)
         if columns is None:
             try:
                 columns = [list(map(getter, batch)) for getter in self._getters]
             except Exception:
                 return self._process(self, batch)
         bounds = native_int_bounds(columns[0])
-        open_from = self._start(self._watermark - self._size) + self._size
-        if bounds is None or bounds[0] < open_from:
+        if bounds is None or bounds[0] < self._open_from():
             return self._process(self, batch)
-        first = self._start(bounds[0])
-        if first == self._start(bounds[1]):
-            self._one_window(columns, first)
-        else:
-            self._process_columns(self, columns)
+        self._aggregate(columns, *bounds)
         return []
 
-    def _one_window(self, columns: list[Any], start: int) -> None:
+    def _open_from(self) -> int:
+        """The earliest time a record may have and not be late. A record is late when its
+        window has ended (start <= watermark - size), which for a window start that grows
+        with t is: t before the first window still open."""
+        return self._start(self._watermark - self._size) + self._size
+
+    def _aggregate(self, columns: Sequence[Sequence[Any]], low: int, high: int) -> None:
+        """Aggregate on-time columns whose times lie in ``[low, high]``."""
+        first = self._start(low)
+        if first == self._start(high):
+            self._one_window(columns, first)  # one window: found once
+        else:
+            self._process_columns(self, columns)
+
+    def _one_window(self, columns: Sequence[Sequence[Any]], start: int) -> None:
         """Aggregate columns that all fall in the window at ``start``: through the
         aggregation's kernel (C) as far as it goes, then the Python loop for the rest."""
         kernel = self._kernel
