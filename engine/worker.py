@@ -404,8 +404,8 @@ class Worker:
                 if frame is None:
                     self._flush_idle()
                     frame = gate.next(WAIT_S)
+                    row[IDLE_NS] = gate.idle_ns  # a blocking wait is all that adds to it
                     if frame is None:
-                        row[IDLE_NS] = gate.idle_ns
                         self.on_wait()
                         continue
                 index, kind, payload = frame
@@ -425,7 +425,6 @@ class Worker:
                     task.on_eof(index)
                 now = time.monotonic()
                 self._flush_due(now)
-                row[IDLE_NS] = gate.idle_ns
                 self._keep_alive(now)
             task.finish()
         finally:
