@@ -136,11 +136,8 @@ def native_int_bounds(times: Sequence[int]) -> tuple[int, int] | None:
 def int_bounds(times: Sequence[int]) -> tuple[int, int]:
     """``(min(times), max(times))`` of a non-empty time column, in one pass in C where it
     can (an exact list of ints within 64 bits), else by ``min`` and ``max``."""
-    if _int_bounds is not None:
-        found = _int_bounds(times)
-        if found is not None:
-            return found
-    return min(times), max(times)
+    found = native_int_bounds(times)
+    return found if found is not None else (min(times), max(times))
 
 
 def window_start(offset: bool) -> str:
