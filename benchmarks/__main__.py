@@ -563,14 +563,16 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     routing = "C" if info["native_routing"] else "Python (partitioning._native not built)"
     texts = "by dictionary" if info["native_strings"] else "as they are (no engine._strings)"
+    packed = "packed" if info["native_numbers"] else "as msgpack (no engine._numbers)"
     bounds = "C" if info["native_bounds"] else "Python (no operators._columns)"
     ohlcv = "C" if info["native_ohlcv"] else "the Python loop (no operators._ohlcv)"
     report.emit(
         info,
         f"# ringflow benchmarks: {info['date']}, {info['nproc']} CPUs ({info['cpu']}), "
         f"Python {info['python']}, msgspec {info['msgspec']}, key-hash routing in "
-        f"{routing}, string columns {texts}, window time bounds and record fields in "
-        f"{bounds}, OHLCV over columns in {ohlcv}, load average {info['load_avg']}",
+        f"{routing}, string columns {texts}, numeric columns {packed}, window time "
+        f"bounds and record fields in {bounds}, OHLCV over columns in {ohlcv}, load "
+        f"average {info['load_avg']}",
     )
     rows: list[dict[str, Any]] = []
     status = 0

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from engine import strings
+from engine import numbers, strings
 from operators import aggregations, tumbling
 from operators.generator import Generator
 from partitioning import DEFAULT_MAX_PARALLELISM, keyhash
@@ -144,6 +144,7 @@ def machine() -> dict[str, Any]:
         "msgspec": msgspec.__version__,
         "native_routing": keyhash.NATIVE,
         "native_strings": strings.NATIVE,
+        "native_numbers": numbers.NATIVE,
         "native_bounds": tumbling.NATIVE,
         "native_ohlcv": aggregations.NATIVE,
         "load_avg": load_average(),

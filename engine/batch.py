@@ -4,7 +4,9 @@ A DATA frame's payload is one encoded batch: a list of records, or an
 ``engine.columns.Columns`` batch. Typed edges (the upstream node declares a
 ``msgspec.Struct`` record type) use msgspec msgpack with a typed decoder, which is the fast
 path: a list of records is a msgpack array of records, a Columns batch a map ``{"c": [one
-array per field]}``, each column decoded with its field's type. Untyped edges fall back to
+array per field]}``, each column decoded with its field's type (string columns may go
+dictionary-encoded, ``engine.strings``; int and float columns packed, 8 bytes a value,
+``engine.numbers``). Untyped edges fall back to
 pickle, which carries any picklable record (and Columns). WATERMARK payloads are one
 little-endian int64 (event time in ns); EOF is empty.
 
@@ -30,7 +32,7 @@ from typing import Any
 
 import msgspec
 
-from engine import strings
+from engine import numbers, strings
 from engine.channel import Writer
 from engine.columns import Columns, field_names
 from engine.errors import RecordError
@@ -84,6 +86,7 @@ class MsgpackCodec(Codec):
         decoded: Any = list[record_type] if self._wire is None else list[record_type] | self._wire
         self._decoder = msgspec.msgpack.Decoder(decoded)
         self._strings = _string_columns(record_type) if self._wire is not None else ()
+        self._numbers = _number_columns(record_type) if self._wire is not None else ()
         # Per string column, the encoder's table (None: plain, for good) and its id ...
         self._ids: list[dict[str, int] | None] = [None] * len(self._strings)
         self._table_ids = [0] * len(self._strings)
@@ -99,10 +102,13 @@ class MsgpackCodec(Codec):
             if type(records) is Columns:
                 if self._wire is None or records.type is not self.record_type:
                     raise TypeError(f"got a Columns batch of {records.type.__name__}")
+                data = records.data
+                if self._numbers:
+                    data = self._encode_numbers(data)
                 if not self._strings:
-                    return self._encoder.encode(self._wire(records.data))
+                    return self._encoder.encode(self._wire(data))
                 try:
-                    return self._encoder.encode(self._wire(self._encode_strings(records.data)))
+                    return self._encoder.encode(self._wire(self._encode_strings(data)))
                 except BaseException:
                     # No frame: the tables took strings its consumer will never see, so the
                     # next frame starts new ones.
@@ -113,6 +119,12 @@ class MsgpackCodec(Codec):
             return self._encoder.encode(records)
         except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
             raise RecordError(f"cannot encode a batch of {self.record_type!r}: {exc}") from exc
+
+    def _encode_numbers(self, data: tuple[Any, ...]) -> tuple[Any, ...]:
+        columns = list(data)
+        for i, code in self._numbers:
+            columns[i] = numbers.wire(columns[i], code)
+        return tuple(columns)
 
     def _new_table(self, k: int) -> None:
         self._ids[k] = {}
@@ -141,11 +153,25 @@ class MsgpackCodec(Codec):
         if type(batch) is list:
             return batch
         data = batch.c
+        if self._numbers:
+            data = self._decode_numbers(data)
         for i in self._strings:
             if type(data[i]) is strings.StrDict:
                 data = self._decode_strings(data)
                 break
         return Columns(self.record_type, data)
+
+    def _decode_numbers(self, data: tuple[Any, ...]) -> tuple[Any, ...]:
+        columns = list(data)
+        for i, code in self._numbers:
+            if type(columns[i]) is bytes:
+                try:
+                    columns[i] = numbers.unpack(columns[i], code)
+                except ValueError as exc:
+                    raise RecordError(
+                        f"cannot decode a batch of {self.record_type!r}: column {i}: {exc}"
+                    ) from exc
+        return tuple(columns)
 
     def _decode_strings(self, data: tuple[Any, ...]) -> tuple[Any, ...]:
         columns = list(data)
@@ -201,10 +227,21 @@ def _string_columns(record_type: Any) -> tuple[int, ...]:
     return tuple(i for i, f in enumerate(msgspec.structs.fields(record_type)) if f.type is str)
 
 
+def _number_columns(record_type: Any) -> tuple[tuple[int, str], ...]:
+    """The positions of ``record_type``'s ``int`` and ``float`` fields, with their packed
+    codes (``engine.numbers``)."""
+    return tuple(
+        (i, numbers.CODES[f.type])
+        for i, f in enumerate(msgspec.structs.fields(record_type))
+        if f.type in numbers.CODES
+    )
+
+
 def _columns_wire_type(record_type: Any) -> Any:
     """The msgspec type a Columns batch of ``record_type`` travels as (a map with one key,
     so it cannot be mistaken for a list of records), or None for a non-Struct type. A
-    ``str`` column is a list or a ``StrDict``."""
+    ``str`` column is a list or a ``StrDict``, an ``int`` or ``float`` column a list or
+    packed bytes (``engine.numbers``)."""
     if not (isinstance(record_type, type) and issubclass(record_type, msgspec.Struct)):
         return None
     try:
@@ -212,7 +249,11 @@ def _columns_wire_type(record_type: Any) -> Any:
     except Exception:
         return None  # keyword-only fields: lists of records only
     types = tuple(
-        list[str] | strings.StrDict if f.type is str else list.__class_getitem__(f.type)
+        list[str] | strings.StrDict
+        if f.type is str
+        else list.__class_getitem__(f.type) | bytes
+        if f.type in numbers.CODES
+        else list.__class_getitem__(f.type)
         for f in msgspec.structs.fields(record_type)
     )
     return msgspec.defstruct(

@@ -4,9 +4,11 @@
  * for its bounds before anything else (whether any record is late, whether the batch falls
  * in one window). Python's min() and max() are two passes of rich comparisons: event times
  * in ns are three-digit ints, and the pair cost about a tenth of the aggregation loop itself
- * (benchmarks/RESULTS.md). Here each item is read once as a C long long. Returns None,
- * having read the column only, when it is not an exact, non-empty list of exact ints that
- * fit in 64 bits: the caller then uses min() and max(), which take any values Python can
+ * (benchmarks/RESULTS.md). Here each item is read once as a C long long, from an exact list
+ * of exact ints or from an array.array of 8-byte ints ('q', 'l': a packed column as a
+ * channel decodes it, engine/numbers.py). Returns None, having read the column only, for
+ * an empty column or any other (a list holding a value that is not an exact int within 64
+ * bits, say): the caller then uses min() and max(), which take any values Python can
  * order.
  *
  * fields(records, names) -> tuple of lists | None. The fields a window reads, as columns,
@@ -25,9 +27,45 @@
 
 #define MAX_FIELDS 16
 
+static PyObject *array_type; /* array.array, looked up when the module loads */
+
+/* int_bounds of an array.array: None unless its items are 8-byte ints. */
+static PyObject *
+array_bounds(PyObject *column)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(column, &view, PyBUF_FORMAT | PyBUF_ND) < 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    const char *f = view.format;
+    Py_ssize_t n = view.ndim == 1 ? view.shape[0] : 0;
+    if (f == NULL || (f[0] != 'q' && f[0] != 'l') || f[1] != '\0' || view.itemsize != 8
+        || n == 0) {
+        PyBuffer_Release(&view);
+        Py_RETURN_NONE;
+    }
+    const long long *values = view.buf;
+    long long low = values[0], high = values[0];
+    for (Py_ssize_t i = 1; i < n; i++) {
+        long long value = values[i];
+        if (value < low) {
+            low = value;
+        }
+        else if (value > high) {
+            high = value;
+        }
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(LL)", low, high);
+}
+
 static PyObject *
 int_bounds(PyObject *Py_UNUSED(module), PyObject *column)
 {
+    if (array_type != NULL && Py_IS_TYPE(column, (PyTypeObject *)array_type)) {
+        return array_bounds(column);
+    }
     if (!PyList_CheckExact(column) || PyList_GET_SIZE(column) == 0) {
         Py_RETURN_NONE;
     }
@@ -193,5 +231,16 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__columns(void)
 {
+    if (array_type == NULL) {
+        PyObject *array = PyImport_ImportModule("array");
+        if (array == NULL) {
+            return NULL;
+        }
+        array_type = PyObject_GetAttrString(array, "array");
+        Py_DECREF(array);
+        if (array_type == NULL) {
+            return NULL;
+        }
+    }
     return PyModuleDef_Init(&module);
 }

@@ -167,8 +167,10 @@ class OHLCV(Aggregation):
         return (self.time, self.price, self.size), _OHLCV_BODY
 
     def window_kernel(self) -> Callable[..., int] | None:
-        # The C loop is this body's: a subclass with a body of its own gets none.
-        return _ohlcv_window if self.inline()[1] is _OHLCV_BODY else None
+        # The C loop is this body's, and it calls this initial() with accumulators held
+        # (operators/_ohlcv.c): a subclass with a body or an initial() of its own gets none.
+        own = self.inline()[1] is _OHLCV_BODY and type(self).initial is OHLCV.initial
+        return _ohlcv_window if own else None
 
     def initial(self) -> list[Any]:
         inf = math.inf

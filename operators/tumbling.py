@@ -128,14 +128,15 @@ def fields_of(records: list[Any], names: tuple[str, ...]) -> tuple[list[Any], ..
 
 
 def native_int_bounds(times: Sequence[int]) -> tuple[int, int] | None:
-    """``(min, max)`` of an exact list of ints within 64 bits, in C; None for anything else
-    or without the extension."""
+    """``(min, max)`` of an exact list of ints within 64 bits or an array of 8-byte ints, in
+    C; None for anything else or without the extension."""
     return _int_bounds(times) if _int_bounds is not None else None
 
 
 def int_bounds(times: Sequence[int]) -> tuple[int, int]:
     """``(min(times), max(times))`` of a non-empty time column, in one pass in C where it
-    can (an exact list of ints within 64 bits), else by ``min`` and ``max``."""
+    can (an exact list of ints within 64 bits, an array of 8-byte ints), else by ``min``
+    and ``max``."""
     found = native_int_bounds(times)
     return found if found is not None else (min(times), max(times))
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 import struct
+from array import array
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.batch import MsgpackCodec
 from engine.columns import Columns
 from engine.operator import Context
 from engine.records import Bar, Tick
@@ -85,15 +87,38 @@ def _columns(rows: list[tuple[str, int, Any, Any]]) -> Columns:
     )
 
 
+def _packed(batch: Columns) -> Columns:
+    """The batch with its time, price and size columns as arrays, as a channel decodes them
+    (engine/numbers.py)."""
+    symbols, times, prices, sizes = batch.data
+    return Columns(Tick, (symbols, array("q", times), array("d", prices), array("d", sizes)))
+
+
 @native
 @settings(max_examples=300)
-@given(st.lists(_rows, min_size=1, max_size=4))
+@given(st.lists(st.tuples(_rows, st.booleans()), min_size=1, max_size=4))
 def test_the_kernel_leaves_every_accumulator_as_the_python_loop_does(
+    batches: list[tuple[list[tuple[str, int, float, float]], bool]],
+) -> None:
+    with_kernel, without = _replicas()
+    columns = [_columns(rows) for rows, _ in batches]
+    given_to_kernel = [
+        _packed(c) if packed else c for c, (_, packed) in zip(columns, batches, strict=True)
+    ]
+    assert _same(_run(with_kernel, given_to_kernel), _run(without, columns))
+
+
+@native
+@settings(max_examples=100)
+@given(st.lists(_rows, min_size=1, max_size=4))
+def test_batches_through_a_channels_codec_give_the_python_loops_bars(
     batches: list[list[tuple[str, int, float, float]]],
 ) -> None:
     with_kernel, without = _replicas()
+    sender, receiver = MsgpackCodec(Tick, dictionary=True), MsgpackCodec(Tick)
     columns = [_columns(rows) for rows in batches]
-    assert _same(_run(with_kernel, columns), _run(without, columns))
+    decoded = [receiver.decode(sender.encode(c)) for c in columns]
+    assert _same(_run(with_kernel, decoded), _run(without, columns))
 
 
 @native
@@ -152,40 +177,55 @@ def test_the_kernel_refuses_columns_of_other_kinds_at_once() -> None:
     assert bucket == {}
     assert kernel(bucket, initial, (1, 2), ("A", "B"), (1.0, 2.0), (1.0, 1.0)) == 2  # tuples
     assert sorted(bucket) == ["A", "B"]
+    # Arrays: 8-byte ints for times, doubles for prices and sizes, of the keys' length.
+    for odd in (
+        (array("i", [1]), ["A"], [1.0], [1.0]),
+        ([1], ["A"], array("f", [1.0]), [1.0]),
+        ([1], array("u", "A"), [1.0], [1.0]),
+        (array("d", [1.0]), ["A"], [1.0], [1.0]),
+        ([1], ["A"], array("d", [1.0, 2.0]), [1.0]),
+        (memoryview(array("q", [1])), ["A"], [1.0], [1.0]),
+    ):
+        assert kernel(bucket, initial, *odd) == 0
+    assert kernel(bucket, initial, array("l", [3]), ["C"], array("d", [1.0]), [1.0]) == 1
     with pytest.raises(TypeError):
         kernel(bucket, initial, [1], ["A"], [1.0])  # type: ignore[call-arg]
 
 
 class _Collider:
-    """A key that shares "A"'s hash, whose ``__eq__`` (Python code, run inside the kernel's
-    dict lookup) rewrites the batch's columns and churns memory."""
+    """A key that shares "A"'s hash, whose ``__eq__`` is Python code a lookup of "A" runs."""
 
-    def __init__(self, columns: list[list[Any]]) -> None:
-        self.columns = columns
+    calls = 0
 
     def __hash__(self) -> int:
         return hash("A")
 
     def __eq__(self, other: object) -> bool:
-        for column in self.columns:
-            column[:] = [object()] * len(column)
-        [float(i) + 0.5 for i in range(1000)]
+        _Collider.calls += 1
         return False
 
 
 @native
-def test_python_code_run_by_the_lookup_cannot_pull_the_row_from_under_the_kernel() -> None:
-    ts, symbols = [T0 + 1, T0 + 2], ["A", "A"]
-    prices, sizes = [float(7) * 3.0, 2.5], [1.0 * 2, 4.0]
-    columns = [ts, symbols, prices, sizes]
+def test_a_bucket_with_a_key_of_another_type_is_left_to_the_python_loop() -> None:
+    # A lookup in it could run Python code, which might look at an accumulator the kernel
+    # holds in C: the kernel does nothing, and runs none.
+    columns = [[T0 + 1, T0 + 2], ["A", "A"], [21.0, 2.5], [2.0, 4.0]]
     kernel = aggregations._ohlcv_window
     assert kernel is not None
-    bucket: dict[Any, Any] = {_Collider(columns): OHLCV().initial()}
-    # As the Python loop would with its zipped row: the first row is the one read, then the
-    # columns hold other objects, where the kernel stops.
-    assert kernel(bucket, OHLCV().initial, *columns) == 1
-    acc = bucket["A"]
-    assert acc[1] == 21.0 and acc[6] == 2.0 and acc[8] == 1
+    other = OHLCV().initial()
+    bucket: dict[Any, Any] = {_Collider(): other}
+    assert kernel(bucket, OHLCV().initial, *columns) == 0
+    assert _Collider.calls == 0 and list(bucket.values()) == [other]
+    # Through the window, the Python loop does the batch.
+    with_kernel, without = _replicas()
+    key = _Collider()
+    for logic in (with_kernel, without):
+        logic._windows[T0 // SIZE * SIZE] = {key: OHLCV().initial()}
+    ts, symbols, prices, sizes = columns
+    batch = Columns(Tick, [symbols, ts, prices, sizes])
+    bars = _run(with_kernel, [batch])
+    assert _same(bars, _run(without, [batch]))
+    assert [(b.symbol, b.count) for b in bars if b.symbol == "A"] == [("A", 2)]
 
 
 class _LoudOHLCV(OHLCV):
@@ -200,19 +240,61 @@ class _LoudOHLCV(OHLCV):
         return super().initial()
 
 
+def test_an_aggregation_with_its_own_initial_gets_no_kernel_from_ohlcv() -> None:
+    assert _LoudOHLCV().window_kernel() is None
+
+
 @native
-def test_a_new_accumulator_made_by_python_code_keeps_the_row_it_was_made_for() -> None:
+def test_python_code_in_initial_cannot_pull_the_rows_from_under_the_kernel() -> None:
     agg = _LoudOHLCV()
     columns = [[T0 + 1, T0 + 2, T0 + 3], ["A", "B", "C"], [1.0, 2.0, 3.0], [1.0, 1.0, 1.0]]
     _LoudOHLCV.columns = columns
     try:
-        kernel = agg.window_kernel()
+        kernel = aggregations._ohlcv_window
         assert kernel is not None
         bucket: dict[Any, Any] = {}
-        assert kernel(bucket, agg.initial, *columns) == 1
+        # A's accumulator is made and stored, as the Python loop would at its first row;
+        # then the columns are shorter, and the rest is the Python loop's.
+        assert kernel(bucket, agg.initial, *columns) == 0
     finally:
         _LoudOHLCV.columns = None
-    assert list(bucket) == ["A"] and bucket["A"][5] == 1.0 and bucket["A"][8] == 1
+    assert list(bucket) == ["A"] and bucket["A"] == OHLCV().initial()
+
+
+@native
+def test_no_accumulator_is_made_for_a_key_after_a_row_the_kernel_cannot_do() -> None:
+    # The Python loop raises at the bad row: a key after it must not be in the bucket.
+    kernel = aggregations._ohlcv_window
+    assert kernel is not None
+    bucket: dict[Any, Any] = {}
+    columns = [[T0, T0 + 1, T0 + 2], ["A", "B", "C"], [1.0, "x", 3.0], [1.0, 1.0, 1.0]]
+    assert kernel(bucket, OHLCV().initial, *columns) == 1
+    assert list(bucket) == ["A"] and bucket["A"][8] == 1
+
+
+@native
+def test_equal_keys_that_are_distinct_objects_share_their_accumulator() -> None:
+    a, also_a = "AA", "".join(["A", "A"])
+    assert a is not also_a
+    batch = Columns(Tick, [[a, also_a, a], [T0 + 1, T0 + 3, T0 + 2], [1.0, 3.0, 2.0], [1.0] * 3])
+    with_kernel, without = _replicas()
+    bars = _run(with_kernel, [batch])
+    assert _same(bars, _run(without, [batch]))
+    assert [(b.open, b.close, b.high, b.count) for b in bars] == [(1.0, 3.0, 3.0, 3)]
+
+
+@native
+def test_a_batch_of_more_keys_than_the_kernel_keeps_room_for() -> None:
+    # 70,000 keys: the kernel's tables grow past what it keeps between calls, and are let go.
+    n = 70_000
+    keys = [f"K{i}" for i in range(n)]
+    batch = Columns(
+        Tick, [keys * 2, [T0 + i % SIZE for i in range(2 * n)], [1.5] * 2 * n, [2.0] * 2 * n]
+    )
+    with_kernel, without = _replicas()
+    bars = _run(with_kernel, [batch, _packed(batch)])
+    assert _same(bars, _run(without, [batch, batch]))
+    assert len(bars) == n and {b.count for b in bars} == {4}
 
 
 @native

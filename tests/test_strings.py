@@ -106,7 +106,7 @@ def test_a_channels_frames_decode_in_order_to_the_same_columns(batches: list[lis
     for symbols in batches:
         sent = ticks(symbols)
         got = receiver.decode(sender.encode(sent))
-        assert isinstance(got, Columns) and got.data == sent.data
+        assert isinstance(got, Columns) and got == sent and got.data[0] == sent.data[0]
         for s in got.data[0]:  # one str object per distinct string, frame after frame
             assert seen.setdefault(s, s) is s
 
@@ -120,7 +120,9 @@ def test_string_columns_travel_as_table_entries_and_indices() -> None:
     assert venue["table"] != symbol["table"]
     again = msgspec.msgpack.decode(sender.encode(quotes))["c"][0]
     assert (again["table"], again["base"], again["new"]) == (venue["table"], 2, [])
-    assert MsgpackCodec(Quote).encode(quotes) == msgspec.msgpack.encode({"c": quotes.data})
+    # Without a dictionary, string columns go as msgpack arrays of str.
+    plain = msgspec.msgpack.decode(MsgpackCodec(Quote).encode(quotes))["c"]
+    assert plain[:2] == [["X", "X", "Y"], ["A", "B", "A"]]
 
 
 def test_a_column_that_outgrows_its_table_goes_as_it_is(monkeypatch) -> None:

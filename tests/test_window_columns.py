@@ -4,6 +4,7 @@ as columns (``operators.tumbling.fields_of``), held against ``attrgetter``."""
 
 from __future__ import annotations
 
+from array import array
 from operator import attrgetter
 from typing import Any
 
@@ -36,6 +37,16 @@ def test_the_c_routine_reads_64_bit_ints_in_one_pass(times: list[int]) -> None:
 
 
 @native
+@given(st.lists(_INT64, min_size=1), st.sampled_from("ql"))
+def test_the_c_routine_reads_arrays_of_64_bit_ints(times: list[int], code: str) -> None:
+    # A packed time column, as a channel decodes it (engine/numbers.py).
+    from operators._columns import int_bounds as c_bounds
+
+    assert c_bounds(array(code, times)) == (min(times), max(times))
+    assert int_bounds(array(code, times)) == (min(times), max(times))
+
+
+@native
 @pytest.mark.parametrize(
     "column",
     [
@@ -46,6 +57,9 @@ def test_the_c_routine_reads_64_bit_ints_in_one_pass(times: list[int]) -> None:
         [1, 2**63],  # beyond 64 bits
         [-(2**63) - 1, 0],
         [1, "2"],
+        array("q"),
+        array("i", [1, 2]),  # not 8 bytes an item
+        array("d", [1.0]),
     ],
 )
 def test_the_c_routine_leaves_what_it_cannot_read_to_min_and_max(column: Any) -> None:
