@@ -8,8 +8,10 @@ as parallel lists, one per field of a msgspec Struct type (in field order):
     Columns(Tick, (symbols, times, prices, sizes))     # row i: Tick(symbols[i], times[i], ...)
 
 * A source can emit it without building a record per row (``operators.Generator`` does).
-* The typed codec (``engine.batch.MsgpackCodec``) sends it as one msgpack array per column
-  and decodes each column with its field's type, so it is checked as records would be.
+* The typed codec (``engine.batch.MsgpackCodec``) sends it as one msgpack item per column
+  and decodes each column with its field's type, so it is checked as records would be
+  (string columns may go dictionary-encoded, ``engine.strings``; int and float columns
+  packed, ``engine.numbers``, which decode to ``array.array``).
 * ``KeyHash`` routes it by its key column; forward and broadcast edges pass it whole,
   rebalance slices it (a batch smaller than the parallelism goes record by record).
   A user's splitter gets records unless it sets ``accepts_columns``.
@@ -19,7 +21,7 @@ as parallel lists, one per field of a msgspec Struct type (in field order):
 
 Rows are built with the type's positional constructor, so the type must not have
 keyword-only fields; nor ``__post_init__``, which decoding columns would skip. Columns
-may be lists or tuples; they are never mutated in place.
+may be lists, tuples or arrays (as packed columns decode); they are never mutated in place.
 """
 
 from __future__ import annotations
