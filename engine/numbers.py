@@ -72,7 +72,8 @@ def unpack(data: bytes, code: str) -> array[Any]:
 def wire(values: Any, code: str) -> Any:
     """What the encoder sends for a column of ``code``'s type: the packed bytes where it
     packs, a decoded column's array as its bytes (packed already), else the column as it
-    is (msgpack)."""
+    is (msgpack). TypeError for bytes-like data, which the decoder would take for packed
+    values."""
     if type(values) is array:
         if values.typecode == code and sys.byteorder == "little":
             return memoryview(values)
@@ -81,4 +82,7 @@ def wire(values: Any, code: str) -> Any:
         packed = _numbers.pack(values, code)
         if packed is not None:
             return packed
+    if isinstance(values, (bytes, bytearray, memoryview)):
+        kind = "int" if code == "q" else "float"
+        raise TypeError(f"a column of {kind} got {type(values).__name__}, not a sequence")
     return values

@@ -19,30 +19,36 @@
  *
  * Columns. keys: an exact list or tuple. times, prices, sizes: each an exact list or tuple,
  * or an array.array of 8-byte ints ('q', 'l') for the times and of doubles ('d') for the
- * others, as a channel decodes packed columns (engine/numbers.py). A row of lists stores its
- * own objects in the accumulator, as the Python loop does; a row of arrays stores new ints
- * and floats of the same values, which is what iterating the array gives the Python loop.
+ * others, as a channel decodes packed columns (engine/numbers.py).
  *
- * Each accumulator's values are read into C at its first row, updated in C row by row, and
- * written back once: a key with k rows in the batch costs one set of new objects, not k.
- * That gives the Python loop's result only if nothing can look at an accumulator in
- * between, so no Python code runs while any is held in C: the call refuses (returns 0)
- * unless bucket is an exact dict whose keys are all exact str, and the rows it does have
- * exact str keys, whose lookups then run no Python code; what it allocates meanwhile is not
- * tracked by the collector; and the values an accumulator held are freed only after all are
- * written. A key that is not yet in bucket ends such a run (its rows written): the
- * accumulators of it and of the new keys after it are made by initial() and stored, as the
- * Python loop does at each one's first row and in the same order, and the rows go on from
- * that key. aggregations.OHLCV hands out this kernel only with its own initial(), which
- * touches nothing else.
+ * Runs. Each accumulator's values are read into C at its first row, updated in C row by
+ * row, and written back once at the end of the run, as new ints and floats of the values
+ * the Python loop would have stored (equal, to the bit, not the same objects): a key with
+ * k rows costs one set of new objects, not k. Key objects are indexed by address, so a key
+ * that repeats (a channel decodes a symbol to one str object) costs one dict lookup per
+ * run. A key not yet in bucket ends the run (its rows written): the accumulators of it and
+ * of the new keys after it are made by initial() and stored, as the Python loop does at
+ * each one's first row and in the same order, with nothing held in C; then the next run
+ * starts at that key. aggregations.OHLCV hands out this kernel only with its own initial().
+ *
+ * Safety. Within a run only a dict lookup can run Python code: a key of another type in
+ * bucket, with a Python __eq__, may share a str's hash (and then anything may run, the
+ * collector and finalizers included). So a run holds references to every key and
+ * accumulator it indexes, reads a row only after checking the row is still within each
+ * list, writes an accumulator back only if it is still a list of nine, and refuses to be
+ * re-entered (a call made while a run is under way does nothing and returns 0). The
+ * results are the Python loop's unless such code changes the window's accumulators or the
+ * batch while a run holds them. The values an accumulator held are freed at the end of
+ * the run, once all are written, not at the row that replaced them. On a MemoryError the
+ * window's state is undefined: the error stops the job.
  *
  * It stops before the first row it cannot do exactly that way, and returns that row's
  * index, everything before it done and written; the caller runs the Python loop from there.
  * Such a row has a key that is not an exact str, a time that is not an exact int within 64
  * bits, a price or size that is not an exact float, or an accumulator that is not OHLCV's
  * list of nine with exact ints and floats where the arithmetic reads (as after a rows batch
- * of int prices, say). Returns 0 at once when a column is of another kind, the columns'
- * lengths differ or bucket does not qualify.
+ * of int prices, say). Returns 0 at once when a column is of another kind or the columns'
+ * lengths differ.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -103,7 +109,7 @@ open_column(Column *c, PyObject *obj, char code, Py_ssize_t n)
         PyErr_Clear();
         return 0;
     }
-    c->viewed = 1;
+    c->viewed = 1; /* exported: the array cannot be resized until it is released */
     const char *f = c->view.format;
     int kind = f != NULL && f[0] != '\0' && f[1] == '\0'
                && (code == 'd' ? f[0] == 'd' : (f[0] == 'q' || f[0] == 'l'));
@@ -123,11 +129,16 @@ close_column(Column *c)
     }
 }
 
-/* An exact list's or tuple's item i (the caller has checked the kind and the length). */
+/* Item i of a list or tuple column (borrowed), or NULL past its end: a list may have
+ * shrunk since the call began. */
 static PyObject *
-item(PyObject *seq, Py_ssize_t i)
+item(const Column *c, Py_ssize_t i)
 {
-    return PyList_CheckExact(seq) ? PyList_GET_ITEM(seq, i) : PyTuple_GET_ITEM(seq, i);
+    PyObject *seq = c->seq;
+    if (PyList_CheckExact(seq)) {
+        return i < PyList_GET_SIZE(seq) ? PyList_GET_ITEM(seq, i) : NULL;
+    }
+    return i < PyTuple_GET_SIZE(seq) ? PyTuple_GET_ITEM(seq, i) : NULL;
 }
 
 /* Row i's time: 1 read, 0 not an exact int within int64. */
@@ -138,8 +149,8 @@ time_at(const Column *c, Py_ssize_t i, long long *ts)
         memcpy(ts, c->values + 8 * i, 8);
         return 1;
     }
-    PyObject *t = item(c->seq, i);
-    return PyLong_CheckExact(t) && int64_of(t, ts) == 0;
+    PyObject *t = item(c, i);
+    return t != NULL && PyLong_CheckExact(t) && int64_of(t, ts) == 0;
 }
 
 /* Row i's price or size: 1 read, 0 not an exact float. */
@@ -150,36 +161,33 @@ double_at(const Column *c, Py_ssize_t i, double *value)
         memcpy(value, c->values + 8 * i, 8);
         return 1;
     }
-    PyObject *v = item(c->seq, i);
-    if (!PyFloat_CheckExact(v)) {
+    PyObject *v = item(c, i);
+    if (v == NULL || !PyFloat_CheckExact(v)) {
         return 0;
     }
     *value = PyFloat_AS_DOUBLE(v);
     return 1;
 }
 
-/* What to store for row i's time or price: the row's own object from a list or tuple, a
- * new one of the same value from an array. A new reference, NULL on error. */
+/* Row i, if it can be done in C: its key (borrowed) and values; NULL if not. */
 static PyObject *
-time_object(const Column *c, Py_ssize_t i, long long ts)
+row_at(const Column *columns, Py_ssize_t i, long long *ts, double *price, double *size)
 {
-    return c->values == NULL ? Py_NewRef(item(c->seq, i)) : PyLong_FromLongLong(ts);
+    PyObject *key = item(&columns[1], i);
+    if (key == NULL || !PyUnicode_CheckExact(key) || !time_at(&columns[0], i, ts)
+        || !double_at(&columns[2], i, price) || !double_at(&columns[3], i, size)) {
+        return NULL;
+    }
+    return key;
 }
 
-static PyObject *
-double_object(const Column *c, Py_ssize_t i, double value)
-{
-    return c->values == NULL ? Py_NewRef(item(c->seq, i)) : PyFloat_FromDouble(value);
-}
-
-/* One accumulator during a run of rows: its values in C, and the row each changed slot
- * last came from (-1: unchanged). */
+/* One accumulator during a run: its values in C, and which slots the run changed. */
 typedef struct {
     PyObject *acc; /* held */
     long long open_ts, close_ts, count;
     int open_side, close_side; /* int64_of's: the accumulator's times may lie beyond int64 */
+    int opened, closed, highered, lowered;
     double open, close, high, low, volume, pv;
-    Py_ssize_t open_row, close_row, high_row, low_row;
 } State;
 
 /* An index from an object's address to its state: open addressing, reused from run to run
@@ -195,14 +203,16 @@ typedef struct {
     size_t mask, used;
 } Index;
 
-/* A run's tables, kept between runs. Only one run uses them at a time: a run holds the GIL
- * and runs no Python code until its states are written back. */
-static Index by_key, by_acc; /* by the key object (the same str row after row), by the acc */
+/* A run's tables, kept between runs; one run uses them at a time (busy). */
+static Index by_key, by_acc; /* by the key object (held), by the accumulator */
 static State *states;
 static size_t states_used, states_room;
+static PyObject **keys_held; /* the key objects indexed, one per by_key entry */
+static size_t keys_room;
 static uint32_t generation;
+static int busy;
 
-#define MAX_KEPT 65536 /* entries kept between runs; a larger table is freed after one */
+#define MAX_KEPT 65536 /* entries kept between runs; larger tables are freed after one */
 
 static Entry *
 probe(const Index *index, PyObject *ptr)
@@ -240,14 +250,16 @@ room_for_one(Index *index)
     return 0;
 }
 
-/* 0, or -1 with an error when the indexes cannot be made. */
+static Index *const indexes[2] = {&by_key, &by_acc};
+
+/* A new run: 0, or -1 with an error when the indexes cannot be made. */
 static int
 start_run(void)
 {
     if (++generation == 0) { /* wrapped: entries of generation 0 are from long ago */
-        for (Index *index = &by_key; index != NULL; index = index == &by_key ? &by_acc : NULL) {
-            if (index->entries != NULL) {
-                memset(index->entries, 0, (index->mask + 1) * sizeof(Entry));
+        for (int k = 0; k < 2; k++) {
+            if (indexes[k]->entries != NULL) {
+                memset(indexes[k]->entries, 0, (indexes[k]->mask + 1) * sizeof(Entry));
             }
         }
         generation = 1;
@@ -257,26 +269,28 @@ start_run(void)
     return room_for_one(&by_key) < 0 || room_for_one(&by_acc) < 0 ? -1 : 0;
 }
 
-static void
-end_run(void)
+/* Room for one more element in a buffer of *room elements of size each (doubled as it
+ * fills): 0, or -1 with an error. */
+static int
+room_for(void **buffer, size_t *room, size_t used, size_t size)
 {
-    for (Index *index = &by_key; index != NULL; index = index == &by_key ? &by_acc : NULL) {
-        if (index->mask + 1 > MAX_KEPT) {
-            PyMem_Free(index->entries);
-            index->entries = NULL;
-            index->mask = 0;
-        }
+    if (used < *room) {
+        return 0;
     }
-    if (states_room > MAX_KEPT) {
-        PyMem_Free(states);
-        states = NULL;
-        states_room = 0;
+    size_t more = *room ? *room * 2 : 256;
+    void *bigger = PyMem_Realloc(*buffer, more * size);
+    if (bigger == NULL) {
+        PyErr_NoMemory();
+        return -1;
     }
+    *buffer = bigger;
+    *room = more;
+    return 0;
 }
 
-/* The state of the accumulator for key, read from it at its first row: NULL, with no error,
- * when the key is not in bucket (*missing set) or its accumulator is not OHLCV's list with
- * the types the arithmetic reads; NULL with an error on failure. */
+/* The state of key's accumulator, read from it at the key's first row in the run: NULL,
+ * with no error, when the key is not in bucket (*missing set) or its accumulator is not
+ * OHLCV's list with the types the arithmetic reads; NULL with an error on failure. */
 static State *
 state_of(PyObject *bucket, PyObject *key, int *missing)
 {
@@ -284,150 +298,174 @@ state_of(PyObject *bucket, PyObject *key, int *missing)
     if (k->generation == generation) {
         return &states[k->state];
     }
+    if (room_for_one(&by_key) < 0 || room_for_one(&by_acc) < 0
+        || room_for((void **)&states, &states_room, states_used, sizeof(State)) < 0
+        || room_for((void **)&keys_held, &keys_room, by_key.used, sizeof(PyObject *)) < 0) {
+        return NULL;
+    }
+    /* A lookup may run Python code (see Safety): key and the accumulator are held. */
+    Py_INCREF(key);
     PyObject *acc = PyDict_GetItemWithError(bucket, key); /* borrowed */
     if (acc == NULL) {
         *missing = !PyErr_Occurred();
-        return NULL;
-    }
-    if (room_for_one(&by_key) < 0 || room_for_one(&by_acc) < 0) {
+        Py_DECREF(key);
         return NULL;
     }
     Entry *a = probe(&by_acc, acc);
-    if (a->generation != generation) { /* an accumulator not yet read: another key object */
+    if (a->generation != generation) { /* an accumulator not yet read: a new state */
         if (!usable(acc)) {
+            Py_DECREF(key);
             return NULL;
-        }
-        if (states_used == states_room) {
-            size_t room = states_room ? states_room * 2 : 256;
-            State *more = PyMem_Realloc(states, room * sizeof(State));
-            if (more == NULL) {
-                PyErr_NoMemory();
-                return NULL;
-            }
-            states = more;
-            states_room = room;
         }
         PyObject **v = ((PyListObject *)acc)->ob_item;
-        State *s = &states[states_used];
-        *s = (State){.open_row = -1, .close_row = -1, .high_row = -1, .low_row = -1};
-        s->open_side = int64_of(v[OPEN_TS], &s->open_ts);
-        s->close_side = int64_of(v[CLOSE_TS], &s->close_ts);
-        if (int64_of(v[N], &s->count) != 0) {
+        State s = {.acc = NULL};
+        s.open_side = int64_of(v[OPEN_TS], &s.open_ts);
+        s.close_side = int64_of(v[CLOSE_TS], &s.close_ts);
+        if (int64_of(v[N], &s.count) != 0) {
+            Py_DECREF(key);
             return NULL;
         }
-        s->high = PyFloat_AS_DOUBLE(v[HIGH]);
-        s->low = PyFloat_AS_DOUBLE(v[LOW]);
-        s->volume = PyFloat_AS_DOUBLE(v[VOLUME]);
-        s->pv = PyFloat_AS_DOUBLE(v[PV]);
-        s->acc = Py_NewRef(acc);
+        s.high = PyFloat_AS_DOUBLE(v[HIGH]);
+        s.low = PyFloat_AS_DOUBLE(v[LOW]);
+        s.volume = PyFloat_AS_DOUBLE(v[VOLUME]);
+        s.pv = PyFloat_AS_DOUBLE(v[PV]);
+        s.acc = Py_NewRef(acc);
+        states[states_used] = s;
         *a = (Entry){acc, generation, (uint32_t)states_used++};
         by_acc.used++;
     }
+    keys_held[by_key.used] = key;
     *probe(&by_key, key) = (Entry){key, generation, a->state};
     by_key.used++;
     return &states[a->state];
 }
 
-/* OHLCV's body for row i, in C. */
+/* OHLCV's body for one row, in C. */
 static void
-update(State *e, Py_ssize_t i, long long ts, double price, double size)
+update(State *e, long long ts, double price, double size)
 {
     if (e->open_side > 0 || (e->open_side == 0 && ts < e->open_ts)) {
         e->open_side = 0;
         e->open_ts = ts;
         e->open = price;
-        e->open_row = i;
+        e->opened = 1;
     }
     if (e->close_side < 0 || (e->close_side == 0 && ts >= e->close_ts)) {
         e->close_side = 0;
         e->close_ts = ts;
         e->close = price;
-        e->close_row = i;
+        e->closed = 1;
     }
     if (price > e->high) {
         e->high = price;
-        e->high_row = i;
+        e->highered = 1;
     }
     if (price < e->low) {
         e->low = price;
-        e->low_row = i;
+        e->lowered = 1;
     }
     e->volume += size;
     e->pv += price * size;
     e->count += 1;
 }
 
-/* Store a state's values in its accumulator; the values they replace go to old (at most
- * SLOTS of them), to be freed once every accumulator is written. -1 on error, the
- * accumulator unchanged. */
+/* Store a state's values in its accumulator (if it is still a list of nine); the values
+ * they replace go to old (at most SLOTS), or are freed at once when old is NULL. -1 with
+ * an error if the new values cannot be made, the accumulator unchanged. */
 static int
-write_back(const State *e, const Column *columns, PyObject **old, size_t *olds)
+write_back(const State *e, PyObject **old, size_t *olds)
 {
-    const Column *times = &columns[0], *prices = &columns[2];
     PyObject *values[SLOTS] = {NULL};
     int failed = 0;
-    if (e->open_row >= 0) {
-        values[OPEN_TS] = time_object(times, e->open_row, e->open_ts);
-        values[OPEN] = double_object(prices, e->open_row, e->open);
-        failed |= values[OPEN_TS] == NULL || values[OPEN] == NULL;
+    if (e->opened) {
+        failed |= (values[OPEN_TS] = PyLong_FromLongLong(e->open_ts)) == NULL;
+        failed |= (values[OPEN] = PyFloat_FromDouble(e->open)) == NULL;
     }
-    if (e->close_row >= 0) {
-        values[CLOSE_TS] = time_object(times, e->close_row, e->close_ts);
-        values[CLOSE] = double_object(prices, e->close_row, e->close);
-        failed |= values[CLOSE_TS] == NULL || values[CLOSE] == NULL;
+    if (e->closed) {
+        failed |= (values[CLOSE_TS] = PyLong_FromLongLong(e->close_ts)) == NULL;
+        failed |= (values[CLOSE] = PyFloat_FromDouble(e->close)) == NULL;
     }
-    if (e->high_row >= 0) {
-        failed |= (values[HIGH] = double_object(prices, e->high_row, e->high)) == NULL;
+    if (e->highered) {
+        failed |= (values[HIGH] = PyFloat_FromDouble(e->high)) == NULL;
     }
-    if (e->low_row >= 0) {
-        failed |= (values[LOW] = double_object(prices, e->low_row, e->low)) == NULL;
+    if (e->lowered) {
+        failed |= (values[LOW] = PyFloat_FromDouble(e->low)) == NULL;
     }
     failed |= (values[VOLUME] = PyFloat_FromDouble(e->volume)) == NULL;
     failed |= (values[PV] = PyFloat_FromDouble(e->pv)) == NULL;
     failed |= (values[N] = PyLong_FromLongLong(e->count)) == NULL;
-    if (failed) {
-        for (int k = 0; k < SLOTS; k++) {
-            Py_XDECREF(values[k]);
-        }
-        return -1;
-    }
+    int intact = PyList_GET_SIZE(e->acc) == SLOTS;
     PyObject **a = ((PyListObject *)e->acc)->ob_item;
     for (int k = 0; k < SLOTS; k++) {
-        if (values[k] != NULL) {
+        if (values[k] == NULL) {
+            continue;
+        }
+        if (failed || !intact) {
+            Py_DECREF(values[k]);
+        }
+        else if (old != NULL) {
             old[(*olds)++] = a[k];
             a[k] = values[k];
         }
+        else {
+            Py_SETREF(a[k], values[k]);
+        }
     }
-    return 0;
+    return failed ? -1 : 0;
 }
 
-/* Write every state of the run back and let the accumulators go; -1 if one could not be
- * written (an error is set; the others are). */
+/* Write every state of the run back and let the accumulators and keys go; -1 if one
+ * could not be written (an error is set; the others are). */
 static int
-finish(const Column *columns)
+finish(void)
 {
     int status = 0;
-    /* Per accumulator: the values of its slots, and the accumulator itself. */
-    size_t room = (states_used ? states_used : 1) * (SLOTS + 1);
+    /* Each accumulator's old values and itself, and the keys: freed once all are written. */
+    size_t room = states_used * (SLOTS + 1) + by_key.used + 1;
     PyObject **old = PyMem_Malloc(room * sizeof(PyObject *));
-    if (old == NULL) {
-        PyErr_NoMemory();
-        status = -1;
-    }
     size_t olds = 0;
     for (size_t i = 0; i < states_used; i++) {
-        const State *e = &states[i];
-        if (old == NULL) {
-            Py_DECREF(e->acc);
-            continue;
-        }
-        if (write_back(e, columns, old, &olds) < 0) {
+        if (write_back(&states[i], old, &olds) < 0) {
             status = -1;
         }
-        old[olds++] = e->acc;
     }
+    size_t accs = states_used, keys = by_key.used;
     states_used = 0;
-    end_run();
+    by_key.used = by_acc.used = 0;
+    busy = 0; /* what follows may run Python code, and the tables are free again */
+    if (old == NULL) {
+        for (size_t i = 0; i < accs; i++) {
+            Py_DECREF(states[i].acc);
+        }
+        for (size_t i = 0; i < keys; i++) {
+            Py_DECREF(keys_held[i]);
+        }
+    }
+    else {
+        for (size_t i = 0; i < accs; i++) {
+            old[olds++] = states[i].acc;
+        }
+        for (size_t i = 0; i < keys; i++) {
+            old[olds++] = keys_held[i];
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        if (indexes[k]->mask + 1 > MAX_KEPT) {
+            PyMem_Free(indexes[k]->entries);
+            indexes[k]->entries = NULL;
+            indexes[k]->mask = 0;
+        }
+    }
+    if (states_room > MAX_KEPT) {
+        PyMem_Free(states);
+        states = NULL;
+        states_room = 0;
+    }
+    if (keys_room > MAX_KEPT) {
+        PyMem_Free(keys_held);
+        keys_held = NULL;
+        keys_room = 0;
+    }
     for (size_t k = 0; k < olds; k++) { /* may run finalizers: everything is written */
         Py_DECREF(old[k]);
     }
@@ -435,38 +473,16 @@ finish(const Column *columns)
     return status;
 }
 
-/* Whether row i's key, time, price and size can be done in C (read into the last three). */
-static int
-row_at(const Column *columns, Py_ssize_t i, long long *ts, double *price, double *size)
-{
-    return PyUnicode_CheckExact(item(columns[1].seq, i)) && time_at(&columns[0], i, ts)
-        && double_at(&columns[2], i, price) && double_at(&columns[3], i, size);
-}
-
-/* Whether bucket's lookups by an exact str can run no Python code: all its keys are exact
- * str (a key of another type with a Python __eq__ may share a str's hash). */
-static int
-str_keys_only(PyObject *bucket)
-{
-    Py_ssize_t pos = 0;
-    PyObject *key, *value;
-    while (PyDict_Next(bucket, &pos, &key, &value)) {
-        if (!PyUnicode_CheckExact(key)) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
-/* The rows from start while they can be done and their keys are in bucket, all in C: no
- * Python code runs (no lookup can, nothing allocated is tracked by the collector, and the
- * old values are freed once every accumulator is written). Returns the first row not
- * done, -1 on error (the rows before it written); *missing says whether its key is new. */
+/* A run: the rows from start while they can be done and their keys are in bucket. Returns
+ * the first row not done, -1 on error (the run's rows written, but see Safety); *missing
+ * says whether its key is new. */
 static Py_ssize_t
 rows(PyObject *bucket, const Column *columns, Py_ssize_t n, Py_ssize_t start, int *missing)
 {
     *missing = 0;
+    busy = 1;
     if (start_run() < 0) {
+        busy = 0;
         return -1;
     }
     Py_ssize_t i = start;
@@ -474,17 +490,18 @@ rows(PyObject *bucket, const Column *columns, Py_ssize_t n, Py_ssize_t start, in
     for (; i < n; i++) {
         long long ts;
         double price, size;
-        if (!row_at(columns, i, &ts, &price, &size)) {
+        PyObject *key = row_at(columns, i, &ts, &price, &size);
+        if (key == NULL) {
             break;
         }
-        State *e = state_of(bucket, item(columns[1].seq, i), missing);
+        State *e = state_of(bucket, key, missing);
         if (e == NULL || e->count == LLONG_MAX) {
             failed = e == NULL && PyErr_Occurred() != NULL;
             break;
         }
-        update(e, i, ts, price, size);
+        update(e, ts, price, size);
     }
-    if (finish(columns) < 0) {
+    if (finish() < 0) {
         failed = 1;
     }
     return failed ? -1 : i;
@@ -492,8 +509,8 @@ rows(PyObject *bucket, const Column *columns, Py_ssize_t n, Py_ssize_t start, in
 
 /* As the Python loop does at a new key's first row, the accumulator made by initial() and
  * stored, for the rows from start up to the first that cannot be done in C (or whose key's
- * accumulator cannot): 0, or -1 on error. Python code runs here (initial), and no
- * accumulator is held in C meanwhile. */
+ * accumulator cannot): 0, or -1 on error. Python code runs here (initial), and nothing is
+ * held in C meanwhile. */
 static int
 create(PyObject *bucket, PyObject *initial, const Column *columns, Py_ssize_t n,
        Py_ssize_t start)
@@ -501,15 +518,11 @@ create(PyObject *bucket, PyObject *initial, const Column *columns, Py_ssize_t n,
     for (Py_ssize_t i = start; i < n; i++) {
         long long ts;
         double price, size;
-        for (int c = 0; c < 4; c++) { /* initial() may have changed a list */
-            if (columns[c].values == NULL && Py_SIZE(columns[c].seq) != n) {
-                return 0;
-            }
-        }
-        if (!row_at(columns, i, &ts, &price, &size)) {
+        PyObject *key = row_at(columns, i, &ts, &price, &size);
+        if (key == NULL) {
             return 0;
         }
-        PyObject *key = Py_NewRef(item(columns[1].seq, i));
+        Py_INCREF(key);
         PyObject *acc = PyDict_GetItemWithError(bucket, key); /* borrowed */
         if (acc != NULL || PyErr_Occurred()) {
             Py_DECREF(key);
@@ -533,21 +546,13 @@ create(PyObject *bucket, PyObject *initial, const Column *columns, Py_ssize_t n,
     return 0;
 }
 
-/* Every row that can be done: in C until a new key, whose accumulators (and those of the
- * rows after it) are then made, and on. Returns the first row not done, -1 on error. */
+/* Every row that can be done: runs, with the accumulators of new keys made between them.
+ * Returns the first row not done, -1 on error. */
 static Py_ssize_t
 all_rows(PyObject *bucket, PyObject *initial, const Column *columns, Py_ssize_t n)
 {
     Py_ssize_t i = 0, created_from = -1;
     for (;;) {
-        for (int c = 0; c < 4; c++) {
-            if (columns[c].values == NULL && Py_SIZE(columns[c].seq) != n) {
-                return i;
-            }
-        }
-        if (!str_keys_only(bucket)) {
-            return i;
-        }
         int missing;
         i = rows(bucket, columns, n, i, &missing);
         if (i < 0 || !missing || i == created_from) { /* the last: made, and gone again */
@@ -568,14 +573,10 @@ window(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
                         "window(bucket, initial, times, keys, prices, sizes) takes 6 arguments");
         return NULL;
     }
-    PyObject *bucket = args[0], *initial = args[1];
-    if (!PyDict_CheckExact(bucket)) {
-        return PyLong_FromLong(0);
-    }
-    PyObject *times = args[2];
+    PyObject *bucket = args[0], *initial = args[1], *times = args[2];
     int sized = PyList_CheckExact(times) || PyTuple_CheckExact(times)
                 || (array_type != NULL && Py_IS_TYPE(times, (PyTypeObject *)array_type));
-    if (!sized) {
+    if (!PyDict_CheckExact(bucket) || !sized || busy) {
         return PyLong_FromLong(0);
     }
     const Py_ssize_t n = Py_SIZE(times); /* an array's too: a variable-size object */

@@ -146,6 +146,14 @@ def test_values_that_do_not_pack_go_as_msgpack_and_are_checked_as_before() -> No
         codec.decode(flagged)
 
 
+@pytest.mark.parametrize("data", [b"\7", bytearray(1), memoryview(array("d", [1.5]))])
+def test_bytes_in_a_numeric_column_are_refused_not_read_as_packed_values(data: Any) -> None:
+    codec = MsgpackCodec(Tick)
+    for columns in ((["A"], data, [1.0], [1.0]), (["A"], [1], data, [1.0])):
+        with pytest.raises(RecordError, match=r"cannot encode .*got (bytes|bytearray|memoryview)"):
+            codec.encode(Columns(Tick, columns))
+
+
 def test_a_malformed_packed_column_is_a_record_error() -> None:
     codec = MsgpackCodec(Tick)
     odd = msgspec.msgpack.encode({"c": [["A"], b"\0" * 7, [1.0], [1.0]]})

@@ -193,7 +193,7 @@ def test_the_kernel_refuses_columns_of_other_kinds_at_once() -> None:
 
 
 class _Collider:
-    """A key that shares "A"'s hash, whose ``__eq__`` is Python code a lookup of "A" runs."""
+    """A key that shares "A"'s hash: a lookup of "A" runs its ``__eq__`` (Python code)."""
 
     calls = 0
 
@@ -206,26 +206,54 @@ class _Collider:
 
 
 @native
-def test_a_bucket_with_a_key_of_another_type_is_left_to_the_python_loop() -> None:
-    # A lookup in it could run Python code, which might look at an accumulator the kernel
-    # holds in C: the kernel does nothing, and runs none.
-    columns = [[T0 + 1, T0 + 2], ["A", "A"], [21.0, 2.5], [2.0, 4.0]]
-    kernel = aggregations._ohlcv_window
-    assert kernel is not None
-    other = OHLCV().initial()
-    bucket: dict[Any, Any] = {_Collider(): other}
-    assert kernel(bucket, OHLCV().initial, *columns) == 0
-    assert _Collider.calls == 0 and list(bucket.values()) == [other]
-    # Through the window, the Python loop does the batch.
+def test_a_key_of_another_type_in_the_bucket_gives_the_python_loops_bars() -> None:
+    ts, symbols, prices, sizes = [T0 + 1, T0 + 2], ["A", "A"], [21.0, 2.5], [2.0, 4.0]
+    batch = Columns(Tick, [symbols, ts, prices, sizes])
     with_kernel, without = _replicas()
     key = _Collider()
     for logic in (with_kernel, without):
         logic._windows[T0 // SIZE * SIZE] = {key: OHLCV().initial()}
-    ts, symbols, prices, sizes = columns
-    batch = Columns(Tick, [symbols, ts, prices, sizes])
-    bars = _run(with_kernel, [batch])
-    assert _same(bars, _run(without, [batch]))
-    assert [(b.symbol, b.count) for b in bars if b.symbol == "A"] == [("A", 2)]
+    calls = _Collider.calls
+    bars = _run(with_kernel, [batch, _packed(batch)])
+    assert _Collider.calls > calls  # the kernel's lookups ran it
+    assert _same(bars, _run(without, [batch, batch]))
+    assert [(b.symbol, b.count) for b in bars if b.symbol == "A"] == [("A", 4)]
+
+
+class _Vandal:
+    """A key that shares "A"'s hash, whose ``__eq__`` empties the batch's lists, frees
+    memory and calls the kernel again, all while the kernel holds accumulators in C."""
+
+    def __init__(self, columns: list[list[Any]]) -> None:
+        self.columns = columns
+        self.nested: list[int] = []
+
+    def __hash__(self) -> int:
+        return hash("A")
+
+    def __eq__(self, other: object) -> bool:
+        for column in self.columns:
+            column.clear()
+        [float(i) + 0.5 for i in range(1000)]
+        kernel = aggregations._ohlcv_window
+        assert kernel is not None
+        self.nested.append(kernel({}, OHLCV().initial, [T0], ["B"], [1.0], [1.0]))
+        return False
+
+
+@native
+def test_python_code_run_by_a_lookup_cannot_pull_the_rows_from_under_the_kernel() -> None:
+    columns: list[list[Any]] = [[T0 + 1, T0 + 2], ["B", "A"], [21.0, 2.5], [2.0, 4.0]]
+    kernel = aggregations._ohlcv_window
+    assert kernel is not None
+    vandal = _Vandal(columns)
+    bucket: dict[Any, Any] = {"B": OHLCV().initial(), vandal: OHLCV().initial()}
+    # Row 0 (B) is done; the lookup of "A" empties the lists; the kernel stops there,
+    # having read nothing it no longer holds (the batch changed under it: the rest, none
+    # now, is the Python loop's), and the nested call did nothing.
+    assert kernel(bucket, OHLCV().initial, *columns) == 1
+    assert vandal.nested == [0]
+    assert bucket["B"][5] == 21.0 and bucket["B"][8] == 1 and "A" not in bucket
 
 
 class _LoudOHLCV(OHLCV):
@@ -254,11 +282,11 @@ def test_python_code_in_initial_cannot_pull_the_rows_from_under_the_kernel() -> 
         assert kernel is not None
         bucket: dict[Any, Any] = {}
         # A's accumulator is made and stored, as the Python loop would at its first row;
-        # then the columns are shorter, and the rest is the Python loop's.
-        assert kernel(bucket, agg.initial, *columns) == 0
+        # its row is done, and the columns end there.
+        assert kernel(bucket, agg.initial, *columns) == 1
     finally:
         _LoudOHLCV.columns = None
-    assert list(bucket) == ["A"] and bucket["A"] == OHLCV().initial()
+    assert list(bucket) == ["A"] and bucket["A"][5] == 1.0 and bucket["A"][8] == 1
 
 
 @native
