@@ -37,12 +37,14 @@ setup(
         Extension(
             "operators._columns",
             ["operators/_columns.c"],
+            depends=["operators/_packed.h"],
             optional=True,
             extra_compile_args=["-O2"],
         ),
         Extension(
             "operators._ohlcv",
             ["operators/_ohlcv.c"],
+            depends=["operators/_packed.h"],
             optional=True,
             # No fused multiply-add: price * size is rounded before it is summed, as in Python.
             extra_compile_args=["-O2", "-ffp-contract=off"],

@@ -25,23 +25,20 @@
 #include <Python.h>
 #include <structmember.h>
 
-#define MAX_FIELDS 16
+#include "_packed.h"
 
-static PyObject *array_type; /* array.array, looked up when the module loads */
+#define MAX_FIELDS 16
 
 /* int_bounds of an array.array: None unless its items are 8-byte ints. */
 static PyObject *
 array_bounds(PyObject *column)
 {
     Py_buffer view;
-    if (PyObject_GetBuffer(column, &view, PyBUF_FORMAT | PyBUF_ND) < 0) {
-        PyErr_Clear();
+    if (!packed_view(column, 'q', &view)) {
         Py_RETURN_NONE;
     }
-    const char *f = view.format;
-    Py_ssize_t n = view.ndim == 1 ? view.shape[0] : 0;
-    if (f == NULL || (f[0] != 'q' && f[0] != 'l') || f[1] != '\0' || view.itemsize != 8
-        || n == 0) {
+    Py_ssize_t n = view.shape[0];
+    if (n == 0) {
         PyBuffer_Release(&view);
         Py_RETURN_NONE;
     }
@@ -63,7 +60,7 @@ array_bounds(PyObject *column)
 static PyObject *
 int_bounds(PyObject *Py_UNUSED(module), PyObject *column)
 {
-    if (array_type != NULL && Py_IS_TYPE(column, (PyTypeObject *)array_type)) {
+    if (packed_is_array(column)) {
         return array_bounds(column);
     }
     if (!PyList_CheckExact(column) || PyList_GET_SIZE(column) == 0) {
@@ -231,16 +228,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__columns(void)
 {
-    if (array_type == NULL) {
-        PyObject *array = PyImport_ImportModule("array");
-        if (array == NULL) {
-            return NULL;
-        }
-        array_type = PyObject_GetAttrString(array, "array");
-        Py_DECREF(array);
-        if (array_type == NULL) {
-            return NULL;
-        }
+    if (packed_init() < 0) {
+        return NULL;
     }
     return PyModuleDef_Init(&module);
 }

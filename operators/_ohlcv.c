@@ -56,6 +56,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_packed.h"
+
 enum { OPEN_TS, OPEN, HIGH, LOW, CLOSE_TS, CLOSE, VOLUME, PV, N, SLOTS };
 
 /* An exact int's value: 0 within int64 (*value set), -1 below, 1 above. */
@@ -81,8 +83,6 @@ usable(PyObject *acc)
         && PyLong_CheckExact(a[N]);
 }
 
-static PyObject *array_type; /* array.array, looked up when the module loads */
-
 /* A column: an exact list's or tuple's items, or an array's 8-byte values. */
 typedef struct {
     PyObject *seq;      /* borrowed */
@@ -102,18 +102,11 @@ open_column(Column *c, PyObject *obj, char code, Py_ssize_t n)
     if (PyList_CheckExact(obj) || PyTuple_CheckExact(obj)) {
         return Py_SIZE(obj) == n;
     }
-    if (code == 0 || array_type == NULL || !Py_IS_TYPE(obj, (PyTypeObject *)array_type)) {
-        return 0;
-    }
-    if (PyObject_GetBuffer(obj, &c->view, PyBUF_FORMAT | PyBUF_ND) < 0) {
-        PyErr_Clear();
+    if (code == 0 || !packed_view(obj, code, &c->view)) {
         return 0;
     }
     c->viewed = 1; /* exported: the array cannot be resized until it is released */
-    const char *f = c->view.format;
-    int kind = f != NULL && f[0] != '\0' && f[1] == '\0'
-               && (code == 'd' ? f[0] == 'd' : (f[0] == 'q' || f[0] == 'l'));
-    if (!kind || c->view.ndim != 1 || c->view.itemsize != 8 || c->view.shape[0] != n) {
+    if (c->view.shape[0] != n) {
         return 0;
     }
     c->values = c->view.buf;
@@ -574,8 +567,7 @@ window(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *bucket = args[0], *initial = args[1], *times = args[2];
-    int sized = PyList_CheckExact(times) || PyTuple_CheckExact(times)
-                || (array_type != NULL && Py_IS_TYPE(times, (PyTypeObject *)array_type));
+    int sized = PyList_CheckExact(times) || PyTuple_CheckExact(times) || packed_is_array(times);
     if (!PyDict_CheckExact(bucket) || !sized || busy) {
         return PyLong_FromLong(0);
     }
@@ -611,16 +603,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__ohlcv(void)
 {
-    if (array_type == NULL) {
-        PyObject *array = PyImport_ImportModule("array");
-        if (array == NULL) {
-            return NULL;
-        }
-        array_type = PyObject_GetAttrString(array, "array");
-        Py_DECREF(array);
-        if (array_type == NULL) {
-            return NULL;
-        }
+    if (packed_init() < 0) {
+        return NULL;
     }
     return PyModuleDef_Init(&module);
 }
