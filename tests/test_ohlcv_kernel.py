@@ -488,3 +488,40 @@ def test_records_with_keys_that_are_not_str_give_the_same_bars() -> None:
     ticks = [Tick(i % 3, T0 + i, float(i), 1.0) for i in range(40)]  # type: ignore[arg-type]
     with_kernel, without = _replicas()
     assert _same(_run(with_kernel, [ticks]), _run(without, [ticks]))
+
+
+@native
+@settings(max_examples=150)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["A", "B", "C"]), _times, _prices, _prices),
+        min_size=1,
+        max_size=60,
+    ),
+    st.integers(-1, 2 * SIZE),
+)
+def test_decoded_columns_with_late_records_and_several_windows_give_the_lists_results(
+    rows: list[tuple[str, int, float, float]], watermark: int
+) -> None:
+    # Packed on the wire, the columns arrive as arrays; late records are taken out of them
+    # and the rest may span windows.
+    batch = _columns(rows)
+    sender, receiver = MsgpackCodec(Tick, dictionary=True), MsgpackCodec(Tick)
+    decoded = receiver.decode(sender.encode(batch))
+    assert isinstance(decoded, Columns) and type(decoded.data[1]) is array
+    out = []
+    for given_batch, kernel in ((decoded, True), (batch, False)):
+        ctx = Context("w")
+        logic = WindowAggregate(Tumbling(SIZE), OHLCV()).build(ctx)
+        if not kernel:
+            logic._kernel = None
+        logic.on_watermark(T0 + watermark)
+        assert logic.process(given_batch) == []
+        out.append((logic.on_eof(), ctx.side.get("late", [])))
+    (bars, late), (bars_lists, late_lists) = out
+    assert _same(bars, bars_lists)
+    assert _bits_of(late) == _bits_of(late_lists)
+
+
+def _bits_of(records: list[Tick]) -> list[Any]:
+    return [[_bits(getattr(r, f)) for f in Tick.__struct_fields__] for r in records]
