@@ -29,7 +29,9 @@
  * run. A key not yet in bucket ends the run (its rows written): the accumulators of it and
  * of the new keys after it are made by initial() and stored, as the Python loop does at
  * each one's first row and in the same order, with nothing held in C; then the next run
- * starts at that key. aggregations.OHLCV hands out this kernel only with its own initial().
+ * starts at that key. The new keys after the first are so made ahead of the rows between
+ * them, which is the Python loop's result for an initial() that depends on nothing, as
+ * OHLCV's: aggregations.OHLCV hands out this kernel only with its own initial().
  *
  * Safety. Within a run only a dict lookup can run Python code: a key of another type in
  * bucket, with a Python __eq__, may share a str's hash (and then anything may run, the

@@ -167,8 +167,10 @@ class OHLCV(Aggregation):
         return (self.time, self.price, self.size), _OHLCV_BODY
 
     def window_kernel(self) -> Callable[..., int] | None:
-        # The C loop is this body's, and it calls this initial() with accumulators held
-        # (operators/_ohlcv.c): a subclass with a body or an initial() of its own gets none.
+        # The C loop is this body's, and it makes a batch's new accumulators ahead of the
+        # rows between their keys (operators/_ohlcv.c), which gives the Python loop's result
+        # for this initial(), which depends on nothing: a subclass with a body or an
+        # initial() of its own gets none.
         own = self.inline()[1] is _OHLCV_BODY and type(self).initial is OHLCV.initial
         return _ohlcv_window if own else None
 
