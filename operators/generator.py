@@ -50,6 +50,7 @@ from engine.columns import Columns
 from engine.errors import DagError
 from engine.operator import Context, Source, SourceLogic, Watermark
 from engine.records import Tick
+from operators.tumbling import int_bounds
 
 __all__ = ["Generator", "generate"]
 
@@ -151,9 +152,10 @@ class GeneratorLogic(SourceLogic):
             held = len(times)
             full = held if more is None else held - held % size
             for a in range(0, full, size):
-                top = max(times[a : a + size])
+                batch = [column[a : a + size] for column in columns]
+                top = int_bounds(batch[1])[1]
                 high = top if high is None or top > high else high
-                yield Columns(Tick, [column[a : a + size] for column in columns])
+                yield Columns(Tick, batch)
                 yield Watermark(high - lateness)
                 if pace is not None:
                     pace.wait(min(size, full - a))
