@@ -1,10 +1,10 @@
 /* OHLCV over the columns of a batch that falls in one window, in C.
  *
- * window(bucket, initial, times, keys, prices, sizes) -> rows done
+ * window(bucket, initial, times, keys, prices, sizes[, first, lo, hi]) -> row
  *
- * does for each row i, in order, what the tumbling window's one-window loop does with
- * OHLCV's inline body (operators/aggregations.py, _OHLCV_BODY): find the key's accumulator
- * in bucket (a new one from initial() when the key is new), then
+ * does for each row i from first (default 0), in order, what the tumbling window's
+ * one-window loop does with OHLCV's inline body (operators/aggregations.py, _OHLCV_BODY):
+ * find the key's accumulator in bucket (a new one from initial() when the key is new), then
  *
  *     if t < acc[OPEN_TS]:   acc[OPEN_TS], acc[OPEN] = t, price
  *     if t >= acc[CLOSE_TS]: acc[CLOSE_TS], acc[CLOSE] = t, price
@@ -41,16 +41,18 @@
  * re-entered (a call made while a run is under way does nothing and returns 0). The
  * results are the Python loop's unless such code changes the window's accumulators or the
  * batch while a run holds them. The values an accumulator held are freed at the end of
- * the run, once all are written, not at the row that replaced them. On a MemoryError the
- * window's state is undefined: the error stops the job.
+ * the run, once all are written, not at the row that replaced them. An exception in a call
+ * (from a lookup, initial() or an allocation) leaves the window's state undefined (new
+ * keys' accumulators may already be made ahead of rows not done): it stops the job.
  *
- * It stops before the first row it cannot do exactly that way, and returns that row's
- * index, everything before it done and written; the caller runs the Python loop from there.
- * Such a row has a key that is not an exact str, a time that is not an exact int within 64
- * bits, a price or size that is not an exact float, or an accumulator that is not OHLCV's
- * list of nine with exact ints and floats where the arithmetic reads (as after a rows batch
- * of int prices, say). Returns 0 at once when a column is of another kind or the columns'
- * lengths differ.
+ * It stops before the first row it cannot do exactly that way, or whose time is outside
+ * [lo, hi) (the window's: a batch over several windows is done window by window, a call a
+ * run of rows in one), and returns that row's index, everything before it done and
+ * written; the caller goes on from there. A row it cannot do has a key that is not an exact
+ * str, a time that is not an exact int within 64 bits, a price or size that is not an exact
+ * float, or an accumulator that is not OHLCV's list of nine with exact ints and floats where
+ * the arithmetic reads (as after a rows batch of int prices, say). Returns first at once
+ * when a column is of another kind or the columns' lengths differ.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -164,12 +166,23 @@ double_at(const Column *c, Py_ssize_t i, double *value)
     return 1;
 }
 
+/* A call's rows: the columns, their length, and the times a row must have to be done
+ * here (the window's: lo <= t < hi, each bound absent when unbounded). */
+typedef struct {
+    Column columns[4];
+    Py_ssize_t n;
+    long long lo, hi;
+    int has_lo, has_hi;
+} Batch;
+
 /* Row i, if it can be done in C: its key (borrowed) and values; NULL if not. */
 static PyObject *
-row_at(const Column *columns, Py_ssize_t i, long long *ts, double *price, double *size)
+row_at(const Batch *b, Py_ssize_t i, long long *ts, double *price, double *size)
 {
+    const Column *columns = b->columns;
     PyObject *key = item(&columns[1], i);
     if (key == NULL || !PyUnicode_CheckExact(key) || !time_at(&columns[0], i, ts)
+        || (b->has_lo && *ts < b->lo) || (b->has_hi && *ts >= b->hi)
         || !double_at(&columns[2], i, price) || !double_at(&columns[3], i, size)) {
         return NULL;
     }
@@ -204,6 +217,10 @@ static State *states;
 static size_t states_used, states_room;
 static PyObject **keys_held; /* the key objects indexed, one per by_key entry */
 static size_t keys_room;
+/* Room for what a run lets go at its end: each accumulator's old values and itself, and
+ * the keys. Made before anything is held, so finishing a run allocates nothing. */
+static PyObject **releases;
+static size_t releases_room;
 static uint32_t generation;
 static int busy;
 
@@ -264,15 +281,18 @@ start_run(void)
     return room_for_one(&by_key) < 0 || room_for_one(&by_acc) < 0 ? -1 : 0;
 }
 
-/* Room for one more element in a buffer of *room elements of size each (doubled as it
+/* Room for needed elements in a buffer of *room elements of size each (doubled as it
  * fills): 0, or -1 with an error. */
 static int
-room_for(void **buffer, size_t *room, size_t used, size_t size)
+room_for(void **buffer, size_t *room, size_t needed, size_t size)
 {
-    if (used < *room) {
+    if (needed <= *room) {
         return 0;
     }
-    size_t more = *room ? *room * 2 : 256;
+    size_t more = *room ? *room : 256;
+    while (more < needed) {
+        more *= 2;
+    }
     void *bigger = PyMem_Realloc(*buffer, more * size);
     if (bigger == NULL) {
         PyErr_NoMemory();
@@ -293,9 +313,11 @@ state_of(PyObject *bucket, PyObject *key, int *missing)
     if (k->generation == generation) {
         return &states[k->state];
     }
+    size_t let_go = (states_used + 1) * (SLOTS + 1) + by_key.used + 1;
     if (room_for_one(&by_key) < 0 || room_for_one(&by_acc) < 0
-        || room_for((void **)&states, &states_room, states_used, sizeof(State)) < 0
-        || room_for((void **)&keys_held, &keys_room, by_key.used, sizeof(PyObject *)) < 0) {
+        || room_for((void **)&states, &states_room, states_used + 1, sizeof(State)) < 0
+        || room_for((void **)&keys_held, &keys_room, by_key.used + 1, sizeof(PyObject *)) < 0
+        || room_for((void **)&releases, &releases_room, let_go, sizeof(PyObject *)) < 0) {
         return NULL;
     }
     /* A lookup may run Python code (see Safety): key and the accumulator are held. */
@@ -365,8 +387,8 @@ update(State *e, long long ts, double price, double size)
 }
 
 /* Store a state's values in its accumulator (if it is still a list of nine); the values
- * they replace go to old (at most SLOTS), or are freed at once when old is NULL. -1 with
- * an error if the new values cannot be made, the accumulator unchanged. */
+ * they replace go to old (at most SLOTS), to be freed once all are written. -1 with an
+ * error if the new values cannot be made, the accumulator unchanged. */
 static int
 write_back(const State *e, PyObject **old, size_t *olds)
 {
@@ -398,52 +420,39 @@ write_back(const State *e, PyObject **old, size_t *olds)
         if (failed || !intact) {
             Py_DECREF(values[k]);
         }
-        else if (old != NULL) {
+        else {
             old[(*olds)++] = a[k];
             a[k] = values[k];
-        }
-        else {
-            Py_SETREF(a[k], values[k]);
         }
     }
     return failed ? -1 : 0;
 }
 
 /* Write every state of the run back and let the accumulators and keys go; -1 if one
- * could not be written (an error is set; the others are). */
+ * could not be written (an error is set; the others are). Allocates nothing, and reads the
+ * tables only before the run ends (busy = 0): letting go may run finalizers, which may
+ * start a run of their own. */
 static int
 finish(void)
 {
     int status = 0;
-    /* Each accumulator's old values and itself, and the keys: freed once all are written. */
-    size_t room = states_used * (SLOTS + 1) + by_key.used + 1;
-    PyObject **old = PyMem_Malloc(room * sizeof(PyObject *));
-    size_t olds = 0;
+    PyObject **old = releases; /* room made by state_of for all of it */
+    size_t room = releases_room, olds = 0;
+    releases = NULL;
+    releases_room = 0;
     for (size_t i = 0; i < states_used; i++) {
         if (write_back(&states[i], old, &olds) < 0) {
             status = -1;
         }
     }
-    size_t accs = states_used, keys = by_key.used;
+    for (size_t i = 0; i < states_used; i++) {
+        old[olds++] = states[i].acc;
+    }
+    for (size_t i = 0; i < by_key.used; i++) {
+        old[olds++] = keys_held[i];
+    }
     states_used = 0;
     by_key.used = by_acc.used = 0;
-    busy = 0; /* what follows may run Python code, and the tables are free again */
-    if (old == NULL) {
-        for (size_t i = 0; i < accs; i++) {
-            Py_DECREF(states[i].acc);
-        }
-        for (size_t i = 0; i < keys; i++) {
-            Py_DECREF(keys_held[i]);
-        }
-    }
-    else {
-        for (size_t i = 0; i < accs; i++) {
-            old[olds++] = states[i].acc;
-        }
-        for (size_t i = 0; i < keys; i++) {
-            old[olds++] = keys_held[i];
-        }
-    }
     for (int k = 0; k < 2; k++) {
         if (indexes[k]->mask + 1 > MAX_KEPT) {
             PyMem_Free(indexes[k]->entries);
@@ -461,10 +470,17 @@ finish(void)
         keys_held = NULL;
         keys_room = 0;
     }
+    busy = 0; /* what follows may run Python code, and the tables are free again */
     for (size_t k = 0; k < olds; k++) { /* may run finalizers: everything is written */
         Py_DECREF(old[k]);
     }
-    PyMem_Free(old);
+    if (releases == NULL && room <= MAX_KEPT * (SLOTS + 1)) { /* kept for the next run */
+        releases = old;
+        releases_room = room;
+    }
+    else {
+        PyMem_Free(old);
+    }
     return status;
 }
 
@@ -472,7 +488,7 @@ finish(void)
  * the first row not done, -1 on error (the run's rows written, but see Safety); *missing
  * says whether its key is new. */
 static Py_ssize_t
-rows(PyObject *bucket, const Column *columns, Py_ssize_t n, Py_ssize_t start, int *missing)
+rows(PyObject *bucket, const Batch *b, Py_ssize_t start, int *missing)
 {
     *missing = 0;
     busy = 1;
@@ -482,10 +498,10 @@ rows(PyObject *bucket, const Column *columns, Py_ssize_t n, Py_ssize_t start, in
     }
     Py_ssize_t i = start;
     int failed = 0;
-    for (; i < n; i++) {
+    for (; i < b->n; i++) {
         long long ts;
         double price, size;
-        PyObject *key = row_at(columns, i, &ts, &price, &size);
+        PyObject *key = row_at(b, i, &ts, &price, &size);
         if (key == NULL) {
             break;
         }
@@ -507,13 +523,12 @@ rows(PyObject *bucket, const Column *columns, Py_ssize_t n, Py_ssize_t start, in
  * accumulator cannot): 0, or -1 on error. Python code runs here (initial), and nothing is
  * held in C meanwhile. */
 static int
-create(PyObject *bucket, PyObject *initial, const Column *columns, Py_ssize_t n,
-       Py_ssize_t start)
+create(PyObject *bucket, PyObject *initial, const Batch *b, Py_ssize_t start)
 {
-    for (Py_ssize_t i = start; i < n; i++) {
+    for (Py_ssize_t i = start; i < b->n; i++) {
         long long ts;
         double price, size;
-        PyObject *key = row_at(columns, i, &ts, &price, &size);
+        PyObject *key = row_at(b, i, &ts, &price, &size);
         if (key == NULL) {
             return 0;
         }
@@ -541,55 +556,91 @@ create(PyObject *bucket, PyObject *initial, const Column *columns, Py_ssize_t n,
     return 0;
 }
 
-/* Every row that can be done: runs, with the accumulators of new keys made between them.
- * Returns the first row not done, -1 on error. */
+/* Every row from first that can be done: runs, with the accumulators of new keys made
+ * between them. Returns the first row not done, -1 on error. */
 static Py_ssize_t
-all_rows(PyObject *bucket, PyObject *initial, const Column *columns, Py_ssize_t n)
+all_rows(PyObject *bucket, PyObject *initial, const Batch *b, Py_ssize_t first)
 {
-    Py_ssize_t i = 0, created_from = -1;
+    Py_ssize_t i = first, created_from = -1;
     for (;;) {
         int missing;
-        i = rows(bucket, columns, n, i, &missing);
+        i = rows(bucket, b, i, &missing);
         if (i < 0 || !missing || i == created_from) { /* the last: made, and gone again */
             return i;
         }
-        if (create(bucket, initial, columns, n, i) < 0) {
+        if (create(bucket, initial, b, i) < 0) {
             return -1;
         }
         created_from = i;
     }
 }
 
+/* A bound given as an int: 1 with *value set; 0 when it lies beyond int64 on the side that
+ * leaves it no bound (below for lo, above for hi); -1 when no time passes it; -2 on error. */
+static int
+bound_of(PyObject *obj, int upper, long long *value)
+{
+    if (!PyLong_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError, "window: first, lo and hi must be ints");
+        return -2;
+    }
+    int overflow;
+    *value = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (*value == -1 && PyErr_Occurred()) {
+        return -2;
+    }
+    if (overflow == 0) {
+        return 1;
+    }
+    return (overflow > 0) == upper ? 0 : -1;
+}
+
 static PyObject *
 window(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError,
-                        "window(bucket, initial, times, keys, prices, sizes) takes 6 arguments");
+    if (nargs != 6 && nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "window(bucket, initial, times, keys, prices, sizes"
+                                         "[, first, lo, hi]) takes 6 or 9 arguments");
         return NULL;
     }
     PyObject *bucket = args[0], *initial = args[1], *times = args[2];
-    int sized = PyList_CheckExact(times) || PyTuple_CheckExact(times) || packed_is_array(times);
-    if (!PyDict_CheckExact(bucket) || !sized || busy) {
-        return PyLong_FromLong(0);
+    Batch b = {.has_lo = 0, .has_hi = 0};
+    Py_ssize_t first = 0;
+    if (nargs == 9) {
+        first = PyLong_AsSsize_t(args[6]);
+        if (first == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        int lo = bound_of(args[7], 0, &b.lo), hi = bound_of(args[8], 1, &b.hi);
+        if (lo == -2 || hi == -2) {
+            return NULL;
+        }
+        if (lo < 0 || hi < 0) { /* no time is within the bounds */
+            return PyLong_FromSsize_t(first);
+        }
+        b.has_lo = lo;
+        b.has_hi = hi;
     }
-    const Py_ssize_t n = Py_SIZE(times); /* an array's too: a variable-size object */
+    int sized = PyList_CheckExact(times) || PyTuple_CheckExact(times) || packed_is_array(times);
+    if (!PyDict_CheckExact(bucket) || !sized || busy || first < 0 || first > Py_SIZE(times)) {
+        return PyLong_FromSsize_t(first);
+    }
+    b.n = Py_SIZE(times); /* an array's too: a variable-size object */
     static const char codes[4] = {'q', 0, 'd', 'd'};
-    Column columns[4];
     int opened = 0, usable_columns = 1;
     for (; opened < 4 && usable_columns; opened++) {
-        usable_columns = open_column(&columns[opened], args[2 + opened], codes[opened], n);
+        usable_columns = open_column(&b.columns[opened], args[2 + opened], codes[opened], b.n);
     }
-    Py_ssize_t done = usable_columns ? all_rows(bucket, initial, columns, n) : 0;
+    Py_ssize_t done = usable_columns ? all_rows(bucket, initial, &b, first) : first;
     for (int c = 0; c < opened; c++) {
-        close_column(&columns[c]);
+        close_column(&b.columns[c]);
     }
     return done < 0 ? NULL : PyLong_FromSsize_t(done);
 }
 
 static PyMethodDef methods[] = {
     {"window", (PyCFunction)(void (*)(void))window, METH_FASTCALL,
-     "window(bucket, initial, times, keys, prices, sizes) -> rows done\n\n"
+     "window(bucket, initial, times, keys, prices, sizes[, first, lo, hi]) -> row\n\n"
      "OHLCV over the columns of one window's batch (see operators/_ohlcv.c)."},
     {NULL, NULL, 0, NULL},
 };

@@ -1,6 +1,7 @@
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
+@overload
 def window(
     bucket: dict[Any, Any],
     initial: Callable[[], Any],
@@ -8,4 +9,16 @@ def window(
     keys: Any,
     prices: Any,
     sizes: Any,
+) -> int: ...
+@overload
+def window(
+    bucket: dict[Any, Any],
+    initial: Callable[[], Any],
+    times: Any,
+    keys: Any,
+    prices: Any,
+    sizes: Any,
+    first: int,
+    lo: int,
+    hi: int,
 ) -> int: ...

@@ -280,8 +280,30 @@ class _TumblingLogic(_FixedLogic):
         first = self._start(low)
         if first == self._start(high):
             self._one_window(columns, first)  # one window: found once
+        elif self._kernel is not None:
+            self._window_by_window(columns)
         else:
             self._process_columns(self, columns)
+
+    def _window_by_window(self, columns: Sequence[Sequence[Any]]) -> None:
+        """Aggregate columns over several windows through the kernel, one call for each run
+        of rows in one window: rows come nearly in time order, so a batch across a window's
+        end is two runs (a few more where times are out of order around it). The Python
+        loop takes over from a row the kernel cannot do."""
+        kernel, initial, windows, size = self._kernel, self._agg.initial, self._windows, self._size
+        assert kernel is not None
+        times = columns[0]
+        n, i = len(times), 0
+        while i < n:
+            start = self._start(times[i])
+            bucket = windows.get(start)
+            if bucket is None:
+                bucket = windows[start] = {}
+            done = kernel(bucket, initial, *columns, i, start, start + size)
+            if done == i:
+                self._process_columns(self, [column[i:] for column in columns])
+                return
+            i = done
 
     def _one_window(self, columns: Sequence[Sequence[Any]], start: int) -> None:
         """Aggregate columns that all fall in the window at ``start``: through the

@@ -9,6 +9,7 @@ window, one with the kernel and one without, and compares what they fire.
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from array import array
@@ -525,3 +526,59 @@ def test_decoded_columns_with_late_records_and_several_windows_give_the_lists_re
 
 def _bits_of(records: list[Tick]) -> list[Any]:
     return [[_bits(getattr(r, f)) for f in Tick.__struct_fields__] for r in records]
+
+
+@native
+def test_the_kernel_takes_the_rows_from_first_within_a_windows_bounds() -> None:
+    kernel = aggregations._ohlcv_window
+    assert kernel is not None
+    initial = OHLCV().initial
+    ts = [5, 15, 12, 25, 8]
+    columns = [ts, ["A"] * 5, [1.0, 2.0, 3.0, 4.0, 5.0], [1.0] * 5]
+    bucket: dict[Any, Any] = {}
+    # From row 1, in [10, 20): rows 1 and 2, then row 3 (25) is outside.
+    assert kernel(bucket, initial, *columns, 1, 10, 20) == 3
+    assert bucket["A"][8] == 2 and bucket["A"][1] == 3.0 and bucket["A"][5] == 2.0
+    assert kernel({}, initial, *columns, 0, 10, 20) == 0  # row 0 (5) is before lo
+    # Bounds beyond int64: unbounded on their side, or no time at all.
+    assert kernel({}, initial, *columns, 0, -(2**70), 2**70) == 5
+    assert kernel({}, initial, *columns, 2, 2**70, 2**71) == 2
+    assert kernel({}, initial, *columns, 2, -(2**71), -(2**70)) == 2
+    assert kernel({}, initial, *columns, 5, 0, 100) == 5  # nothing from the end
+    with pytest.raises(TypeError, match="6 or 9 arguments"):
+        kernel({}, initial, *columns, 0)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="must be ints"):
+        kernel({}, initial, *columns, 0, 1.5, 2)  # type: ignore[call-overload]
+
+
+@native
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["A", "B", "C"]), _times, _prices, _prices),
+        min_size=1,
+        max_size=60,
+    ),
+    st.booleans(),
+)
+def test_a_batch_over_several_windows_goes_through_the_kernel_window_by_window(
+    rows: list[tuple[str, int, float, float]], packed: bool
+) -> None:
+    batch = _columns(rows)
+    with_kernel, without = _replicas()
+    calls: list[tuple[int, int]] = []
+    kernel = with_kernel._kernel
+
+    def spy(*args: Any) -> int:
+        done: int = kernel(*args)
+        calls.append((args[6] if len(args) == 9 else 0, done))
+        return done
+
+    with_kernel._kernel = spy
+    bars = _run(with_kernel, [_packed(batch) if packed else batch])
+    assert _same(bars, _run(without, [batch]))
+    # Every row went through the kernel, in runs that each ended where the next began.
+    starts = sorted({T0 + t - (T0 + t) % SIZE for _, t, _, _ in rows})
+    assert calls and calls[-1][1] == len(rows)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(calls))
+    assert len(calls) >= len(starts)
