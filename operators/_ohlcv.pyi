@@ -1,7 +1,6 @@
 from collections.abc import Callable
-from typing import Any, overload
+from typing import Any
 
-@overload
 def window(
     bucket: dict[Any, Any],
     initial: Callable[[], Any],
@@ -9,16 +8,5 @@ def window(
     keys: Any,
     prices: Any,
     sizes: Any,
-) -> int: ...
-@overload
-def window(
-    bucket: dict[Any, Any],
-    initial: Callable[[], Any],
-    times: Any,
-    keys: Any,
-    prices: Any,
-    sizes: Any,
-    first: int,
-    lo: int,
-    hi: int,
+    *span: int,  # none, or first, lo, hi
 ) -> int: ...

@@ -416,14 +416,18 @@ def test_without_the_extension_the_window_uses_its_python_loop(
 _times = st.integers(0, 3 * SIZE - 1)  # three windows: late records and window changes too
 
 
+def _rows_over_windows(min_size: int) -> st.SearchStrategy[list[tuple[str, int, float, float]]]:
+    return st.lists(
+        st.tuples(st.sampled_from(["A", "B", "C"]), _times, _prices, _prices),
+        min_size=min_size,
+        max_size=60,
+    )
+
+
 @native
 @settings(max_examples=200)
 @given(
-    st.lists(
-        st.tuples(st.sampled_from(["A", "B", "C"]), _times, _prices, _prices),
-        min_size=0,
-        max_size=60,
-    ),
+    _rows_over_windows(0),
     st.integers(-1, 2 * SIZE),
 )
 def test_records_go_through_the_kernel_as_columns_with_the_rows_loops_results(
@@ -494,11 +498,7 @@ def test_records_with_keys_that_are_not_str_give_the_same_bars() -> None:
 @native
 @settings(max_examples=150)
 @given(
-    st.lists(
-        st.tuples(st.sampled_from(["A", "B", "C"]), _times, _prices, _prices),
-        min_size=1,
-        max_size=60,
-    ),
+    _rows_over_windows(1),
     st.integers(-1, 2 * SIZE),
 )
 def test_decoded_columns_with_late_records_and_several_windows_give_the_lists_results(
@@ -546,19 +546,15 @@ def test_the_kernel_takes_the_rows_from_first_within_a_windows_bounds() -> None:
     assert kernel({}, initial, *columns, 2, -(2**71), -(2**70)) == 2
     assert kernel({}, initial, *columns, 5, 0, 100) == 5  # nothing from the end
     with pytest.raises(TypeError, match="6 or 9 arguments"):
-        kernel({}, initial, *columns, 0)  # type: ignore[call-overload]
+        kernel({}, initial, *columns, 0)
     with pytest.raises(TypeError, match="must be ints"):
-        kernel({}, initial, *columns, 0, 1.5, 2)  # type: ignore[call-overload]
+        kernel({}, initial, *columns, 0, 1.5, 2)  # type: ignore[arg-type]
 
 
 @native
 @settings(max_examples=200)
 @given(
-    st.lists(
-        st.tuples(st.sampled_from(["A", "B", "C"]), _times, _prices, _prices),
-        min_size=1,
-        max_size=60,
-    ),
+    _rows_over_windows(1),
     st.booleans(),
 )
 def test_a_batch_over_several_windows_goes_through_the_kernel_window_by_window(
