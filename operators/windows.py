@@ -277,19 +277,20 @@ class _TumblingLogic(_FixedLogic):
 
     def _aggregate(self, columns: Sequence[Sequence[Any]], low: int, high: int) -> None:
         """Aggregate on-time columns whose times lie in ``[low, high]``."""
+        if self._kernel is not None:
+            self._window_by_window(columns)
+            return
         first = self._start(low)
         if first == self._start(high):
-            self._one_window(columns, first)  # one window: found once
-        elif self._kernel is not None:
-            self._window_by_window(columns)
+            self._process_window(self, columns, first)  # one window: found once
         else:
             self._process_columns(self, columns)
 
     def _window_by_window(self, columns: Sequence[Sequence[Any]]) -> None:
-        """Aggregate columns over several windows through the kernel, one call for each run
-        of rows in one window: rows come nearly in time order, so a batch across a window's
-        end is two runs (a few more where times are out of order around it). The Python
-        loop takes over from a row the kernel cannot do."""
+        """Aggregate columns through the kernel (C), one call for each run of rows in one
+        window: a batch in one window is one call; rows come nearly in time order, so a
+        batch across a window's end is two (a few more where times are out of order around
+        it). The Python loop takes over from a row the kernel cannot do."""
         kernel, initial, windows, size = self._kernel, self._agg.initial, self._windows, self._size
         assert kernel is not None
         times = columns[0]
@@ -304,20 +305,6 @@ class _TumblingLogic(_FixedLogic):
                 self._process_columns(self, [column[i:] for column in columns])
                 return
             i = done
-
-    def _one_window(self, columns: Sequence[Sequence[Any]], start: int) -> None:
-        """Aggregate columns that all fall in the window at ``start``: through the
-        aggregation's kernel (C) as far as it goes, then the Python loop for the rest."""
-        kernel = self._kernel
-        if kernel is not None:
-            bucket = self._windows.get(start)
-            if bucket is None:
-                bucket = self._windows[start] = {}
-            done = kernel(bucket, self._agg.initial, *columns)
-            if done == len(columns[0]):
-                return
-            columns = [column[done:] for column in columns]
-        self._process_window(self, columns, start)
 
     def _start(self, t: int) -> int:
         """The start of the window holding time ``t``."""
