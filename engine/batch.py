@@ -102,13 +102,12 @@ class MsgpackCodec(Codec):
             if type(records) is Columns:
                 if self._wire is None or records.type is not self.record_type:
                     raise TypeError(f"got a Columns batch of {records.type.__name__}")
-                data = records.data
-                if self._numbers:
-                    data = self._encode_numbers(data)
-                if not self._strings:
-                    return self._encoder.encode(self._wire(data))
+                columns = list(records.data)  # what goes on the wire, column by column
+                for i, code in self._numbers:
+                    columns[i] = numbers.wire(columns[i], code)
                 try:
-                    return self._encoder.encode(self._wire(self._encode_strings(data)))
+                    self._encode_strings(columns)
+                    return self._encoder.encode(self._wire(tuple(columns)))
                 except BaseException:
                     # No frame: the tables took strings its consumer will never see, so the
                     # next frame starts new ones.
@@ -120,18 +119,12 @@ class MsgpackCodec(Codec):
         except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
             raise RecordError(f"cannot encode a batch of {self.record_type!r}: {exc}") from exc
 
-    def _encode_numbers(self, data: tuple[Any, ...]) -> tuple[Any, ...]:
-        columns = list(data)
-        for i, code in self._numbers:
-            columns[i] = numbers.wire(columns[i], code)
-        return tuple(columns)
-
     def _new_table(self, k: int) -> None:
         self._ids[k] = {}
         self._table_ids[k] = random.getrandbits(62)
 
-    def _encode_strings(self, data: tuple[Any, ...]) -> tuple[Any, ...]:
-        columns = list(data)
+    def _encode_strings(self, columns: list[Any]) -> None:
+        """Dictionary-encode the string columns that have a table, in place."""
         for k, i in enumerate(self._strings):
             ids = self._ids[k]
             if ids is None:
@@ -143,7 +136,6 @@ class MsgpackCodec(Codec):
                     self._ids[k] = None  # it does not repeat enough: as it is from now on
                 continue
             columns[i] = strings.StrDict(self._table_ids[k], base, *encoded)
-        return tuple(columns)
 
     def decode(self, payload: bytes | memoryview) -> list[Any] | Columns:
         try:
@@ -152,17 +144,7 @@ class MsgpackCodec(Codec):
             raise RecordError(f"cannot decode a batch of {self.record_type!r}: {exc}") from exc
         if type(batch) is list:
             return batch
-        data = batch.c
-        if self._numbers:
-            data = self._decode_numbers(data)
-        for i in self._strings:
-            if type(data[i]) is strings.StrDict:
-                data = self._decode_strings(data)
-                break
-        return Columns(self.record_type, data)
-
-    def _decode_numbers(self, data: tuple[Any, ...]) -> tuple[Any, ...]:
-        columns = list(data)
+        columns = list(batch.c)
         for i, code in self._numbers:
             if type(columns[i]) is bytes:
                 try:
@@ -171,10 +153,11 @@ class MsgpackCodec(Codec):
                     raise RecordError(
                         f"cannot decode a batch of {self.record_type!r}: column {i}: {exc}"
                     ) from exc
-        return tuple(columns)
+        self._decode_strings(columns)
+        return Columns(self.record_type, columns)
 
-    def _decode_strings(self, data: tuple[Any, ...]) -> tuple[Any, ...]:
-        columns = list(data)
+    def _decode_strings(self, columns: list[Any]) -> None:
+        """Turn the dictionary-encoded string columns back into strings, in place."""
         for k, i in enumerate(self._strings):
             column = columns[i]
             if type(column) is not strings.StrDict:
@@ -195,7 +178,6 @@ class MsgpackCodec(Codec):
                 columns[i] = _take(table, column.idx)
             except ValueError as exc:
                 raise RecordError(f"cannot decode a batch of {self.record_type!r}: {exc}") from exc
-        return tuple(columns)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_msgpack_codec, (self.record_type, self.dictionary))
