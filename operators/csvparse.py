@@ -1,4 +1,5 @@
-"""Parsing tick rows ``symbol,ts,price,size``: one grammar, a fast path and a reference path.
+"""Parsing tick rows ``symbol,ts,price,size``: one grammar, two fast paths and a reference
+path.
 
 A row is valid when it has exactly four comma-separated fields (no quoting), a non-empty
 symbol (taken verbatim), a ``ts`` that is an integer (``int()``'s syntax, or a decimal with
@@ -6,6 +7,12 @@ an exactly integral value such as ``17e17``), a finite ``price`` and a finite ``
 (``float()``'s syntax, so whitespace around a number is allowed). A trailing ``\\r`` (CRLF
 files) is ignored.
 
+* ``parse_columns`` (fastest path, ``operators/_csvticks.c`` where it is built): a block of
+  lines straight into four columns (symbols, times, prices, sizes) in C, without a ``Tick``
+  per row, for the strict part of the grammar that well-formed files use (plain decimals, no
+  ``+``, spaces or ``_``); ``None`` for a block with any other line, and always when the
+  extension is not built. Its values are ``parse_lines``'s (numbers by the conversion
+  ``float()`` uses).
 * ``parse_block`` (fast path): turns a block of lines into JSON with two C-level
   ``bytes.replace`` calls (every field quoted) and decodes it with msgspec straight into
   ``Tick`` structs, coercing the quoted numbers (``strict=False``); byte scans rule out JSON
@@ -21,6 +28,7 @@ files) is ignored.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from operator import attrgetter
 
 import msgspec
@@ -28,11 +36,39 @@ import msgspec
 from engine.records import Tick
 from operators.csvio import TICK_HEADER
 
-__all__ = ["diagnose", "parse_block", "parse_float", "parse_int", "parse_lines"]
+__all__ = [
+    "NATIVE",
+    "diagnose",
+    "parse_block",
+    "parse_columns",
+    "parse_float",
+    "parse_int",
+    "parse_lines",
+]
 
+TickColumns = tuple[list[str], list[int], list[float], list[float]]
 _LAX = msgspec.json.Decoder(list[Tick], strict=False)
 _PRICE = attrgetter("price")
 _SIZE = attrgetter("size")
+
+
+def _native_parse() -> Callable[[bytes], TickColumns | None] | None:
+    try:
+        from operators import _csvticks
+    except ImportError:  # not built (setup.py: the extensions are optional)
+        return None
+    return _csvticks.parse
+
+
+_native_columns = _native_parse()
+NATIVE = _native_columns is not None
+
+
+def parse_columns(data: bytes) -> TickColumns | None:
+    """All rows of ``data`` (whole lines, as ``parse_block`` takes them) as the columns
+    ``(symbols, times, prices, sizes)``, or None: a line outside the strict grammar of
+    ``operators/_csvticks.c``, or the extension not built."""
+    return None if _native_columns is None else _native_columns(data)
 
 
 def parse_int(text: str) -> int:

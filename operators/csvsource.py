@@ -25,15 +25,19 @@ not. The cost is that event time advances only as fast as the slowest range: for
 time-sorted file, windows of later ranges wait in downstream state until the earlier ranges
 are done, and the same ``lateness_ns`` as for a sequential read is enough.
 
-Speed: the file is read in 1 MiB blocks of whole lines; each block is parsed by the fast
-path of ``operators.csvparse`` (msgspec, in C), and a block it refuses is parsed a batch of
-lines at a time, again fast where it can and else with the ``str.split(',')`` loop that finds
-the bad lines. A bad line is explained, and its line number found (by counting newlines up to
-its block, onward from the last count), only when one occurs. Batches go out as
-``engine.columns.Columns`` of ``Tick``, as the generator's do: the symbol column travels
-dictionary-encoded and the tumbling window reads the columns without a record per tick
-(OHLCV in C where ``operators._ohlcv`` is built). On a 2M-tick file, the bars job at one
-replica took 2.10-2.13 s against 2.50-2.77 s with lists of ticks, the same bars.
+Speed: the file is read in 1 MiB blocks of whole lines; each block is parsed straight into
+columns by ``operators._csvticks`` (C, no record per row) where it is built and every line
+is in its strict grammar, else by the msgspec fast path of ``operators.csvparse``, and a
+block both refuse is parsed a batch of lines at a time, again fast where it can and else
+with the ``str.split(',')`` loop that finds the bad lines. A bad line is explained, and its
+line number found (by counting newlines up to its block, onward from the last count), only
+when one occurs. Batches go out as ``engine.columns.Columns`` of ``Tick``, as the
+generator's do: the symbol column travels dictionary-encoded and the tumbling window reads
+the columns without a record per tick (OHLCV in C where ``operators._ohlcv`` is built).
+Parsing a block of the generator's rows costs about 150 ns a row in C against about 1,000
+through msgspec and ``Columns.from_rows``; the bars job over a 2M-tick file (``python -m
+engine bars``, one replica, start-up included) took 2.2-2.4 s against 3.8-4.0 s, the same
+bars (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -41,11 +45,11 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.columns import Columns, column_index
+from engine.columns import Columns, column_index, field_names
 from engine.errors import DagError, RecordError
 from engine.operator import Context, Source, SourceLogic, Watermark
 from engine.records import Tick
@@ -58,13 +62,15 @@ from operators.csvio import (
     replica_path,
     split_points,
 )
-from operators.csvparse import diagnose, parse_block, parse_lines
+from operators.csvparse import diagnose, parse_block, parse_columns, parse_lines
 from operators.tumbling import int_bounds
 
 __all__ = ["CsvTicks", "check_header"]
 
 MIN_TS = -(2**63)
 _TS = column_index(Tick, "ts")
+# operators._csvticks gives the columns in this order.
+assert field_names(Tick) == ("symbol", "ts", "price", "size")
 
 
 class _Undecodable(str):
@@ -127,7 +133,7 @@ class CsvTicksLogic(SourceLogic):
         self.config = config
         self.ctx = ctx
         self.high = MIN_TS  # highest ts this replica has emitted
-        self.buffer: list[Tick] = []  # parsed, not yet emitted
+        self.buffer: tuple[list[Any], ...] = ([], [], [], [])  # columns not yet emitted
         self.dead: AtomicFile | None = None
         self.dead_rows: Any = None  # a csv writer into self.dead
         self._counted = (0, 0)  # (offset, newlines before it): line numbers, counted lazily
@@ -154,15 +160,24 @@ class CsvTicksLogic(SourceLogic):
     def _emit(self, final: bool) -> Iterator[Columns | Watermark]:
         """Yield the buffered ticks in batches (the remainder too when ``final``)."""
         buffer, size, lateness = self.buffer, self.config.batch, self.config.lateness_ns
-        full = len(buffer) if final else len(buffer) - len(buffer) % size
+        held = len(buffer[0])
+        full = held if final else held - held % size
         for a in range(0, full, size):
-            out = Columns.from_rows(Tick, buffer[a : a + size])
+            out = Columns(Tick, tuple(column[a : a + size] for column in buffer))
             top = int_bounds(out.data[_TS])[1]
             if top > self.high:
                 self.high = top
             yield out
             yield Watermark(self.high - lateness)
-        del buffer[:full]
+        for column in buffer:
+            del column[:full]
+
+    def _hold(self, columns: Sequence[Sequence[Any]] | None, ticks: list[Tick]) -> None:
+        """Buffer parsed rows: ``columns`` if given, else ``ticks``."""
+        if columns is None:
+            columns = Columns.from_rows(Tick, ticks).data
+        for column, parsed in zip(self.buffer, columns, strict=True):
+            column += parsed
 
     def _range(self, f: io.BufferedReader, start: int, end: int) -> Iterator[Columns | Watermark]:
         """Parse the lines of one byte range a block at a time, emitting full batches."""
@@ -174,11 +189,12 @@ class CsvTicksLogic(SourceLogic):
                 block = block[cut:] if cut else b""
                 offset += cut
                 header = False
-            ticks = parse_block(block)
+            columns = parse_columns(block)
+            ticks = parse_block(block) if columns is None else []
             if ticks is None:
                 yield from self._lines(_split_lines(block), offset)
             else:
-                self.buffer += ticks
+                self._hold(columns, ticks)
                 yield from self._emit(final=False)
 
     def _lines(self, lines: list[str], offset: int) -> Iterator[Columns | Watermark]:
@@ -194,7 +210,7 @@ class CsvTicksLogic(SourceLogic):
                 parse_lines(chunk, ticks, bad)
                 if bad:
                     self._reject(lines, a, bad, offset)
-            self.buffer += ticks
+            self._hold(None, ticks)
             yield from self._emit(final=False)
 
     def _reject(self, lines: list[str], a: int, bad: list[str], offset: int) -> None:

@@ -1,0 +1,325 @@
+/* Tick rows ``symbol,ts,price,size`` straight into columns, in C.
+ *
+ * parse(block) -> (symbols, times, prices, sizes) | None. ``block`` is bytes of whole lines,
+ * ``\n``-separated, the final ``\n`` optional (operators.csvio.RangeReader's blocks). The
+ * result is four lists with one item per line: a str, an int and two floats, the values
+ * operators.csvparse.parse_lines gives for the same lines. No Tick is made, so a batch
+ * costs what its columns cost (the msgspec fast path, operators.csvparse.parse_block, makes
+ * a Tick per row and the source then takes its fields apart again).
+ *
+ * It reads a strict part of the grammar only, and returns None, keeping nothing, for a block
+ * with any line outside it; the caller then parses the block as before (msgspec, and the
+ * reference loop that explains bad lines). A line is read here when it is
+ *
+ *     symbol ',' ts ',' number ',' number  [ '\r' ]
+ *
+ * with ``symbol`` one or more bytes of UTF-8 holding no ``,`` or ``\r``; ``ts`` an optional
+ * ``-`` and 1 to 19 digits within int64; each number an optional ``-``, digits with an
+ * optional ``.`` and fraction (a digit at least), and an optional exponent ``e``/``E``,
+ * optional sign, digits; at most 40 bytes. The price must be finite and the size finite and
+ * > 0 (else the reference loop reports the line). Numbers are float()'s to the bit: short
+ * ones by the exact fast path described at read_number, the rest by PyOS_string_to_double,
+ * the correctly rounded conversion float() uses. What is refused here and valid there (a ``+`` sign, spaces, ``_``
+ * in digits, ``inf``, a ts past int64) costs only the fallback.
+ *
+ * Symbols repeat, so each is decoded once into a str and kept in a small table keyed by its
+ * bytes (4,096 entries; a colliding symbol replaces the entry, so memory stays bounded
+ * whatever the number of symbols): rows of one symbol share one str, as the generator's do,
+ * which is what the window kernel indexes by (operators/_ohlcv.c).
+ *
+ * The lists are made (the only allocations that can start a garbage collection, and so run
+ * Python code) before any row is read; str, int and float allocations do not collect. A
+ * call from Python code run inside a call (a finalizer, during that collection) sees the
+ * table in a consistent state: entries change only by a single pointer swap.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_TS_DIGITS 19
+#define MAX_NUMBER 40
+#define TABLE_BITS 12
+#define TABLE_SIZE (1 << TABLE_BITS)
+
+typedef struct {
+    uint64_t hash;
+    PyObject *str;       /* owned; NULL when empty */
+    const char *utf8;    /* the str's UTF-8, owned by the str */
+    Py_ssize_t len;
+} Entry;
+
+static Entry table[TABLE_SIZE];
+
+static inline uint64_t
+fnv1a(const char *p, Py_ssize_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        h = (h ^ (unsigned char)p[i]) * 1099511628211ULL;
+    }
+    return h;
+}
+
+/* A new reference to the str of the bytes p[0:n]; NULL with no error set when they are
+ * not UTF-8, NULL with an error set on failure. */
+static PyObject *
+symbol_of(const char *p, Py_ssize_t n)
+{
+    uint64_t h = fnv1a(p, n);
+    Entry *e = &table[(h ^ (h >> 32)) & (TABLE_SIZE - 1)];
+    if (e->str != NULL && e->hash == h && e->len == n && memcmp(e->utf8, p, (size_t)n) == 0) {
+        return Py_NewRef(e->str);
+    }
+    PyObject *str = PyUnicode_DecodeUTF8(p, n, NULL);
+    if (str == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+            PyErr_Clear();
+        }
+        return NULL;
+    }
+    Py_ssize_t len;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(str, &len); /* the bytes decoded, cached */
+    if (utf8 == NULL) {
+        Py_DECREF(str);
+        return NULL;
+    }
+    e = &table[(h ^ (h >> 32)) & (TABLE_SIZE - 1)]; /* the same entry: table is static */
+    PyObject *old = e->str;
+    e->str = NULL;
+    e->hash = h;
+    e->utf8 = utf8;
+    e->len = len;
+    e->str = Py_NewRef(str);
+    Py_XDECREF(old); /* a str: its deallocation runs no Python code */
+    return str;
+}
+
+/* Exact powers of ten: every one up to 1e22 is a double. */
+static const double POWERS[] = {
+    1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+};
+
+/* Read the number field starting at p (before ``end``) in the grammar above into *value;
+ * its end, or NULL when it is outside the grammar (or, with an error set, when it could not
+ * be converted, which the grammar rules out). Out of range reads as +-inf, which the caller
+ * refuses.
+ *
+ * A number of at most 15 significant digits m and a decimal exponent k with |k| <= 22 is
+ * m * 10**k or m / 10**-k: both operands are exact doubles, so the one rounding of that
+ * operation gives the correctly rounded value (the fast path of Clinger's algorithm, which
+ * dtoa takes too), where double arithmetic rounds once (FLT_EVAL_METHOD 0: SSE2, not x87).
+ * Anything else goes to PyOS_string_to_double, float()'s own conversion. */
+static const char *
+read_number(const char *p, const char *end, double *value)
+{
+    const char *start = p;
+    int negative = p < end && *p == '-';
+    p += negative;
+    uint64_t mantissa = 0;
+    int digits = 0;      /* digits read, leading zeros included */
+    int significant = 0; /* digits from the first nonzero one */
+    int fraction = 0;    /* digits after the point */
+    while (p < end && (unsigned)(*p - '0') < 10) {
+        if (significant || *p != '0') {
+            significant++;
+            mantissa = significant <= 19 ? mantissa * 10 + (uint64_t)(*p - '0') : mantissa;
+        }
+        p++;
+        digits++;
+    }
+    if (p < end && *p == '.') {
+        p++;
+        while (p < end && (unsigned)(*p - '0') < 10) {
+            if (significant || *p != '0') {
+                significant++;
+                mantissa = significant <= 19 ? mantissa * 10 + (uint64_t)(*p - '0') : mantissa;
+            }
+            p++;
+            digits++;
+            fraction++;
+        }
+    }
+    if (!digits) {
+        return NULL;
+    }
+    long exponent = 0;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        int minus = p < end && *p == '-';
+        p += p < end && (*p == '+' || *p == '-');
+        if (!(p < end && (unsigned)(*p - '0') < 10)) {
+            return NULL;
+        }
+        while (p < end && (unsigned)(*p - '0') < 10) {
+            exponent = exponent < 100000 ? exponent * 10 + (*p - '0') : exponent;
+            p++;
+        }
+        exponent = minus ? -exponent : exponent;
+    }
+    if (p - start > MAX_NUMBER) {
+        return NULL;
+    }
+#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0
+    long k = exponent - fraction;
+    if (significant <= 15 && k >= -22 && k <= 22) {
+        double m = (double)mantissa; /* < 10**15 < 2**53: exact */
+        double v = k >= 0 ? m * POWERS[k] : m / POWERS[-k];
+        *value = negative ? -v : v;
+        return p;
+    }
+#endif
+    char buffer[MAX_NUMBER + 1];
+    memcpy(buffer, start, (size_t)(p - start));
+    buffer[p - start] = '\0';
+    *value = PyOS_string_to_double(buffer, NULL, NULL);
+    if (*value == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return p;
+}
+
+/* Read one line [p, end) into row i of the lists; 1 if read, 0 if outside the grammar,
+ * -1 on an error (set). */
+static int
+read_line(const char *p, const char *end, Py_ssize_t i, PyObject **symbols, PyObject **times,
+          PyObject **prices, PyObject **sizes)
+{
+    if (end > p && end[-1] == '\r') {
+        end--;
+    }
+    const char *comma = memchr(p, ',', (size_t)(end - p));
+    if (comma == NULL || comma == p || memchr(p, '\r', (size_t)(comma - p)) != NULL) {
+        return 0;
+    }
+    const char *q = comma + 1;
+    int negative = q < end && *q == '-';
+    q += negative;
+    uint64_t magnitude = 0; /* 19 digits stay below 2**64 */
+    int digits = 0;
+    while (q < end && (unsigned)(*q - '0') < 10) {
+        if (++digits > MAX_TS_DIGITS) {
+            return 0;
+        }
+        magnitude = magnitude * 10 + (uint64_t)(*q - '0');
+        q++;
+    }
+    if (!digits || q >= end || *q != ',' || magnitude > (uint64_t)INT64_MAX + negative) {
+        return 0;
+    }
+    double price, size;
+    const char *price_end = read_number(q + 1, end, &price);
+    if (price_end == NULL || price_end >= end || *price_end != ',') {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    if (read_number(price_end + 1, end, &size) != end) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    if (!isfinite(price) || !isfinite(size) || !(size > 0.0)) {
+        return 0;
+    }
+    PyObject *symbol = symbol_of(p, comma - p);
+    if (symbol == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    symbols[i] = symbol;
+    if ((times[i] = PyLong_FromLongLong(
+             negative ? (long long)(0 - magnitude) : (long long)magnitude)) == NULL ||
+        (prices[i] = PyFloat_FromDouble(price)) == NULL ||
+        (sizes[i] = PyFloat_FromDouble(size)) == NULL) {
+        return -1;
+    }
+    return 1;
+}
+
+static PyObject *
+parse(PyObject *module, PyObject *block)
+{
+    if (!PyBytes_CheckExact(block)) {
+        PyErr_SetString(PyExc_TypeError, "parse: block must be bytes");
+        return NULL;
+    }
+    const char *data = PyBytes_AS_STRING(block);
+    Py_ssize_t size = PyBytes_GET_SIZE(block);
+    const char *stop = data + size;
+    if (size && stop[-1] == '\n') {
+        stop--; /* the last line's newline: no empty line after it */
+    }
+    else if (!size) {
+        return Py_BuildValue("([][][][])");
+    }
+    if (stop == data) {
+        Py_RETURN_NONE; /* one empty line: the reference loop reports it */
+    }
+    Py_ssize_t n = 1;
+    for (const char *p = data; (p = memchr(p, '\n', (size_t)(stop - p))) != NULL; p++) {
+        n++;
+    }
+    PyObject *columns[4] = {NULL, NULL, NULL, NULL};
+    for (int c = 0; c < 4; c++) {
+        if ((columns[c] = PyList_New(n)) == NULL) { /* items NULL until read */
+            goto fail;
+        }
+    }
+    PyObject **symbols = ((PyListObject *)columns[0])->ob_item;
+    PyObject **times = ((PyListObject *)columns[1])->ob_item;
+    PyObject **prices = ((PyListObject *)columns[2])->ob_item;
+    PyObject **sizes = ((PyListObject *)columns[3])->ob_item;
+    const char *p = data;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *end = memchr(p, '\n', (size_t)(stop - p));
+        if (end == NULL) {
+            end = stop;
+        }
+        int read = read_line(p, end, i, symbols, times, prices, sizes);
+        if (read <= 0) {
+            for (int c = 0; c < 4; c++) {
+                Py_DECREF(columns[c]); /* a list frees the items it has, NULL ones skipped */
+            }
+            if (read < 0) {
+                return NULL;
+            }
+            Py_RETURN_NONE;
+        }
+        p = end + 1;
+    }
+    PyObject *result = PyTuple_New(4);
+    if (result == NULL) {
+        goto fail;
+    }
+    for (int c = 0; c < 4; c++) {
+        PyTuple_SET_ITEM(result, c, columns[c]);
+    }
+    return result;
+
+fail:
+    for (int c = 0; c < 4; c++) {
+        Py_XDECREF(columns[c]);
+    }
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"parse", (PyCFunction)parse, METH_O,
+     "parse(block) -> (symbols, times, prices, sizes) | None\n\n"
+     "Tick rows of a block of whole lines as four columns, or None when a line is outside "
+     "the strict grammar read here (see operators/_csvticks.c)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "operators._csvticks",
+    .m_doc = "Tick rows straight into columns, in C.",
+    .m_size = 0,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC
+PyInit__csvticks(void)
+{
+    return PyModuleDef_Init(&module);
+}
