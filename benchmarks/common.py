@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import numbers, strings
-from operators import aggregations, tumbling
+from operators import aggregations, csvparse, tumbling
 from operators.generator import Generator
 from partitioning import DEFAULT_MAX_PARALLELISM, keyhash
 
@@ -129,8 +129,9 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def machine() -> dict[str, Any]:
-    """Where and when the numbers were measured (printed first, also as a JSON row)."""
+def machine(module: str = "benchmarks") -> dict[str, Any]:
+    """Where and when the numbers were measured (printed first, also as a JSON row), and
+    the command (``python -m <module>`` and this process's arguments)."""
     import msgspec
 
     return {
@@ -147,8 +148,9 @@ def machine() -> dict[str, Any]:
         "native_numbers": numbers.NATIVE,
         "native_bounds": tumbling.NATIVE,
         "native_ohlcv": aggregations.NATIVE,
+        "native_csv": csvparse.NATIVE,
         "load_avg": load_average(),
-        "command": " ".join(["python", "-m", "benchmarks", *sys.argv[1:]]),
+        "command": " ".join(["python", "-m", module, *sys.argv[1:]]),
     }
 
 

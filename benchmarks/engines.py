@@ -20,17 +20,17 @@ from benchmarks.handroll import HandBars
 from benchmarks.probes import DigestSink, Timed, started_ns
 from engine.dag import Dag
 from engine.job import run
-from engine.operator import Context, Watermark
+from engine.operator import Context, Source, Watermark
 from engine.result import JobResult
 from operators import OHLCV, Tumbling, WindowAggregate
 from operators.generator import GeneratorLogic
 
 
-def bars_dag(work: Workload, replicas: int, sources: int) -> Dag:
-    """Generator (``sources`` replicas) -> key_by symbol -> OHLCV bars (``replicas``) ->
-    a digest sink per bars replica (forward edge)."""
+def bars_dag(work: Workload, replicas: int, sources: int, source: Source | None = None) -> Dag:
+    """``source`` (default: the workload's generator; ``sources`` replicas) -> key_by
+    symbol -> OHLCV bars (``replicas``) -> a digest sink per bars replica (forward edge)."""
     dag = Dag("bench-bars")
-    ticks = dag.source("ticks", Timed(work.generator()), parallelism=sources)
+    ticks = dag.source("ticks", Timed(source or work.generator()), parallelism=sources)
     aggregate = WindowAggregate(Tumbling(work.window_ns), OHLCV())
     bars = ticks.key_by("symbol").apply("bars", aggregate, replicas)
     bars.sink("digest", DigestSink(), replicas)
@@ -64,10 +64,17 @@ def run_single_process(work: Workload) -> dict[str, Any]:
 
 
 def run_ringflow(
-    work: Workload, replicas: int, sources: int, **settings: Any
+    work: Workload,
+    replicas: int,
+    sources: int,
+    *,
+    source: Source | None = None,
+    engine: str = "ringflow",
+    **settings: Any,
 ) -> tuple[dict[str, Any], JobResult]:
-    """The row and the ``JobResult`` (its node timings feed the engine-overhead report)."""
-    dag = bars_dag(work, replicas, sources)
+    """The row and the ``JobResult`` (its node timings feed the engine-overhead report);
+    ``source`` and ``engine`` as for another source than the generator."""
+    dag = bars_dag(work, replicas, sources, source)
     started = time.perf_counter()
     result = run(dag, **settings)
     wall = time.perf_counter() - started
@@ -77,7 +84,7 @@ def run_ringflow(
     ticks = result.nodes["ticks"].records_out
     cpu = sum(n.timing.get("cpu_s", 0.0) for n in result.nodes.values())
     row = throughput_row(
-        "ringflow",
+        engine,
         replicas,
         ticks,
         seconds,

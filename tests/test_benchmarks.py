@@ -11,7 +11,7 @@ import pytest
 import uvloop
 
 from benchmarks import __main__ as cli
-from benchmarks import chart, latency, mpqueue, sources
+from benchmarks import chart, csvbars, latency, mpqueue, sources
 from benchmarks.checksum import Digest, bar_hash, combine
 from benchmarks.common import Workload
 from benchmarks.engines import bars_dag, run_single_process
@@ -363,3 +363,33 @@ def test_the_source_cost_benchmark_runs_both_sources_and_counts_every_tick(capsy
     assert rows[0]["vs_sync"] == 1.0
     with pytest.raises(SystemExit):
         sources.main(["--items", "0"])
+
+
+def test_the_csv_benchmark_gets_the_same_bars_from_the_file_on_every_side(capsys):
+    argv = ["--json", "--ticks", "20000", "--rounds", "1", "--readers", "1,2", "--replicas", "1"]
+    assert csvbars.main(argv) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    runs = [r for r in rows if "checksum" in r]
+    assert [(r["engine"], r["sources"]) for r in runs] == [
+        ("single_process", 1),
+        ("ringflow_csv", 1),
+        ("ringflow_csv", 2),
+    ]
+    assert {r["checksum"] for r in runs} == {runs[0]["checksum"]}
+    assert {r["ticks"] for r in runs} == {20_000}
+    summary = [r for r in rows if r.get("bench") == "csv_summary"]
+    assert [s["vs_single_process"] for s in summary][0] == 1.0
+    with pytest.raises(SystemExit):
+        csvbars.main(["--readers", "0"])
+
+
+def test_the_csv_benchmark_stops_on_bars_that_differ(monkeypatch, capsys):
+    real = csvbars.run_csv
+
+    def wrong(*args):
+        return {**real(*args), "checksum": "0:0000000000000000"}
+
+    monkeypatch.setattr(csvbars, "run_csv", wrong)
+    argv = ["--ticks", "5000", "--rounds", "1", "--readers", "1", "--replicas", "1"]
+    assert csvbars.main(argv) == 3
+    assert "CHECKSUM MISMATCH: ringflow_csv" in capsys.readouterr().err
