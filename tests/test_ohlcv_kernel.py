@@ -251,9 +251,10 @@ def test_python_code_run_by_a_lookup_cannot_pull_the_rows_from_under_the_kernel(
     bucket: dict[Any, Any] = {"B": OHLCV().initial(), vandal: OHLCV().initial()}
     # Row 0 (B) is done; the lookup of "A" empties the lists; the kernel stops there,
     # having read nothing it no longer holds (the batch changed under it: the rest, none
-    # now, is the Python loop's), and the nested call did nothing.
+    # now, is the Python loop's), and the nested call did nothing. (CPython may compare
+    # the key twice: a collection during __eq__ can make the dict restart its lookup.)
     assert kernel(bucket, OHLCV().initial, *columns) == 1
-    assert vandal.nested == [0]
+    assert vandal.nested and set(vandal.nested) == {0}
     assert bucket["B"][5] == 21.0 and bucket["B"][8] == 1 and "A" not in bucket
 
 
