@@ -21,6 +21,7 @@ setup(
         Extension(
             "partitioning._native",
             ["partitioning/_native.c"],
+            depends=["operators/_packed.h"],
             optional=True,
             extra_compile_args=["-O2"],
         ),
@@ -46,6 +47,7 @@ setup(
         Extension(
             "operators._csvticks",
             ["operators/_csvticks.c"],
+            depends=["operators/_packed.h"],
             optional=True,
             extra_compile_args=["-O2"],
         ),

@@ -2,10 +2,13 @@
  *
  * parse(block) -> (symbols, times, prices, sizes) | None. ``block`` is bytes of whole lines,
  * ``\n``-separated, the final ``\n`` optional (operators.csvio.RangeReader's blocks). The
- * result is four lists with one item per line: a str, an int and two floats, the values
- * operators.csvparse.parse_lines gives for the same lines. No Tick is made, so a batch
- * costs what its columns cost (the msgspec fast path, operators.csvparse.parse_block, makes
- * a Tick per row and the source then takes its fields apart again).
+ * result has one item per line in each column: a list of str, and the times, prices and
+ * sizes packed, as array.array('q'), array('d') and array('d') (what a channel decodes
+ * packed columns to, engine/numbers.py), with the values operators.csvparse.parse_lines
+ * gives for the same lines. No Tick is made, and no int or float object: a batch costs
+ * what its columns cost (the msgspec fast path, operators.csvparse.parse_block, makes a
+ * Tick per row and the source then takes its fields apart again), the packed columns go
+ * on the wire as they are, and the window kernel reads them in place.
  *
  * It reads a strict part of the grammar only, and returns None, keeping nothing, for a block
  * with any line outside it; the caller then parses the block as before (msgspec, and the
@@ -19,18 +22,18 @@
  * optional sign, digits; at most 40 bytes. The price must be finite and the size finite and
  * > 0 (else the reference loop reports the line). Numbers are float()'s to the bit: short
  * ones by the exact fast path described at read_number, the rest by PyOS_string_to_double,
- * the correctly rounded conversion float() uses. What is refused here and valid there (a ``+`` sign, spaces, ``_``
- * in digits, ``inf``, a ts past int64) costs only the fallback.
+ * the correctly rounded conversion float() uses. What is refused here and valid there (a
+ * ``+`` sign, spaces, ``_`` in digits, ``inf``, a ts past int64) costs only the fallback.
  *
  * Symbols repeat, so each is decoded once into a str and kept in a small table keyed by its
  * bytes (4,096 entries; a colliding symbol replaces the entry, so memory stays bounded
  * whatever the number of symbols): rows of one symbol share one str, as the generator's do,
  * which is what the window kernel indexes by (operators/_ohlcv.c).
  *
- * The lists are made (the only allocations that can start a garbage collection, and so run
- * Python code) before any row is read; str, int and float allocations do not collect. A
- * call from Python code run inside a call (a finalizer, during that collection) sees the
- * table in a consistent state: entries change only by a single pointer swap.
+ * The symbols' list is made (the only allocation that can start a garbage collection, and
+ * so run Python code) before any row is read; str, bytes and array allocations do not
+ * collect. A call from Python code run inside a call (a finalizer, during that collection)
+ * sees the table in a consistent state: entries change only by a single pointer swap.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -38,6 +41,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "_packed.h"
 
 #define MAX_TS_DIGITS 19
 #define MAX_NUMBER 40
@@ -185,8 +190,8 @@ read_number(const char *p, const char *end, double *value)
 /* Read one line [p, end) into row i of the lists; 1 if read, 0 if outside the grammar,
  * -1 on an error (set). */
 static int
-read_line(const char *p, const char *end, Py_ssize_t i, PyObject **symbols, PyObject **times,
-          PyObject **prices, PyObject **sizes)
+read_line(const char *p, const char *end, Py_ssize_t i, PyObject **symbols, int64_t *times,
+          double *prices, double *sizes)
 {
     if (end > p && end[-1] == '\r') {
         end--;
@@ -226,17 +231,21 @@ read_line(const char *p, const char *end, Py_ssize_t i, PyObject **symbols, PyOb
         return PyErr_Occurred() ? -1 : 0;
     }
     symbols[i] = symbol;
-    if ((times[i] = PyLong_FromLongLong(
-             negative ? (long long)(0 - magnitude) : (long long)magnitude)) == NULL ||
-        (prices[i] = PyFloat_FromDouble(price)) == NULL ||
-        (sizes[i] = PyFloat_FromDouble(size)) == NULL) {
-        return -1;
-    }
+    times[i] = negative ? (int64_t)(0 - magnitude) : (int64_t)magnitude;
+    prices[i] = price;
+    sizes[i] = size;
     return 1;
 }
 
+/* array.array(code, values): a new array of the bytes' items, or NULL with an error. */
 static PyObject *
-parse(PyObject *module, PyObject *block)
+array_of(const char *code, PyObject *values)
+{
+    return PyObject_CallFunction(packed_array_type, "sO", code, values);
+}
+
+static PyObject *
+parse(PyObject *Py_UNUSED(module), PyObject *block)
 {
     if (!PyBytes_CheckExact(block)) {
         PyErr_SetString(PyExc_TypeError, "parse: block must be bytes");
@@ -248,58 +257,65 @@ parse(PyObject *module, PyObject *block)
     if (size && stop[-1] == '\n') {
         stop--; /* the last line's newline: no empty line after it */
     }
-    else if (!size) {
-        return Py_BuildValue("([][][][])");
-    }
-    if (stop == data) {
+    if (size && stop == data) {
         Py_RETURN_NONE; /* one empty line: the reference loop reports it */
     }
-    Py_ssize_t n = 1;
-    for (const char *p = data; (p = memchr(p, '\n', (size_t)(stop - p))) != NULL; p++) {
-        n++;
-    }
-    PyObject *columns[4] = {NULL, NULL, NULL, NULL};
-    for (int c = 0; c < 4; c++) {
-        if ((columns[c] = PyList_New(n)) == NULL) { /* items NULL until read */
-            goto fail;
+    Py_ssize_t n = 0;
+    if (size) {
+        n = 1;
+        for (const char *p = data; (p = memchr(p, '\n', (size_t)(stop - p))) != NULL; p++) {
+            n++;
         }
     }
-    PyObject **symbols = ((PyListObject *)columns[0])->ob_item;
-    PyObject **times = ((PyListObject *)columns[1])->ob_item;
-    PyObject **prices = ((PyListObject *)columns[2])->ob_item;
-    PyObject **sizes = ((PyListObject *)columns[3])->ob_item;
+    /* The symbols' list, then a bytes object per numeric column that the rows are read into
+     * and the arrays are made from. */
+    PyObject *symbols = PyList_New(n); /* items NULL until read */
+    PyObject *raw[3] = {NULL, NULL, NULL};
+    PyObject *result = NULL;
+    if (symbols == NULL) {
+        return NULL;
+    }
+    for (int c = 0; c < 3; c++) {
+        if ((raw[c] = PyBytes_FromStringAndSize(NULL, n * 8)) == NULL) {
+            goto done;
+        }
+    }
+    PyObject **items = ((PyListObject *)symbols)->ob_item;
+    int64_t *times = (int64_t *)PyBytes_AS_STRING(raw[0]);
+    double *prices = (double *)PyBytes_AS_STRING(raw[1]);
+    double *sizes = (double *)PyBytes_AS_STRING(raw[2]);
     const char *p = data;
     for (Py_ssize_t i = 0; i < n; i++) {
         const char *end = memchr(p, '\n', (size_t)(stop - p));
         if (end == NULL) {
             end = stop;
         }
-        int read = read_line(p, end, i, symbols, times, prices, sizes);
+        int read = read_line(p, end, i, items, times, prices, sizes);
         if (read <= 0) {
-            for (int c = 0; c < 4; c++) {
-                Py_DECREF(columns[c]); /* a list frees the items it has, NULL ones skipped */
+            if (read == 0) {
+                result = Py_NewRef(Py_None);
             }
-            if (read < 0) {
-                return NULL;
-            }
-            Py_RETURN_NONE;
+            goto done;
         }
         p = end + 1;
     }
-    PyObject *result = PyTuple_New(4);
-    if (result == NULL) {
-        goto fail;
+    PyObject *columns[3] = {array_of("q", raw[0]), NULL, NULL};
+    if (columns[0] != NULL && (columns[1] = array_of("d", raw[1])) != NULL) {
+        columns[2] = array_of("d", raw[2]);
     }
-    for (int c = 0; c < 4; c++) {
-        PyTuple_SET_ITEM(result, c, columns[c]);
+    if (columns[2] != NULL) {
+        result = PyTuple_Pack(4, symbols, columns[0], columns[1], columns[2]);
     }
-    return result;
-
-fail:
-    for (int c = 0; c < 4; c++) {
+    for (int c = 0; c < 3; c++) {
         Py_XDECREF(columns[c]);
     }
-    return NULL;
+
+done:
+    Py_DECREF(symbols); /* a list frees the items it has, NULL ones skipped */
+    for (int c = 0; c < 3; c++) {
+        Py_XDECREF(raw[c]);
+    }
+    return result;
 }
 
 static PyMethodDef methods[] = {
@@ -321,5 +337,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__csvticks(void)
 {
+    if (packed_init() < 0) {
+        return NULL;
+    }
     return PyModuleDef_Init(&module);
 }

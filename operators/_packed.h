@@ -9,7 +9,7 @@
 static PyObject *packed_array_type; /* array.array, looked up when the module loads */
 
 /* Look array.array up: 0, or -1 with an error. */
-static int
+static inline int
 packed_init(void)
 {
     if (packed_array_type != NULL) {
@@ -25,7 +25,7 @@ packed_init(void)
 }
 
 /* Whether obj is an array.array (exactly). */
-static int
+static inline int
 packed_is_array(PyObject *obj)
 {
     return packed_array_type != NULL && Py_IS_TYPE(obj, (PyTypeObject *)packed_array_type);
@@ -34,7 +34,7 @@ packed_is_array(PyObject *obj)
 /* 1 with *view held (release it with PyBuffer_Release) when obj is an array.array of
  * 8-byte items of code's kind ('q': ints, 'd': doubles); else 0, holding nothing. An
  * exported array cannot be resized until its view is released. */
-static int
+static inline int
 packed_view(PyObject *obj, char code, Py_buffer *view)
 {
     if (!packed_is_array(obj)) {

@@ -8,9 +8,10 @@ an exactly integral value such as ``17e17``), a finite ``price`` and a finite ``
 files) is ignored.
 
 * ``parse_columns`` (fastest path, ``operators/_csvticks.c`` where it is built): a block of
-  lines straight into four columns (symbols, times, prices, sizes) in C, without a ``Tick``
-  per row, for the strict part of the grammar that well-formed files use (plain decimals, no
-  ``+``, spaces or ``_``); ``None`` for a block with any other line, and always when the
+  lines straight into four columns in C, a list of symbols and the times, prices and sizes
+  packed in arrays (``array.array``), without a ``Tick`` or a number object per row, for
+  the strict part of the grammar that well-formed files use (plain decimals, no ``+``,
+  spaces or ``_``); ``None`` for a block with any other line, and always when the
   extension is not built. Its values are ``parse_lines``'s (numbers by the conversion
   ``float()`` uses).
 * ``parse_block`` (fast path): turns a block of lines into JSON with two C-level
@@ -28,8 +29,10 @@ files) is ignored.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from operator import attrgetter
+from typing import TypeAlias
 
 import msgspec
 
@@ -46,7 +49,8 @@ __all__ = [
     "parse_lines",
 ]
 
-TickColumns = tuple[list[str], list[int], list[float], list[float]]
+# (a string: array.array takes no type arguments at run time before Python 3.12)
+TickColumns: TypeAlias = "tuple[list[str], array[int], array[float], array[float]]"
 _LAX = msgspec.json.Decoder(list[Tick], strict=False)
 _PRICE = attrgetter("price")
 _SIZE = attrgetter("size")

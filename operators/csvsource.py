@@ -34,10 +34,11 @@ line number found (by counting newlines up to its block, onward from the last co
 when one occurs. Batches go out as ``engine.columns.Columns`` of ``Tick``, as the
 generator's do: the symbol column travels dictionary-encoded and the tumbling window reads
 the columns without a record per tick (OHLCV in C where ``operators._ohlcv`` is built).
-Parsing a block of the generator's rows costs about 150 ns a row in C against about 1,000
-through msgspec and ``Columns.from_rows``; the bars job over a 2M-tick file (``python -m
-engine bars``, one replica, start-up included) took 2.2-2.4 s against 3.8-4.0 s, the same
-bars (benchmarks/RESULTS.md).
+The C parser gives the times, prices and sizes packed (``array.array``), as a channel
+decodes them, so they go on the wire without a check per value and no number object is
+made per tick anywhere in the job. Parsing a block of the generator's rows costs about
+100 ns a row in C against about 1,000 through msgspec and ``Columns.from_rows``
+(benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ class CsvTicksLogic(SourceLogic):
         self.config = config
         self.ctx = ctx
         self.high = MIN_TS  # highest ts this replica has emitted
-        self.buffer: tuple[list[Any], ...] = ([], [], [], [])  # columns not yet emitted
+        self.buffer: list[Any] = [[], [], [], []]  # columns not yet emitted
         self.dead: AtomicFile | None = None
         self.dead_rows: Any = None  # a csv writer into self.dead
         self._counted = (0, 0)  # (offset, newlines before it): line numbers, counted lazily
@@ -172,12 +173,25 @@ class CsvTicksLogic(SourceLogic):
         for column in buffer:
             del column[:full]
 
-    def _hold(self, columns: Sequence[Sequence[Any]] | None, ticks: list[Tick]) -> None:
-        """Buffer parsed rows: ``columns`` if given, else ``ticks``."""
+    def _hold(self, columns: Sequence[Any] | None, ticks: list[Tick]) -> None:
+        """Buffer parsed rows: ``columns`` (the C parser's, the numbers in arrays) if
+        given, else ``ticks``. A held column that is empty takes the parsed one as it is;
+        one that cannot take the parsed values (an array and a time past int64 from the
+        other parsers) goes on as a list."""
         if columns is None:
             columns = Columns.from_rows(Tick, ticks).data
-        for column, parsed in zip(self.buffer, columns, strict=True):
-            column += parsed
+        buffer = self.buffer
+        for k, parsed in enumerate(columns):
+            held = buffer[k]
+            if not len(held):
+                buffer[k] = parsed  # the parser's own, new list or array: no copy
+                continue
+            before = len(held)
+            try:
+                held.extend(parsed)
+            except (OverflowError, TypeError):
+                del held[before:]  # an array takes a list's values one by one until one fails
+                buffer[k] = [*held, *parsed]
 
     def _range(self, f: io.BufferedReader, start: int, end: int) -> Iterator[Columns | Watermark]:
         """Parse the lines of one byte range a block at a time, emitting full batches."""

@@ -7,22 +7,28 @@
  * about ten times the cost (benchmarks/RESULTS.md). partitioning/keyhash.py holds the
  * Python version of this routine, used when the module is not built and tested against it.
  *
- * Returns a list with one entry per replica: None where no row goes, else a tuple of lists
- * (one per column). Returns None, having changed nothing, when a key is not in the cache,
- * when a key is not an exact str, bytes or int, or when the keys or a column are not an
- * exact list or tuple: the caller then takes the Python path, which places new keys and
- * explains bad ones.
+ * Returns a list with one entry per replica: None where no row goes, else a tuple with one
+ * column per column: a list for a list or tuple, an array.array of the same type code for
+ * an array of 8-byte items (a packed column as a channel decodes it, engine/numbers.py, or
+ * as the CSV source parses it), its values copied as they are. Returns None, having
+ * changed nothing, when a key is not in the cache, when a key is not an exact str, bytes or
+ * int, or when the keys are not an exact list or tuple or a column is none of those: the
+ * caller then takes the Python path, which places new keys and explains bad ones.
  *
  * No Python code may run while the loops hold raw pointers into the lists. The lookups
  * compare keys with the cache's keys, so the caller calls this only while every cached key
  * is an exact str, bytes or int too (their hashing and comparison are C). The allocations
  * between the lookups and the copies can start a garbage collection, which can run
  * finalizers: the columns are checked again after them, and a column that changed size
- * makes the routine return None.
+ * makes the routine return None. An array's items are read and written through buffer
+ * views taken after that check, when no Python code can run any more.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
+
+#include "../operators/_packed.h"
 
 #define MAX_PARALLELISM 32768 /* partitioning.keyhash.MAX_KEY_GROUPS */
 _Static_assert(MAX_PARALLELISM <= 65536, "replicas are stored as uint16_t");
@@ -42,6 +48,90 @@ items_of(PyObject *seq, PyObject ***items, Py_ssize_t *n)
         return 0;
     }
     return -1;
+}
+
+/* The type code of an array.array of 8-byte items ('q', 'l' or 'd'), else 0. */
+static char
+array_code(PyObject *seq)
+{
+    if (!packed_is_array(seq)) {
+        return 0;
+    }
+    Py_buffer view;
+    char code = 0;
+    if (PyObject_GetBuffer(seq, &view, PyBUF_FORMAT | PyBUF_ND) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    const char *f = view.format;
+    if (f != NULL && (f[0] == 'q' || f[0] == 'l' || f[0] == 'd') && f[1] == '\0'
+        && view.itemsize == 8 && view.ndim == 1) {
+        code = f[0];
+    }
+    PyBuffer_Release(&view);
+    return code;
+}
+
+/* A new array.array of code with n items (their values unset), or NULL with an error. */
+static PyObject *
+new_array(char code, Py_ssize_t n)
+{
+    PyObject *raw = PyBytes_FromStringAndSize(NULL, n * 8);
+    if (raw == NULL) {
+        return NULL;
+    }
+    char format[2] = {code, '\0'};
+    PyObject *array = PyObject_CallFunction(packed_array_type, "sO", format, raw);
+    Py_DECREF(raw);
+    return array;
+}
+
+/* Copy the 8-byte items of the array src to the arrays of group[r] (column c) by
+ * replica_of: 0, or -1 with an error. */
+static int
+deal_array(PyObject *src, PyObject *result, Py_ssize_t c, const uint16_t *replica_of,
+           Py_ssize_t n, Py_ssize_t parallelism)
+{
+    Py_buffer from;
+    if (PyObject_GetBuffer(src, &from, PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    Py_buffer *to = PyMem_Calloc((size_t)parallelism, sizeof(Py_buffer));
+    char **next = PyMem_Calloc((size_t)parallelism, sizeof(char *));
+    Py_ssize_t held = 0;
+    int status = -1;
+    if (to == NULL || next == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; held < parallelism; held++) {
+        PyObject *group = PyList_GET_ITEM(result, held);
+        if (group == Py_None) {
+            continue;
+        }
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(group, c), &to[held], PyBUF_WRITABLE) < 0) {
+            goto done;
+        }
+        next[held] = to[held].buf;
+    }
+    const char *values = from.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint16_t r = replica_of[i];
+        memcpy(next[r], values + 8 * i, 8);
+        next[r] += 8;
+    }
+    status = 0;
+
+done:
+    for (Py_ssize_t r = 0; r < held; r++) {
+        if (next[r] != NULL) {
+            PyBuffer_Release(&to[r]);
+        }
+    }
+    PyMem_Free(to);
+    PyMem_Free(next);
+    PyBuffer_Release(&from);
+    return status;
 }
 
 static PyObject *
@@ -76,11 +166,20 @@ split_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     Py_ssize_t ncols = PyTuple_GET_SIZE(columns);
+    char codes[256] = {0}; /* per column: an array's type code, 0 for a list or tuple */
+    if (ncols > 256) {
+        Py_RETURN_NONE;
+    }
     for (Py_ssize_t c = 0; c < ncols; c++) {
         PyObject **unused;
         Py_ssize_t len;
-        if (items_of(PyTuple_GET_ITEM(columns, c), &unused, &len) < 0) {
-            Py_RETURN_NONE;
+        PyObject *column = PyTuple_GET_ITEM(columns, c);
+        if (items_of(column, &unused, &len) < 0) {
+            codes[c] = array_code(column);
+            if (!codes[c]) {
+                Py_RETURN_NONE;
+            }
+            len = Py_SIZE(column);
         }
         if (len != n) {
             PyErr_Format(PyExc_ValueError,
@@ -141,7 +240,8 @@ split_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 goto done;
             }
             for (Py_ssize_t c = 0; c < ncols; c++) {
-                PyObject *list = PyList_New(counts[r]); /* items NULL until filled below */
+                /* A list's items are NULL until filled below, an array's unset. */
+                PyObject *list = codes[c] ? new_array(codes[c], counts[r]) : PyList_New(counts[r]);
                 if (list == NULL) {
                     Py_DECREF(group);
                     Py_CLEAR(result);
@@ -158,12 +258,23 @@ split_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     for (Py_ssize_t c = 0; c < ncols; c++) {
         PyObject **unused;
         Py_ssize_t len;
-        if (items_of(PyTuple_GET_ITEM(columns, c), &unused, &len) < 0 || len != n) {
+        PyObject *column = PyTuple_GET_ITEM(columns, c);
+        int same = codes[c] ? Py_SIZE(column) == n
+                            : items_of(column, &unused, &len) == 0 && len == n;
+        if (!same) {
             Py_SETREF(result, Py_NewRef(Py_None));
             goto done;
         }
     }
     for (Py_ssize_t c = 0; c < ncols; c++) {
+        if (codes[c]) {
+            if (deal_array(PyTuple_GET_ITEM(columns, c), result, c, replica_of, n,
+                           parallelism) < 0) {
+                Py_CLEAR(result);
+                goto done;
+            }
+            continue;
+        }
         for (Py_ssize_t r = 0; r < parallelism; r++) {
             PyObject *group = PyList_GET_ITEM(result, r);
             targets[r] = group == Py_None
@@ -205,5 +316,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__native(void)
 {
+    if (packed_init() < 0) {
+        return NULL;
+    }
     return PyModuleDef_Init(&module);
 }

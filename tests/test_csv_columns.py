@@ -10,11 +10,13 @@ from __future__ import annotations
 import csv
 import gc
 import sys
+from array import array
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import operators.csvio
 import operators.csvsource
 from engine.records import Tick
 from operators.csvparse import NATIVE, parse_columns, parse_lines
@@ -105,12 +107,17 @@ def test_refuses_a_block_with_any_line_outside_the_grammar(line):
     assert parse_columns(block) is None
 
 
+def plain(columns):
+    """The columns as lists (the C parser packs times, prices and sizes into arrays)."""
+    return None if columns is None else tuple(list(column) for column in columns)
+
+
 def test_edges_of_a_block():
-    assert parse_columns(b"") == ([], [], [], [])
+    assert plain(parse_columns(b"")) == ([], [], [], [])
     assert parse_columns(b"\n") is None  # one empty line: a bad row
     assert parse_columns(b"A,1,1,1\n\nB,2,2,2\n") is None
     assert parse_columns(b"A,1,1,1\n\n") is None  # an empty line before the final newline
-    assert parse_columns(b"A,-0,-0,5.\r\nB,007,.5,1E2\r") == (
+    assert plain(parse_columns(b"A,-0,-0,5.\r\nB,007,.5,1E2\r")) == (
         ["A", "B"],
         [0, 7],
         [-0.0, 0.5],
@@ -118,8 +125,8 @@ def test_edges_of_a_block():
     )
     assert parse_columns(b"A,1,1,1\xff\n") is None  # not a number
     assert parse_columns(b"\xff\xfe,1,1,1\n") is None  # not UTF-8: the fallback reports it
-    assert parse_columns(b"\xc3\xa9,1,1,1\n") == (["é"], [1], [1.0], [1.0])
-    assert parse_columns(b"A,9223372036854775807,1,1\nB,-9223372036854775808,1,1\n") == (
+    assert plain(parse_columns(b"\xc3\xa9,1,1,1\n")) == (["é"], [1], [1.0], [1.0])
+    assert plain(parse_columns(b"A,9223372036854775807,1,1\nB,-9223372036854775808,1,1\n")) == (
         ["A", "B"],
         [2**63 - 1, -(2**63)],
         [1.0, 1.0],
@@ -127,6 +134,18 @@ def test_edges_of_a_block():
     )
     with pytest.raises(TypeError):
         parse_columns(bytearray(b"A,1,1,1\n"))  # type: ignore[arg-type]
+
+
+def test_numbers_come_packed_as_a_channel_decodes_them():
+    columns = parse_columns(b"A,1,2.5,3\nB,2,3.5,4\n")
+    assert columns is not None
+    symbols, times, prices, sizes = columns
+    assert type(symbols) is list
+    assert [(type(c), c.typecode) for c in (times, prices, sizes)] == [
+        (array, "q"),
+        (array, "d"),
+        (array, "d"),
+    ]
 
 
 def test_rows_of_a_symbol_share_one_str_and_the_table_stays_bounded():
@@ -165,6 +184,20 @@ def test_the_source_gives_the_same_ticks_and_watermarks_with_and_without_it(tmp_
         assert exact(got) == exact([t for b in without[0] for t in b])
         assert [len(b) for b in with_c[0]] == [len(b) for b in without[0]]
     assert got[4_321] == Tick("S1", 43210, 1.0, 1.0)
+
+
+def test_a_time_past_int64_after_packed_blocks_goes_on_as_a_list(tmp_path, monkeypatch):
+    """Blocks the C parser packed, then one only the reference loop reads (a time past
+    int64), then packed ones again: every tick as the reference reads it, in order."""
+    monkeypatch.setattr(operators.csvio, "CHUNK", 64)  # a block of two or three lines
+    lines = [f"A,{i},1.5,2\n" for i in range(30)]
+    lines[17] = f"B,{2**70},1,1\n"
+    path = file_of(tmp_path, "".join(lines))
+    for batch in (1, 4, 7, 100):
+        got = ticks_of(CsvTicks(path, batch=batch))
+        good, bad = reference([line.rstrip("\n") for line in lines])
+        assert bad == []
+        assert exact(got) == exact(good)
 
 
 def test_a_bad_row_is_still_reported_with_its_line(tmp_path):
