@@ -22,7 +22,9 @@ Sections (``--only`` picks some):
 * ``latency``: ``benchmarks.latency`` at half the measured maximum rate, for two linger
   settings, with how far the source fell behind its schedule at worst and how late it
   finished it (a run that finished far behind is marked overloaded and not judged against
-  the target).
+  the target), and the machine's own steadiness before and after the runs
+  (``benchmarks.noise``: a fixed loop, alone, timed in 20 ms windows), which a missed
+  latency target then names.
 * ``memory``: peak RSS of the job and its workers, and the stalled-sink experiment.
 
 Last, the issue's targets for the machine's size (``ratio_targets``: 1.2x the single
@@ -33,9 +35,11 @@ R = 8 from 16), the latency target and the engine's cost, each met or missed.
 Every row also goes to ``DIR/results.jsonl``. ``DIR`` defaults to ``benchmarks/out``,
 created with a ``.gitignore`` that ignores it.
 
-Two narrower benchmarks run on their own: ``python -m benchmarks.channels`` (one channel
-against ``multiprocessing.Queue`` and a pipe) and ``python -m benchmarks.sources`` (an async
-source's cost per item against a sync one's).
+Narrower benchmarks run on their own: ``python -m benchmarks.channels`` (one channel
+against ``multiprocessing.Queue`` and a pipe), ``python -m benchmarks.sources`` (an async
+source's cost per item against a sync one's), ``python -m benchmarks.csvbars`` (the bars
+job from a CSV file against a ``csv.reader`` loop) and ``python -m benchmarks.noise`` (how
+steadily the machine runs a fixed loop).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ import statistics
 import sys
 from typing import Any
 
-from benchmarks import chart, engines, external, latency, memory, mpqueue
+from benchmarks import chart, engines, external, latency, memory, mpqueue, noise
 from benchmarks.breakdown import breakdown
 from benchmarks.common import ChecksumMismatch, Workload, load_average, machine, usable_cpus
 from engine.batch import DEFAULT_LINGER_S
@@ -413,7 +417,7 @@ def latency_section(args: argparse.Namespace, report: Report) -> list[dict[str, 
         f"{'pipeline':<9}{'ticks/s':>10}{'linger ms':>10}{'samples':>12}{'p50 ms':>9}"
         f"{'p99 ms':>9}{'p99.9 ms':>10}{'max ms':>9}{'source: behind':>16}{'late ms':>9}"
     )
-    out = []
+    out = [_noise(report, "before the runs", 1.0 if args.quick else 2.0)]
     for mode in ("ticks", "bars"):
         maxima = []
         for k in range(latency.CALIBRATIONS):
@@ -443,7 +447,15 @@ def latency_section(args: argparse.Namespace, report: Report) -> list[dict[str, 
                     f"{'':19}{'':10}  {row['closes']} window closes, slowest bar per close: "
                     f"median {row['close_p50_ms']:.2f} ms, slowest {row['close_max_ms']:.2f} ms"
                 )
+    out.append(_noise(report, "after the runs", 1.0 if args.quick else 2.0))
     return out
+
+
+def _noise(report: Report, when: str, seconds: float) -> dict[str, Any]:
+    """The machine's steadiness alone (``benchmarks.noise``), reported as ``when``."""
+    row = {**noise.measure(seconds), "when": when}
+    report.emit(row, f"{when}, {noise.describe(row)}")
+    return row
 
 
 # --- memory ----------------------------------------------------------------------------
@@ -514,6 +526,12 @@ def targets(report: Report, quick: bool = False) -> None:
             value = row.get("p99_ms")
             if value is not None:
                 verdict = "met" if value <= P99_TARGET_MS else "MISSED"
+                slow = sum(r["slow_windows"] for r in rows if r.get("bench") == "machine_noise")
+                if verdict == "MISSED" and slow:
+                    verdict += (
+                        f" (the machine alone ran {slow} 20 ms windows at half speed or worse "
+                        "around the runs: see machine noise above)"
+                    )
                 if row["overloaded"]:
                     verdict = "not measured (overloaded: not at half load)"
                 lines.append(

@@ -11,7 +11,7 @@ import pytest
 import uvloop
 
 from benchmarks import __main__ as cli
-from benchmarks import chart, csvbars, latency, mpqueue, sources
+from benchmarks import chart, csvbars, latency, mpqueue, noise, sources
 from benchmarks.checksum import Digest, bar_hash, combine
 from benchmarks.common import Workload
 from benchmarks.engines import bars_dag, run_single_process
@@ -393,3 +393,47 @@ def test_the_csv_benchmark_stops_on_bars_that_differ(monkeypatch, capsys):
     argv = ["--ticks", "5000", "--rounds", "1", "--readers", "1", "--replicas", "1"]
     assert csvbars.main(argv) == 3
     assert "CHECKSUM MISMATCH: ringflow_csv" in capsys.readouterr().err
+
+
+def test_noise_counts_the_windows_a_fixed_loop_ran_slowly():
+    steady = [(i * 1e-4, 1e-4) for i in range(1000)]  # 0.1 s of 100 us chunks
+    assert noise.stalls(steady)["slow_windows"] == 0
+    assert noise.stalls(steady)["windows"] == 5
+    # 20 ms where every chunk took 4x: one window at 4x (by start time), the others steady
+    slowed, t = [], 0.0
+    for _ in range(1000):
+        d = 4e-4 if 0.04 <= t < 0.06 else 1e-4
+        slowed.append((t, d))
+        t += d
+    judged = noise.stalls(slowed)
+    assert judged["slow_windows"] == 1 and 3.5 <= judged["worst_x"] <= 4.0  # (window edges)
+    assert judged["longest_chunk_ms"] == 0.4
+    assert noise.stalls([]) == {"chunks": 0, "windows": 0, "slow_windows": 0, "worst_x": 0.0}
+
+
+def test_noise_measure_times_equal_chunks_on_its_clock():
+    ticks = iter(range(10**9))
+
+    def clock() -> float:  # every reading 40 us after the one before: a steady machine
+        return next(ticks) * 40e-6
+
+    row = noise.measure(0.01, clock=clock)
+    assert row["bench"] == "machine_noise" and row["slow_windows"] == 0
+    assert row["median_chunk_us"] == 40.0 and row["seconds"] >= 0.01
+    assert "0 of 1 windows of 20 ms" in noise.describe(row)
+
+
+def test_a_missed_latency_target_names_the_machines_noise(capsys):
+    report = cli.Report(as_json=False)
+    report.rows.append({"bench": "machine_noise", "slow_windows": 7})
+    report.rows.append(
+        {
+            "bench": "latency",
+            "pipeline": "bars",
+            "linger_ms": cli.LINGERS[0] * 1e3,
+            "p99_ms": 30.0,
+            "overloaded": False,
+        }
+    )
+    cli.targets(report)
+    assert "MISSED (the machine alone ran 7 20 ms windows at half speed" in capsys.readouterr().out
