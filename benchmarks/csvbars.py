@@ -40,8 +40,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.common import ChecksumMismatch, Workload, machine, throughput_row
-from benchmarks.engines import run_ringflow
+from benchmarks.common import ChecksumMismatch, Workload, machine
+from benchmarks.engines import run_ringflow, single_process_row
 from benchmarks.handroll import HandBars
 from operators.generator import generate
 from operators.sources import CsvTicks
@@ -69,19 +69,8 @@ def run_single_process(work: Workload, path: str) -> dict[str, Any]:
             bars.add_rows(rows, len(rows))
             high = max(high, max(row[1] for row in rows))
             bars.advance(high - work.lateness_ns)
-    digest = bars.finish()
-    seconds = time.perf_counter() - started
-    return throughput_row(
-        "single_process",
-        1,
-        bars.ticks,
-        seconds,
-        digest.checksum(),
-        sources=1,
-        wall_s=seconds,
-        cpu_s=time.process_time() - cpu,
-        late=bars.late,
-    )
+    bars.finish()
+    return single_process_row(bars, time.perf_counter() - started, time.process_time() - cpu)
 
 
 def run_csv(work: Workload, path: str, readers: int, replicas: int) -> dict[str, Any]:

@@ -47,15 +47,19 @@ def run_single_process(work: Workload) -> dict[str, Any]:
             bars.advance(item.ts)
         else:
             bars.add_rows(zip(*item.data, strict=True), len(item))  # its columns, as rows
-    digest = bars.finish()
-    seconds = time.perf_counter() - started
-    cpu_s = time.process_time() - cpu
+    bars.finish()
+    return single_process_row(bars, time.perf_counter() - started, time.process_time() - cpu)
+
+
+def single_process_row(bars: HandBars, seconds: float, cpu_s: float) -> dict[str, Any]:
+    """The scaling row of a single-process run that aggregated with ``bars`` (finished)
+    in ``seconds``, ``cpu_s`` of CPU."""
     return throughput_row(
         "single_process",
         1,
         bars.ticks,
         seconds,
-        digest.checksum(),
+        bars.digest.checksum(),
         sources=1,
         wall_s=seconds,
         cpu_s=cpu_s,

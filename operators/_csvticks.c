@@ -108,6 +108,25 @@ static const double POWERS[] = {
     1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 };
 
+/* Read the digits at *p (advancing it) into *mantissa, its first 19 significant ones (the
+ * digits from the first nonzero one, counted in *significant); how many were read. */
+static Py_ssize_t
+read_digits(const char **p, const char *end, uint64_t *mantissa, int *significant)
+{
+    const char *q = *p;
+    for (; q < end && (unsigned)(*q - '0') < 10; q++) {
+        if (*significant || *q != '0') {
+            if (*significant < 19) {
+                ++*significant;
+                *mantissa = *mantissa * 10 + (uint64_t)(*q - '0');
+            }
+        }
+    }
+    Py_ssize_t count = q - *p;
+    *p = q;
+    return count;
+}
+
 /* Read the number field starting at p (before ``end``) in the grammar above into *value;
  * its end, or NULL when it is outside the grammar (or, with an error set, when it could not
  * be converted, which the grammar rules out). Out of range reads as +-inf, which the caller
@@ -125,28 +144,13 @@ read_number(const char *p, const char *end, double *value)
     int negative = p < end && *p == '-';
     p += negative;
     uint64_t mantissa = 0;
-    int digits = 0;      /* digits read, leading zeros included */
     int significant = 0; /* digits from the first nonzero one */
-    int fraction = 0;    /* digits after the point */
-    while (p < end && (unsigned)(*p - '0') < 10) {
-        if (significant || *p != '0') {
-            significant++;
-            mantissa = significant <= 19 ? mantissa * 10 + (uint64_t)(*p - '0') : mantissa;
-        }
-        p++;
-        digits++;
-    }
+    Py_ssize_t fraction = 0; /* digits after the point */
+    Py_ssize_t digits = read_digits(&p, end, &mantissa, &significant);
     if (p < end && *p == '.') {
         p++;
-        while (p < end && (unsigned)(*p - '0') < 10) {
-            if (significant || *p != '0') {
-                significant++;
-                mantissa = significant <= 19 ? mantissa * 10 + (uint64_t)(*p - '0') : mantissa;
-            }
-            p++;
-            digits++;
-            fraction++;
-        }
+        fraction = read_digits(&p, end, &mantissa, &significant);
+        digits += fraction;
     }
     if (!digits) {
         return NULL;
