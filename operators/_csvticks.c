@@ -30,10 +30,13 @@
  * whatever the number of symbols): rows of one symbol share one str, as the generator's do,
  * which is what the window kernel indexes by (operators/_ohlcv.c).
  *
- * The symbols' list is made (the only allocation that can start a garbage collection, and
- * so run Python code) before any row is read; str, bytes and array allocations do not
- * collect. A call from Python code run inside a call (a finalizer, during that collection)
- * sees the table in a consistent state: entries change only by a single pointer swap.
+ * While rows are read nothing can start a garbage collection (and so run Python code): the
+ * symbols' list, the one container made before them, is made first, and str and bytes
+ * allocations do not collect. A collection can start after the loop (making the arrays and
+ * the result) or where the parse ends anyway (a symbol that is not UTF-8 raises inside the
+ * decoder); symbol_of reads its entry again after decoding. A call from Python code run
+ * inside a call (a finalizer, during a collection) sees the table in a consistent state:
+ * entries change only by a single pointer swap.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

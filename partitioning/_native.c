@@ -166,9 +166,14 @@ split_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     Py_ssize_t ncols = PyTuple_GET_SIZE(columns);
-    char codes[256] = {0}; /* per column: an array's type code, 0 for a list or tuple */
-    if (ncols > 256) {
-        Py_RETURN_NONE;
+    /* Per column: an array's type code, 0 for a list or tuple. */
+    char *codes = PyMem_Calloc((size_t)(ncols ? ncols : 1), 1);
+    PyObject *result = NULL;
+    uint16_t *replica_of = NULL;
+    Py_ssize_t *counts = NULL;
+    PyObject ***targets = NULL;
+    if (codes == NULL) {
+        return PyErr_NoMemory();
     }
     for (Py_ssize_t c = 0; c < ncols; c++) {
         PyObject **unused;
@@ -177,21 +182,21 @@ split_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (items_of(column, &unused, &len) < 0) {
             codes[c] = array_code(column);
             if (!codes[c]) {
-                Py_RETURN_NONE;
+                result = Py_NewRef(Py_None);
+                goto done;
             }
             len = Py_SIZE(column);
         }
         if (len != n) {
             PyErr_Format(PyExc_ValueError,
                          "split_columns: column %zd has %zd values, the keys %zd", c, len, n);
-            return NULL;
+            goto done;
         }
     }
 
-    PyObject *result = NULL;
-    uint16_t *replica_of = PyMem_Malloc((n ? n : 1) * sizeof(uint16_t));
-    Py_ssize_t *counts = PyMem_Calloc((size_t)parallelism, sizeof(Py_ssize_t));
-    PyObject ***targets = PyMem_Calloc((size_t)parallelism, sizeof(PyObject **));
+    replica_of = PyMem_Malloc((n ? n : 1) * sizeof(uint16_t));
+    counts = PyMem_Calloc((size_t)parallelism, sizeof(Py_ssize_t));
+    targets = PyMem_Calloc((size_t)parallelism, sizeof(PyObject **));
     if (replica_of == NULL || counts == NULL || targets == NULL) {
         PyErr_NoMemory();
         goto done;
@@ -292,6 +297,7 @@ split_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
 
 done:
+    PyMem_Free(codes);
     PyMem_Free(replica_of);
     PyMem_Free(counts);
     PyMem_Free(targets);

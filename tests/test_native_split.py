@@ -330,3 +330,12 @@ def test_the_routine_serves_a_warm_splitter() -> None:
         keyhash._native_split_columns = saved
     assert calls == [3]
     assert sorted(t.ts for _, group in groups for t in group.rows()) == list(range(6))
+
+
+def test_split_columns_takes_any_number_of_columns() -> None:
+    keys = ["a", "b", "a"]
+    columns = (keys, *(array("q", [c, c + 1, c + 2]) for c in range(300)))
+    got = split_columns(keys, {"a": 0, "b": 1}, 2, columns)
+    assert got is not None
+    assert [list(column) for column in got[0]][1:] == [[c, c + 2] for c in range(300)]
+    assert [list(column) for column in got[1]][1:] == [[c + 1] for c in range(300)]
