@@ -244,13 +244,6 @@ read_line(const char *p, const char *end, Py_ssize_t i, PyObject **symbols, int6
     return 1;
 }
 
-/* array.array(code, values): a new array of the bytes' items, or NULL with an error. */
-static PyObject *
-array_of(const char *code, PyObject *values)
-{
-    return PyObject_CallFunction(packed_array_type, "sO", code, values);
-}
-
 static PyObject *
 parse(PyObject *Py_UNUSED(module), PyObject *block)
 {
@@ -306,9 +299,9 @@ parse(PyObject *Py_UNUSED(module), PyObject *block)
         }
         p = end + 1;
     }
-    PyObject *columns[3] = {array_of("q", raw[0]), NULL, NULL};
-    if (columns[0] != NULL && (columns[1] = array_of("d", raw[1])) != NULL) {
-        columns[2] = array_of("d", raw[2]);
+    PyObject *columns[3] = {packed_from_bytes('q', raw[0]), NULL, NULL};
+    if (columns[0] != NULL && (columns[1] = packed_from_bytes('d', raw[1])) != NULL) {
+        columns[2] = packed_from_bytes('d', raw[2]);
     }
     if (columns[2] != NULL) {
         result = PyTuple_Pack(4, symbols, columns[0], columns[1], columns[2]);

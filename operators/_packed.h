@@ -1,6 +1,7 @@
 /* Packed columns as a channel decodes them (engine/numbers.py): array.array of 8-byte
  * ints ('q', or 'l' where a long is 8 bytes) or of doubles ('d'). Shared by the
- * extensions that read them in place (_columns.c, _ohlcv.c). */
+ * extensions that read them in place (_columns.c, _ohlcv.c) or make them (_csvticks.c,
+ * partitioning/_native.c). */
 #ifndef RINGFLOW_PACKED_H
 #define RINGFLOW_PACKED_H
 
@@ -52,6 +53,28 @@ packed_view(PyObject *obj, char code, Py_buffer *view)
         return 0;
     }
     return 1;
+}
+
+/* The type code of an array.array of 8-byte items ('q', 'l' or 'd'), else 0. */
+static inline char
+packed_code(PyObject *obj)
+{
+    Py_buffer view;
+    if (!packed_view(obj, 'q', &view) && !packed_view(obj, 'd', &view)) {
+        return 0;
+    }
+    char code = view.format[0];
+    PyBuffer_Release(&view);
+    return code;
+}
+
+/* A new array.array of code ('q', 'l' or 'd') holding the 8-byte values in the bytes
+ * object raw (copied), or NULL with an error. */
+static inline PyObject *
+packed_from_bytes(char code, PyObject *raw)
+{
+    char format[2] = {code, '\0'};
+    return PyObject_CallFunction(packed_array_type, "sO", format, raw);
 }
 
 #endif

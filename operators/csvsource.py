@@ -28,10 +28,10 @@ are done, and the same ``lateness_ns`` as for a sequential read is enough.
 Speed: the file is read in 1 MiB blocks of whole lines; each block is parsed straight into
 columns by ``operators._csvticks`` (C, no record per row) where it is built and every line
 is in its strict grammar, else by the msgspec fast path of ``operators.csvparse``, and a
-block both refuse is parsed a batch of lines at a time, again fast where it can and else
-with the ``str.split(',')`` loop that finds the bad lines. A bad line is explained, and its
-line number found (by counting newlines up to its block, onward from the last count), only
-when one occurs. Batches go out as ``engine.columns.Columns`` of ``Tick``, as the
+block both refuse is parsed a batch of lines at a time, again by those two where they take
+the batch and else with the ``str.split(',')`` loop that finds the bad lines. A bad line is
+explained, and its line number found (by counting newlines up to its block, onward from the
+last count), only when one occurs. Batches go out as ``engine.columns.Columns`` of ``Tick``, as the
 generator's do: the symbol column travels dictionary-encoded and the tumbling window reads
 the columns without a record per tick (OHLCV in C where ``operators._ohlcv`` is built).
 The C parser gives the times, prices and sizes packed (``array.array``), as a channel
@@ -173,13 +173,11 @@ class CsvTicksLogic(SourceLogic):
         for column in buffer:
             del column[:full]
 
-    def _hold(self, columns: Sequence[Any] | None, ticks: list[Tick]) -> None:
-        """Buffer parsed rows: ``columns`` (the C parser's, the numbers in arrays) if
-        given, else ``ticks``. A held column that is empty takes the parsed one as it is;
-        one that cannot take the parsed values (an array and a time past int64 from the
-        other parsers) goes on as a list."""
-        if columns is None:
-            columns = Columns.from_rows(Tick, ticks).data
+    def _hold(self, columns: Sequence[Any]) -> None:
+        """Buffer parsed rows, a new column per field (the C parser's with the numbers in
+        arrays, or lists). A held column that is empty takes the parsed one as it is; one
+        that cannot take the parsed values (an array and a time past int64 from the other
+        parsers) goes on as a list."""
         buffer = self.buffer
         for k, parsed in enumerate(columns):
             held = buffer[k]
@@ -203,12 +201,11 @@ class CsvTicksLogic(SourceLogic):
                 block = block[cut:] if cut else b""
                 offset += cut
                 header = False
-            columns = parse_columns(block)
-            ticks = parse_block(block) if columns is None else []
-            if ticks is None:
+            columns = _parse_fast(block)
+            if columns is None:
                 yield from self._lines(_split_lines(block), offset)
             else:
-                self._hold(columns, ticks)
+                self._hold(columns)
                 yield from self._emit(final=False)
 
     def _lines(self, lines: list[str], offset: int) -> Iterator[Columns | Watermark]:
@@ -217,14 +214,15 @@ class CsvTicksLogic(SourceLogic):
         size = self.config.batch
         for a in range(0, len(lines), size):
             chunk = lines[a : a + size]
-            ticks = parse_block(("\n".join(chunk) + "\n").encode())
-            if ticks is None:
-                ticks = []
+            columns = _parse_fast(("\n".join(chunk) + "\n").encode())
+            if columns is None:
+                ticks: list[Tick] = []
                 bad: list[str] = []
                 parse_lines(chunk, ticks, bad)
                 if bad:
                     self._reject(lines, a, bad, offset)
-            self._hold(None, ticks)
+                columns = _columns_of(ticks)
+            self._hold(columns)
             yield from self._emit(final=False)
 
     def _reject(self, lines: list[str], a: int, bad: list[str], offset: int) -> None:
@@ -254,6 +252,20 @@ class CsvTicksLogic(SourceLogic):
         lines += count_newlines(self.config.path, known, offset)
         self._counted = (offset, lines)
         return lines + 1
+
+
+def _columns_of(ticks: list[Tick]) -> Sequence[Any]:
+    return Columns.from_rows(Tick, ticks).data
+
+
+def _parse_fast(data: bytes) -> Sequence[Any] | None:
+    """The columns of all rows of ``data`` by a fast path (C, else msgspec), or None when
+    both refuse it: a row may be bad, for the reference loop to find."""
+    columns = parse_columns(data)
+    if columns is not None:
+        return columns
+    ticks = parse_block(data)
+    return None if ticks is None else _columns_of(ticks)
 
 
 def _split_lines(block: bytes) -> list[str]:

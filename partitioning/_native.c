@@ -50,28 +50,6 @@ items_of(PyObject *seq, PyObject ***items, Py_ssize_t *n)
     return -1;
 }
 
-/* The type code of an array.array of 8-byte items ('q', 'l' or 'd'), else 0. */
-static char
-array_code(PyObject *seq)
-{
-    if (!packed_is_array(seq)) {
-        return 0;
-    }
-    Py_buffer view;
-    char code = 0;
-    if (PyObject_GetBuffer(seq, &view, PyBUF_FORMAT | PyBUF_ND) < 0) {
-        PyErr_Clear();
-        return 0;
-    }
-    const char *f = view.format;
-    if (f != NULL && (f[0] == 'q' || f[0] == 'l' || f[0] == 'd') && f[1] == '\0'
-        && view.itemsize == 8 && view.ndim == 1) {
-        code = f[0];
-    }
-    PyBuffer_Release(&view);
-    return code;
-}
-
 /* A new array.array of code with n items (their values unset), or NULL with an error. */
 static PyObject *
 new_array(char code, Py_ssize_t n)
@@ -80,8 +58,7 @@ new_array(char code, Py_ssize_t n)
     if (raw == NULL) {
         return NULL;
     }
-    char format[2] = {code, '\0'};
-    PyObject *array = PyObject_CallFunction(packed_array_type, "sO", format, raw);
+    PyObject *array = packed_from_bytes(code, raw);
     Py_DECREF(raw);
     return array;
 }
@@ -180,7 +157,7 @@ split_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_ssize_t len;
         PyObject *column = PyTuple_GET_ITEM(columns, c);
         if (items_of(column, &unused, &len) < 0) {
-            codes[c] = array_code(column);
+            codes[c] = packed_code(column);
             if (!codes[c]) {
                 result = Py_NewRef(Py_None);
                 goto done;
