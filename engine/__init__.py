@@ -19,6 +19,7 @@ from engine.errors import (
 from engine.job import Job, launch, run
 from engine.operator import (
     Context,
+    Files,
     Operator,
     OperatorLogic,
     Sink,
@@ -40,6 +41,7 @@ __all__ = [
     "Context",
     "Dag",
     "DagError",
+    "Files",
     "FrameTooLarge",
     "Job",
     "JobFailed",

@@ -180,8 +180,8 @@ def add_bars_command(sub: Any) -> None:
     bars.add_argument("--late-output", help="late ticks, CSV (default <output>.late.csv)")
     bars.add_argument(
         "--dead-letter",
-        help="bad input rows go here and the job goes on "
-        "(default: the first bad row stops the job with file:line: reason)",
+        help="bad input rows go here and the job goes on; with --readers N, one file per "
+        "reader, BAD.<r>.csv (default: the first bad row stops the job with file:line: reason)",
     )
     bars.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     bars.add_argument(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import signal
 import sys
 import time
@@ -21,6 +22,7 @@ from engine.refs import import_ref
 from engine.result import JobResult
 
 PROGRESS_EVERY_S = 1.0
+_SELF_EXPLAINING = {cls.__name__ for cls in (DagError, RecordError)}
 
 
 def _parse_param(text: str) -> tuple[str, Any]:
@@ -38,6 +40,12 @@ def load_dag(target: str, params: dict[str, Any]) -> Dag:
     """``module:attribute``: a Dag, or a function returning one (called with ``params``)."""
     obj = import_ref(target, "the DAG to run")
     if not isinstance(obj, Dag) and callable(obj):
+        try:
+            inspect.signature(obj).bind(**params)
+        except TypeError as exc:
+            raise DagError(f"{target}: --param: {exc}") from None
+        except ValueError:  # no signature to check (a builtin): the call will tell
+            pass
         obj = obj(**params)
     elif params:
         raise DagError(f"{target} is a Dag, not a function: it takes no --param")
@@ -140,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except JobFailed as exc:
         print(f"job failed: {exc}", file=sys.stderr)
-        if exc.traceback:
+        # A ringflow error (a bad row, a bad DAG found in a worker) says all in its message;
+        # the worker's traceback is for errors raised in the job's own code.
+        if exc.traceback and exc.error not in _SELF_EXPLAINING:
             print(f"--- remote traceback ({exc.node}[{exc.replica}]) ---", file=sys.stderr)
             print(exc.traceback.rstrip(), file=sys.stderr)
         return 1

@@ -91,6 +91,9 @@ class Settings:
         problems = geometry_problems(self.slots, self.slot_size)
         if self.linger < 0:
             problems.append(f"linger must be >= 0 seconds, got {self.linger}")
+        port = self.metrics_port
+        if port is not None and (type(port) is not int or not 0 <= port <= 65535):
+            problems.append(f"metrics_port must be an int in 0..65535, got {port!r}")
         for name in ("heartbeat_timeout", "startup_timeout", "stop_grace", "stop_timeout"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0 seconds, got {getattr(self, name)}")
@@ -255,6 +258,9 @@ class Coordinator:
 
                 self.metrics = MetricsServer(self, self.settings.metrics_port)
                 self.metrics.start()
+        except OSError as exc:  # the machine's answer (no room, a port in use): the message
+            self._send(("failed", JobFailed(f"job {self.job_id}: could not start: {exc}")))
+            return  # (teardown follows in coordinator_main)
         except BaseException as exc:
             self._send(("failed", JobFailed(f"job {self.job_id}: could not start: {exc}")))
             raise

@@ -13,6 +13,10 @@ replica, to get the live *logic* that holds state. Logic is called a batch at a 
 * ``SinkLogic.write(batch)`` consumes records; ``close()`` returns the sink's result (it
   travels back to ``Job.wait()``), ``abort()`` runs instead when the job fails.
 
+A config that reads or writes files says which in ``files(parallelism)`` (``Files``), so
+that validation refuses, before anything starts, an input that is not there and two nodes
+(or a node and an input) sharing a path, where one would replace the other's file.
+
 Event time is integer nanoseconds since the Unix epoch throughout.
 """
 
@@ -123,6 +127,17 @@ class SinkLogic:
         return None
 
 
+@dataclass(frozen=True)
+class Files:
+    """The files a node's replicas read and write, all together (see the module docstring)."""
+
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+
+
+NO_FILES = Files()
+
+
 class Source:
     """Config of a source. ``output_type``: the msgspec Struct it emits, or None (pickled)."""
 
@@ -130,6 +145,9 @@ class Source:
 
     def build(self, ctx: Context) -> SourceLogic:
         raise NotImplementedError
+
+    def files(self, parallelism: int) -> Files:
+        return NO_FILES
 
 
 class Operator:
@@ -147,3 +165,6 @@ class Operator:
 class Sink:
     def build(self, ctx: Context) -> SinkLogic:
         raise NotImplementedError
+
+    def files(self, parallelism: int) -> Files:
+        return NO_FILES

@@ -3,6 +3,7 @@ node (or edge) and says how to fix it."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -14,13 +15,27 @@ if TYPE_CHECKING:
     from engine.dag import Dag
 
 _KIND_BASES = {"source": Source, "operator": Operator, "sink": Sink}
+# A worker process per replica, and a ring per pair of replicas on an all-to-all edge: past
+# this many processes a job is a typo (parallelism=10000), not a plan for one machine.
+MAX_WORKERS = 1024
 
 
 def validate(dag: Dag) -> None:
     from engine.dag import MAIN, OPERATOR, SINK, SOURCE, check_pickles
+    from engine.plan import record_type
 
     if not dag.nodes:
         raise DagError(f"DAG {dag.name!r} has no nodes: add a source with dag.source(...)")
+    for node in dag.nodes:
+        if not isinstance(node.name, str) or not node.name:
+            raise DagError(
+                f"DAG {dag.name!r}: node names must be non-empty strings, got {node.name!r}"
+            )
+        if node.kind not in _KIND_BASES:
+            raise DagError(
+                f"node {node.name!r}: unknown kind {node.kind!r}; add nodes with dag.source, "
+                "stream.apply, stream.sink or dag.operator"
+            )
     counts = Counter(n.name for n in dag.nodes)
     for name, n in counts.items():
         if n > 1:
@@ -30,8 +45,6 @@ def validate(dag: Dag) -> None:
             )
     names = set(counts)
     for node in dag.nodes:
-        if not node.name or not isinstance(node.name, str):
-            raise DagError(f"DAG {dag.name!r}: node names must be non-empty strings")
         if not isinstance(node.parallelism, int) or node.parallelism < 1:
             raise DagError(
                 f"node {node.name!r}: parallelism must be an integer >= 1, got {node.parallelism!r}"
@@ -48,6 +61,14 @@ def validate(dag: Dag) -> None:
                 f"node {node.name!r}: {type(node.config).__name__} supports at most "
                 f"{limit} replica(s), got parallelism={node.parallelism}; lower it"
             )
+    workers = sum(n.parallelism for n in dag.nodes)
+    if workers > MAX_WORKERS:
+        widest = max(dag.nodes, key=lambda n: n.parallelism)
+        raise DagError(
+            f"DAG {dag.name!r} would start {workers} worker processes (node {widest.name!r} "
+            f"has parallelism {widest.parallelism}); at most {MAX_WORKERS}, one process per "
+            "replica: give nodes about as many replicas as the machine has cores"
+        )
     for edge in dag.edges:
         for end in (edge.upstream, edge.downstream):
             if end not in names:
@@ -55,6 +76,13 @@ def validate(dag: Dag) -> None:
                     f"edge {edge.upstream!r} -> {edge.downstream!r}: unknown node {end!r}; "
                     f"known nodes: {sorted(names)}"
                 )
+    twice = Counter((e.upstream, e.downstream, e.output) for e in dag.edges)
+    for (start, end, output), n in twice.items():
+        if n > 1:
+            raise DagError(
+                f"edge {start!r} -> {end!r} (output {output!r}) is declared {n} times, so each "
+                f"record would reach {end!r} {n} times; declare it once"
+            )
     for node in dag.nodes:
         ins, outs = dag.inputs(node.name), dag.outputs(node.name)
         if node.kind == SOURCE and ins:
@@ -91,6 +119,18 @@ def validate(dag: Dag) -> None:
         up, down = dag.node(edge.upstream), dag.node(edge.downstream)
         if isinstance(part, KeyHash) and not part.key:
             raise DagError(f"{where}: key_by needs a key, e.g. key_by('symbol')")
+        fields = getattr(record_type(up, edge.output), "__struct_fields__", None)
+        if (
+            isinstance(part, KeyHash)
+            and isinstance(part.key, str)
+            and fields is not None
+            and part.key.partition(".")[0] not in fields
+        ):
+            kind = record_type(up, edge.output).__name__
+            raise DagError(
+                f"{where}: key_by({part.key!r}), but {kind} records have no field "
+                f"{part.key.partition('.')[0]!r}; key by one of {list(fields)}"
+            )
         if not part.all_to_all and up.parallelism != down.parallelism:
             raise DagError(
                 f"{where}: a forward edge needs equal parallelism, got {up.parallelism} and "
@@ -101,8 +141,61 @@ def validate(dag: Dag) -> None:
         except DagError as exc:
             raise DagError(f"{where}: {exc}") from None
         check_pickles(f"{where}: partitioner {part.describe()}", part)
+    _check_files(dag)
     for node in dag.nodes:
         check_pickles(f"node {node.name!r}: its {type(node.config).__name__} config", node.config)
+
+
+def _check_files(dag: Dag) -> None:
+    """Inputs exist; no two writers, nor a writer and a reader, share a path (see
+    ``engine.operator.Files``). Paths are compared resolved, links followed."""
+    readers: dict[str, str] = {}
+    writers: dict[str, str] = {}
+    for node in dag.nodes:
+        files = node.config.files(node.parallelism) if hasattr(node.config, "files") else None
+        if files is None:
+            continue
+        for path in files.reads:
+            if not os.path.isfile(path):
+                what = "is a folder" if os.path.isdir(path) else "does not exist"
+                raise DagError(f"node {node.name!r} reads {path!r}, which {what}; give a file")
+            readers.setdefault(os.path.realpath(path), node.name)
+        for path in files.writes:
+            real = os.path.realpath(path)
+            if os.path.isdir(real):
+                raise DagError(
+                    f"node {node.name!r} writes {path!r}, which is a folder; give a file"
+                )
+            if not os.path.isdir(os.path.dirname(real)):
+                raise DagError(
+                    f"node {node.name!r} writes {path!r}, but its folder does not exist; create it"
+                )
+            other = writers.setdefault(real, node.name)
+            if other != node.name or real in readers:
+                clash = (
+                    f"node {other!r} writes it too"
+                    if other != node.name
+                    else f"node {readers[real]!r} reads it"
+                )
+                raise DagError(
+                    f"node {node.name!r} writes {path!r}, and {clash}: one would replace the "
+                    "other's file; give each node its own path"
+                )
+
+
+def check_ints(config: object, names: str, *, optional: str = "") -> None:
+    """Raise ``DagError`` naming ``config`` unless each field in ``names`` is an int (not a
+    bool) and each in ``optional`` an int or None (space-separated names). For a config's
+    ``__post_init__``, before it compares the values."""
+    maybe = optional.split()
+    wrong = []
+    for name in [*names.split(), *maybe]:
+        value = getattr(config, name)
+        if type(value) is not int and not (value is None and name in maybe):
+            kind = "an integer or None" if name in maybe else "an integer"
+            wrong.append(f"{name} must be {kind}, got {value!r}")
+    if wrong:
+        raise DagError(f"invalid {type(config).__name__} config: {'; '.join(wrong)}")
 
 
 def _check_cycles(dag: Dag) -> None:

@@ -16,7 +16,8 @@
  *
  *     symbol ',' ts ',' number ',' number  [ '\r' ]
  *
- * with ``symbol`` one or more bytes of UTF-8 holding no ``,`` or ``\r``; ``ts`` an optional
+ * with ``symbol`` one or more bytes of UTF-8 holding no ``,``, ``"`` or ``\r`` (the format has
+ * no quoting, and the CSV sinks could not write such a symbol back); ``ts`` an optional
  * ``-`` and 1 to 19 digits within int64; each number an optional ``-``, digits with an
  * optional ``.`` and fraction (a digit at least), and an optional exponent ``e``/``E``,
  * optional sign, digits; at most 40 bytes. The price must be finite and the size finite and
@@ -204,7 +205,8 @@ read_line(const char *p, const char *end, Py_ssize_t i, PyObject **symbols, int6
         end--;
     }
     const char *comma = memchr(p, ',', (size_t)(end - p));
-    if (comma == NULL || comma == p || memchr(p, '\r', (size_t)(comma - p)) != NULL) {
+    if (comma == NULL || comma == p || memchr(p, '\r', (size_t)(comma - p)) != NULL
+        || memchr(p, '"', (size_t)(comma - p)) != NULL) {
         return 0;
     }
     const char *q = comma + 1;

@@ -57,8 +57,10 @@ class AtomicFile:
         self.file.write(text)
 
     def commit(self) -> None:
-        """Flush, fsync and rename into place (replacing any file there)."""
-        file, self.file = self.file, None
+        """Flush, fsync and rename into place (replacing any file there). Until the rename
+        is done, ``abort()`` still removes the temporary: a commit cut short (a failing
+        flush, or the worker's SIGTERM arriving mid-way) leaves nothing behind."""
+        file = self.file
         if file is None:
             raise ValueError(f"{self.path}: commit() after commit() or abort()")
         try:
@@ -67,15 +69,17 @@ class AtomicFile:
         finally:
             file.close()
         os.replace(self.temp, self.path)
+        self.file = None
 
     def abort(self) -> None:
-        """Close and remove the temporary; the target is left as it was. Idempotent."""
+        """Close and remove the temporary; the target is left as it was. Idempotent, and a
+        no-op after ``commit()``."""
         file, self.file = self.file, None
         if file is not None:
-            file.close()
+            file.close()  # (a no-op if a cut-short commit closed it)
             try:
                 os.unlink(self.temp)
-            except FileNotFoundError:
+            except FileNotFoundError:  # renamed into place just before the cut
                 pass
 
 

@@ -2,10 +2,10 @@
 path.
 
 A row is valid when it has exactly four comma-separated fields (no quoting), a non-empty
-symbol (taken verbatim), a ``ts`` that is an integer (``int()``'s syntax, or a decimal with
-an exactly integral value such as ``17e17``), a finite ``price`` and a finite ``size > 0``
-(``float()``'s syntax, so whitespace around a number is allowed). A trailing ``\\r`` (CRLF
-files) is ignored.
+symbol (taken verbatim) with no ``"`` or ``\\r`` in it, a ``ts`` that is an integer in the
+int64 range (``int()``'s syntax, or a decimal with an exactly integral value such as
+``17e17``), a finite ``price`` and a finite ``size > 0`` (``float()``'s syntax, so
+whitespace around a number is allowed). A trailing ``\\r`` (CRLF files) is ignored.
 
 * ``parse_columns`` (fastest path, ``operators/_csvticks.c`` where it is built): a block of
   lines straight into four columns in C, a list of symbols and the times, prices and sizes
@@ -54,6 +54,8 @@ TickColumns: TypeAlias = "tuple[list[str], array[int], array[float], array[float
 _LAX = msgspec.json.Decoder(list[Tick], strict=False)
 _PRICE = attrgetter("price")
 _SIZE = attrgetter("size")
+_TS = attrgetter("ts")
+TS_MIN, TS_MAX = -(1 << 63), (1 << 63) - 1  # a ts is an int64 (ns since the epoch)
 
 
 def _native_parse() -> Callable[[bytes], TickColumns | None] | None:
@@ -126,6 +128,9 @@ def parse_block(data: bytes) -> list[Tick] | None:
     # only sends the block to the reference path); min() > 0 as nan is ruled out already.
     if total - total != 0.0 or not min(sizes) > 0.0:
         return None
+    times = list(map(_TS, ticks))  # msgspec reads a quoted integer of any size
+    if min(times) < TS_MIN or max(times) > TS_MAX:
+        return None
     return ticks
 
 
@@ -149,7 +154,15 @@ def parse_lines(lines: list[str], out: list[Tick], bad: list[str]) -> None:
                     reject(line)
                     continue
             # p - p == 0 holds exactly for finite p; s - s == 0 rules out s = inf
-            if symbol and p - p == 0.0 and s > 0.0 and s - s == 0.0:
+            if (
+                p - p == 0.0
+                and s > 0.0
+                and s - s == 0.0
+                and TS_MIN <= t <= TS_MAX
+                and symbol
+                and '"' not in symbol
+                and "\r" not in symbol
+            ):
                 append(Tick(symbol, t, p, s))
                 continue
         reject(line)
@@ -166,10 +179,14 @@ def diagnose(line: str) -> str:
     symbol, ts, price, size = parts
     if not symbol:
         return "empty symbol"
+    if '"' in symbol or "\r" in symbol:
+        return f"symbol {symbol!r} holds a quote or carriage return (this format has no quoting)"
     try:
-        parse_int(ts)
+        t = parse_int(ts)
     except ValueError:
         return f"ts {ts!r} is not an integer (ns since the epoch)"
+    if not TS_MIN <= t <= TS_MAX:
+        return f"ts {ts!r} is outside the int64 range of ns since the epoch"
     for name, text in (("price", price), ("size", size)):
         try:
             value = parse_float(text)

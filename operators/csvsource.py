@@ -52,8 +52,9 @@ from typing import Any
 
 from engine.columns import Columns, column_index, field_names
 from engine.errors import DagError, RecordError
-from engine.operator import Context, Source, SourceLogic, Watermark
+from engine.operator import Context, Files, Source, SourceLogic, Watermark
 from engine.records import Tick
+from engine.validate import check_ints
 from operators.csvio import (
     DEAD_LETTER_HEADER,
     TICK_HEADER,
@@ -101,6 +102,7 @@ class CsvTicks(Source):
         object.__setattr__(self, "path", os.fspath(self.path))
         if self.dead_letter is not None:
             object.__setattr__(self, "dead_letter", os.fspath(self.dead_letter))
+        check_ints(self, "lateness_ns batch", optional="ranges")
         problems = []
         if self.lateness_ns < 0:
             problems.append(f"lateness_ns must be >= 0, got {self.lateness_ns}")
@@ -110,6 +112,15 @@ class CsvTicks(Source):
             problems.append(f"ranges must be >= 1 or None, got {self.ranges}")
         if problems:
             raise DagError(f"invalid CsvTicks({self.path!r}) config: {'; '.join(problems)}")
+
+    def files(self, parallelism: int) -> Files:
+        dead = self.dead_letter
+        writes = (
+            ()
+            if dead is None
+            else tuple(replica_path(dead, r, parallelism) for r in range(parallelism))
+        )
+        return Files(reads=(self.path,), writes=writes)
 
     def build(self, ctx: Context) -> CsvTicksLogic:
         check_header(self.path)
@@ -242,7 +253,8 @@ class CsvTicksLogic(SourceLogic):
             if self.dead_rows is None:
                 raise RecordError(
                     f"{self.config.path}:{first + i}: {reason}; row: {raw!r} (to set bad rows "
-                    "aside and go on, give CsvTicks a dead_letter='bad_rows.csv')"
+                    "aside and go on, give CsvTicks a dead_letter='bad_rows.csv', or the "
+                    "bars command --dead-letter BAD.csv)"
                 )
             self.dead_rows.writerow((first + i, raw, reason))
 

@@ -50,6 +50,7 @@ from engine.columns import Columns
 from engine.errors import DagError
 from engine.operator import Context, Source, SourceLogic, Watermark
 from engine.records import Tick
+from engine.validate import check_ints
 from operators.tumbling import int_bounds
 
 __all__ = ["Generator", "generate"]
@@ -89,6 +90,11 @@ class Generator(Source):
     output_type = Tick
 
     def __post_init__(self) -> None:
+        check_ints(
+            self,
+            "symbols seed disorder_ns batch start_ns step_ns",
+            optional="count lateness_ns late_by_ns",
+        )
         problems = []
         if self.symbols < 1:
             problems.append(f"symbols must be >= 1, got {self.symbols}")

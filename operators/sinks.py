@@ -3,7 +3,7 @@
 File sinks (``CsvBars``, ``JsonLinesBars``, ``CsvTicksSink``) write to a temporary file beside
 the target and rename it into place in ``close()``; ``abort()`` (a failed job) removes the
 temporary, so a target that exists is complete, and an earlier file at that path is left as
-it was by a failed run. Each writes one file, so each runs as one replica: the class says so
+it was by a run that fails before this sink has all of its input. Each writes one file, so each runs as one replica: the class says so
 (``max_parallelism = 1``, for the engine's validation) and ``build`` refuses a context with
 ``parallelism > 1`` as well. ``close()`` returns ``Written(path, records)``.
 
@@ -36,7 +36,7 @@ from typing import Any
 import msgspec
 
 from engine.errors import DagError, RecordError
-from engine.operator import Batch, Context, Sink, SinkLogic, Watermark
+from engine.operator import Batch, Context, Files, Sink, SinkLogic, Watermark
 from operators.csvio import BAR_HEADER, TICK_HEADER, AtomicFile
 
 __all__ = [
@@ -79,6 +79,9 @@ class _FileSink(Sink):
 
     def format(self, batch: Batch) -> str:
         raise NotImplementedError
+
+    def files(self, parallelism: int) -> Files:
+        return Files(writes=(self.path,))
 
     def build(self, ctx: Context) -> FileSinkLogic:
         if ctx.parallelism > 1:

@@ -154,7 +154,8 @@ def test_bad_row_stops_the_job_with_file_and_line(tmp_path, capsys):
     out = tmp_path / "bars.csv"
     assert main(["bars", str(src), "--output", str(out), "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert f"{src}:3:" in err and "price" in err
+    assert f"{src}:3:" in err and "price" in err and "--dead-letter" in err
+    assert "Traceback" not in err  # the message says it all: no worker traceback after it
     assert not out.exists()
 
 
@@ -174,6 +175,26 @@ def test_dead_letter_keeps_bad_rows_and_goes_on(tmp_path, capsys):
 def test_bad_command_line_is_refused_before_starting(tmp_path, capsys):
     assert main(["bars", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "o.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag", ["--late-output", "--dead-letter", "--output"], ids=["late", "dead", "input"]
+)
+def test_an_output_path_shared_with_another_or_the_input_is_refused(tmp_path, capsys, flag):
+    """Else one file would replace the other: bars lost, or the input overwritten."""
+    src = tmp_path / "ticks.csv"
+    src.write_text("symbol,ts,price,size\nA,1,10.0,1\n")
+    out = tmp_path / "bars.csv"
+    other = src if flag == "--output" else out
+    argv = ["bars", str(src), "--output", str(out), flag, str(other), "--quiet"]
+    assert main(argv) == 2
+    assert "give each node its own path" in capsys.readouterr().err
+    assert src.read_text() == "symbol,ts,price,size\nA,1,10.0,1\n" and not out.exists()
+
+
+def test_a_bad_param_for_run_is_refused(capsys):
+    assert main(["run", "examples.minimal:build", "--param", "bogus=1", "--quiet"]) == 2
+    assert "unexpected keyword argument 'bogus'" in capsys.readouterr().err
 
 
 def test_help_documents_the_commands():

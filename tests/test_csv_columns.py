@@ -58,7 +58,7 @@ def test_reads_only_what_the_reference_reads_with_the_same_values(lines, crlf, f
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["ABC", "X", "é", "a b", '"q"', "\\"]),
+            st.sampled_from(["ABC", "X", "é", "a b", "q'", "\\"]),
             st.integers(-(2**63), 2**63 - 1),
             st.floats(allow_nan=False, allow_infinity=False),
             st.floats(min_value=5e-324, allow_infinity=False),
@@ -88,8 +88,10 @@ def test_reads_every_row_the_generator_or_repr_writes(rows):
         "A,1,1,0",
         "A,1,1,-1",
         "A,1,1,1e-400",  # reads as 0.0
-        "A,9223372036854775808,1,1",  # past int64: the fallback reads it as an int
+        "A,9223372036854775808,1,1",  # past int64: the reference reports it
         "A,-9223372036854775809,1,1",
+        '"A",1,1,1',  # quoted: the format has none, the reference reports it
+        'A"B,1,1,1',
         "A,00000000000000000001,1,1",  # 20 digits
         "A,1,1",
         "A,1,1,1,1",
@@ -186,12 +188,14 @@ def test_the_source_gives_the_same_ticks_and_watermarks_with_and_without_it(tmp_
     assert got[4_321] == Tick("S1", 43210, 1.0, 1.0)
 
 
-def test_a_time_past_int64_after_packed_blocks_goes_on_as_a_list(tmp_path, monkeypatch):
-    """Blocks the C parser packed, then one only the reference loop reads (a time past
-    int64), then packed ones again: every tick as the reference reads it, in order."""
+def test_a_row_only_the_reference_reads_after_packed_blocks_goes_on_as_a_list(
+    tmp_path, monkeypatch
+):
+    """Blocks the C parser packed, then one only the reference loop reads (a time with a
+    ``+`` sign), then packed ones again: every tick as the reference reads it, in order."""
     monkeypatch.setattr(operators.csvio, "CHUNK", 64)  # a block of two or three lines
     lines = [f"A,{i},1.5,2\n" for i in range(30)]
-    lines[17] = f"B,{2**70},1,1\n"
+    lines[17] = f"B,+{2**60},1,1\n"
     path = file_of(tmp_path, "".join(lines))
     for batch in (1, 4, 7, 100):
         got = ticks_of(CsvTicks(path, batch=batch))

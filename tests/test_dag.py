@@ -3,11 +3,16 @@ and the fix."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from jobs import Collect, Explode, Numbered, RunningSum
 
 from engine import Dag, DagError
-from engine.dag import OPERATOR
+from engine.dag import OPERATOR, Stream
+from operators import OHLCV, Generator, Tumbling, WindowAggregate
+from operators.sinks import CsvBars, CsvTicksSink
+from operators.sources import CsvTicks
 
 
 def _valid() -> Dag:
@@ -114,3 +119,90 @@ def test_wrong_config_type():
     dag = Dag("t")
     dag.source("src", RunningSum()).sink("o", Collect())  # type: ignore[arg-type]
     _refused(dag, "node 'src'", "a source needs")
+
+
+def test_names_and_kinds_that_are_not_ringflow_s():
+    dag = Dag("t")
+    dag.source(["src"], Numbered(1)).sink("o", Collect())  # type: ignore[arg-type]
+    _refused(dag, "node names must be non-empty strings, got ['src']")
+    dag = _valid()
+    dag.add("odd", "weird", RunningSum())
+    _refused(dag, "node 'odd': unknown kind 'weird'", "dag.source")
+
+
+def test_an_edge_declared_twice_is_refused():
+    """Twice the same edge would feed every record in twice (doubled aggregates)."""
+    dag = _valid()
+    dag.connect(Stream(dag, "src").key_by(_key), "sum")
+    _refused(dag, "edge 'src' -> 'sum' (output 'main') is declared 2 times", "declare it once")
+
+
+def test_too_many_workers_is_refused_before_anything_starts():
+    dag = Dag("t")
+    dag.source("src", Numbered(1)).rebalance().apply("wide", RunningSum(), 5000).sink(
+        "o", Collect()
+    )
+    _refused(dag, "would start 5002 worker processes", "node 'wide' has parallelism 5000")
+
+
+def test_key_by_a_field_the_records_lack():
+    dag = Dag("t")
+    ticks = dag.source("ticks", Generator(count=10))
+    ticks.key_by("sym").apply("bars", WindowAggregate(Tumbling("1s"), OHLCV())).sink("o", Collect())
+    _refused(dag, "'ticks' -> 'bars'", "key_by('sym')", "Tick records have no field 'sym'")
+
+
+def _bars_dag(tmp_path, output, late, source=None):
+    dag = Dag("t")
+    ticks = dag.source("ticks", source or Generator(count=10))
+    bars = ticks.key_by("symbol").apply("bars", WindowAggregate(Tumbling("1s"), OHLCV()))
+    bars.sink("out", CsvBars(output))
+    bars.side("late").sink("late", CsvTicksSink(late))
+    return dag
+
+
+def test_two_nodes_writing_one_file_are_refused(tmp_path):
+    same = tmp_path / "same.csv"
+    _refused(
+        _bars_dag(tmp_path, same, same),
+        f"node 'late' writes {str(same)!r}, and node 'out' writes it too",
+        "give each node its own path",
+    )
+    (tmp_path / "link.csv").symlink_to(same)  # the same file by another name
+    _refused(_bars_dag(tmp_path, same, tmp_path / "link.csv"), "node 'out' writes it too")
+
+
+def test_writing_a_file_the_job_reads_is_refused(tmp_path):
+    ticks = tmp_path / "ticks.csv"
+    ticks.write_text("symbol,ts,price,size\nA,1,1,1\n")
+    source = CsvTicks(ticks)
+    _refused(_bars_dag(tmp_path, ticks, tmp_path / "l.csv", source), "node 'ticks' reads it")
+    dead = CsvTicks(ticks, dead_letter=tmp_path / "bad.csv")
+    dag = _bars_dag(tmp_path, tmp_path / "bad.csv", tmp_path / "l.csv", dead)
+    _refused(dag, "node 'out' writes", "node 'ticks' writes it too")
+
+
+def test_a_missing_input_or_folder_is_refused(tmp_path):
+    missing = CsvTicks(tmp_path / "nope.csv")
+    dag = _bars_dag(tmp_path, tmp_path / "b.csv", tmp_path / "l.csv", missing)
+    _refused(dag, "node 'ticks' reads", "nope.csv', which does not exist")
+    dag = _bars_dag(tmp_path, tmp_path / "b.csv", tmp_path / "l.csv", CsvTicks(tmp_path))
+    _refused(dag, "which is a folder")
+    dag = _bars_dag(tmp_path, tmp_path / "no" / "b.csv", tmp_path / "l.csv")
+    _refused(dag, "node 'out' writes", "its folder does not exist; create it")
+    dag = _bars_dag(tmp_path, tmp_path, tmp_path / "l.csv")
+    _refused(dag, "node 'out' writes", "which is a folder")
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda: Generator(count=1.5), "count must be an integer or None, got 1.5"),
+        (lambda: Generator(symbols=True), "symbols must be an integer, got True"),
+        (lambda: CsvTicks("t.csv", lateness_ns="2s"), "lateness_ns must be an integer, got '2s'"),
+        (lambda: CsvTicks("t.csv", ranges=2.0), "ranges must be an integer or None, got 2.0"),
+    ],
+)
+def test_a_config_field_of_the_wrong_type_is_named(make, expected):
+    with pytest.raises(DagError, match=re.escape(expected)):
+        make()

@@ -25,7 +25,7 @@ from metrics_jobs import Backlogged
 from prometheus_client.parser import text_string_to_metric_families
 
 import engine.metrics
-from engine import Dag, JobFailed, launch
+from engine import Dag, JobFailed, RingflowError, launch
 
 WAIT = 30.0  # bound for a loaded 2-core machine; the tests finish far sooner
 ROOT = Path(__file__).resolve().parent.parent
@@ -271,9 +271,35 @@ def test_a_taken_metrics_port_fails_the_job() -> None:
         dag = Dag("taken")
         dag.source("src", Numbered(1_000)).sink("out", Backlogged(pause=0.0))
         started = time.monotonic()
-        with pytest.raises(JobFailed):
+        with pytest.raises(JobFailed, match=r"could not start: .*Address already in use"):
             launch(dag, metrics_port=port).wait(WAIT)
         assert time.monotonic() - started < WAIT
+
+
+@pytest.mark.parametrize("port", [-1, 65536, "9100", 1.5])
+def test_a_metrics_port_that_cannot_be_one_is_refused_before_anything_starts(port: Any) -> None:
+    dag = Dag("bad-port")
+    dag.source("src", Numbered(10)).sink("out", Backlogged(pause=0.0))
+    with pytest.raises(
+        RingflowError, match=f"metrics_port must be an int in 0..65535, got {port!r}"
+    ):
+        launch(dag, metrics_port=port)
+
+
+def test_the_cli_reports_a_taken_port_in_one_line(tmp_path: Path) -> None:
+    """The coordinator's own failure to start prints no traceback of its own."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        command = [sys.executable, "-m", "engine", "bars", "--generate", "1000", "--quiet"]
+        command += ["--output", str(tmp_path / "b.csv"), "--metrics-port"]
+        command += [str(taken.getsockname()[1])]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        line for line in done.stderr.strip().splitlines() if line.startswith("job failed:")
+    ]
+    assert "Address already in use" in done.stderr
 
 
 def _default_sigint() -> None:

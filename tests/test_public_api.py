@@ -18,6 +18,7 @@ ENGINE = {
     "Context",
     "Dag",
     "DagError",
+    "Files",
     "FrameTooLarge",
     "Job",
     "JobFailed",

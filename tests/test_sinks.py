@@ -145,6 +145,30 @@ def test_abort_leaves_no_file(tmp_path, config):
     assert hidden(tmp_path) == []
 
 
+class Cut(BaseException):
+    """What the worker's SIGTERM handler raises (engine.worker.Stopped), here on demand."""
+
+
+@pytest.mark.parametrize("step", ["fsync", "replace"])
+def test_abort_after_a_commit_cut_short_leaves_no_temporary(tmp_path, monkeypatch, step):
+    """A SIGTERM (the coordinator tearing a failed job down) can land inside close(): the
+    abort that follows still removes the temporary, and an earlier file stays as it was."""
+    (tmp_path / "bars.csv").write_text("keep me")
+    sink = CsvBars(tmp_path / "bars.csv").build(CTX)
+    sink.write(BARS)
+
+    def cut(*args):
+        raise Cut
+
+    monkeypatch.setattr(f"operators.csvio.os.{step}", cut)
+    with pytest.raises(Cut):
+        sink.close()
+    monkeypatch.undo()
+    sink.abort()
+    assert hidden(tmp_path) == []
+    assert (tmp_path / "bars.csv").read_text() == "keep me"
+
+
 @pytest.mark.parametrize("config", [CsvBars, JsonLinesBars, CsvTicksSink])
 def test_file_sinks_refuse_several_replicas(tmp_path, config):
     sink = config(tmp_path / "x")
