@@ -119,14 +119,22 @@ def validate(dag: Dag) -> None:
         up, down = dag.node(edge.upstream), dag.node(edge.downstream)
         if isinstance(part, KeyHash) and not part.key:
             raise DagError(f"{where}: key_by needs a key, e.g. key_by('symbol')")
-        fields = getattr(record_type(up, edge.output), "__struct_fields__", None)
+        sent, taken = record_type(up, edge.output), getattr(down.config, "input_type", None)
+        if sent is not None and taken is not None and sent is not taken:
+            raise DagError(
+                f"{where}: {edge.upstream!r} sends {sent.__name__} records, but "
+                f"{type(down.config).__name__} {edge.downstream!r} takes {taken.__name__} "
+                f"(input_type); give it input_type={sent.__name__} or connect it to a "
+                f"stream of {taken.__name__}"
+            )
+        fields = getattr(sent, "__struct_fields__", None)
         if (
             isinstance(part, KeyHash)
             and isinstance(part.key, str)
             and fields is not None
             and part.key.partition(".")[0] not in fields
         ):
-            kind = record_type(up, edge.output).__name__
+            kind = sent.__name__
             raise DagError(
                 f"{where}: key_by({part.key!r}), but {kind} records have no field "
                 f"{part.key.partition('.')[0]!r}; key by one of {list(fields)}"

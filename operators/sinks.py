@@ -3,9 +3,11 @@
 File sinks (``CsvBars``, ``JsonLinesBars``, ``CsvTicksSink``) write to a temporary file beside
 the target and rename it into place in ``close()``; ``abort()`` (a failed job) removes the
 temporary, so a target that exists is complete, and an earlier file at that path is left as
-it was by a run that fails before this sink has all of its input. Each writes one file, so each runs as one replica: the class says so
-(``max_parallelism = 1``, for the engine's validation) and ``build`` refuses a context with
-``parallelism > 1`` as well. ``close()`` returns ``Written(path, records)``.
+it was by a run that fails before this sink has all of its input. Each writes one file, so
+each runs as one replica: the class says so (``max_parallelism = 1``, for the engine's
+validation) and ``build`` refuses a context with ``parallelism > 1`` as well. ``close()``
+returns ``Written(path, records)``. ``files()`` names the file, so validation refuses two
+sinks on one path; the CSV sinks' ``input_type`` refuses an edge of other records.
 
 Formats:
 
@@ -37,6 +39,7 @@ import msgspec
 
 from engine.errors import DagError, RecordError
 from engine.operator import Batch, Context, Files, Sink, SinkLogic, Watermark
+from engine.records import Bar, Tick
 from operators.csvio import BAR_HEADER, TICK_HEADER, AtomicFile
 
 __all__ = [
@@ -141,6 +144,7 @@ class CsvBars(_FileSink):
     """Bars to a CSV file (see the module docstring for the format)."""
 
     path: str
+    input_type = Bar  # (validation refuses an edge of other records)
     header = BAR_HEADER
 
     def format(self, batch: Batch) -> str:
@@ -160,6 +164,7 @@ class CsvTicksSink(_FileSink):
 
     path: str
     header = TICK_HEADER
+    input_type = Tick  # (validation refuses an edge of other records)
 
     def format(self, batch: Batch) -> str:
         text = "".join([f"{t.symbol},{t.ts},{t.price!r},{t.size!r}\n" for t in batch])

@@ -105,6 +105,16 @@ class WindowAggregate(Operator):
             )
         check_key(self.key, "WindowAggregate")
         identifier(self.time, "WindowAggregate time")
+        fields = getattr(self.input_type, "__struct_fields__", ())
+        keys = (self.key,) if isinstance(self.key, str) else self.key
+        named = [*keys, self.time] if isinstance(keys, tuple) else [self.time]
+        missing = [name for name in named if fields and name not in fields]
+        if missing:
+            raise DagError(
+                f"WindowAggregate: {self.input_type.__name__} records have no field "
+                f"{', '.join(map(repr, missing))} (key {self.key!r}, time {self.time!r}); "
+                f"use fields of {list(fields)}, or give input_type=<your record type>"
+            )
         if not isinstance(self.late_output, str) or self.late_output in ("", "main"):
             raise DagError(
                 "WindowAggregate late_output must name a side output other than 'main', "

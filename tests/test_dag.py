@@ -206,3 +206,33 @@ def test_a_missing_input_or_folder_is_refused(tmp_path):
 def test_a_config_field_of_the_wrong_type_is_named(make, expected):
     with pytest.raises(DagError, match=re.escape(expected)):
         make()
+
+
+def test_a_window_keyed_or_timed_by_a_field_its_records_lack():
+    with pytest.raises(DagError, match=r"Tick records have no field 'nosuch' \(key 'nosuch'"):
+        WindowAggregate(Tumbling("1s"), OHLCV(), key="nosuch")
+    with pytest.raises(DagError, match=r"no field 'sym', 'when'"):
+        WindowAggregate(Tumbling("1s"), OHLCV(), key=("sym",), time="when")
+
+
+def test_records_of_another_type_than_a_node_takes_are_refused(tmp_path):
+    dag = Dag("t")
+    bars = (
+        dag.source("ticks", Generator(count=10))
+        .key_by("symbol")
+        .apply("bars", WindowAggregate(Tumbling("1s"), OHLCV()))
+    )
+    bars.key_by("symbol").apply("again", WindowAggregate(Tumbling("1m"), OHLCV())).sink(
+        "o", Collect()
+    )
+    bars.side("late").sink("late", Collect())
+    _refused(dag, "'bars' sends Bar records", "'again' takes Tick (input_type)")
+    dag = Dag("t")
+    bars = (
+        dag.source("ticks", Generator(count=10))
+        .key_by("symbol")
+        .apply("bars", WindowAggregate(Tumbling("1s"), OHLCV()))
+    )
+    bars.sink("o", CsvTicksSink(tmp_path / "t.csv"))
+    bars.side("late").sink("late", CsvBars(tmp_path / "b.csv"))
+    _refused(dag, "'bars' sends Bar records, but CsvTicksSink 'o' takes Tick")
