@@ -64,14 +64,19 @@ def _progress(job: Job, started: float) -> str:
 
 
 def supervise(job: Job, *, quiet: bool = False) -> JobResult:
-    """Wait for ``job``, printing progress to stderr once a second."""
+    """Wait for ``job``, printing progress to stderr once a second (until stderr is gone:
+    closed, or its reader ended; the job goes on)."""
     started = time.monotonic()
+    quiet = quiet or sys.stderr is None
     while True:
         try:
             return job.wait(timeout=PROGRESS_EVERY_S)
         except TimeoutError:
             if not quiet:
-                print(_progress(job, started), file=sys.stderr, flush=True)
+                try:
+                    print(_progress(job, started), file=sys.stderr, flush=True)
+                except OSError:  # BrokenPipeError: `2>&1 | head -1`
+                    quiet = True
 
 
 def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
@@ -79,9 +84,17 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
 
 
 def execute(dag: Dag, settings: dict[str, Any], *, quiet: bool = False) -> JobResult:
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    """Launch and supervise ``dag``. SIGTERM means what Ctrl-C means: once the job runs, the
+    job's own handler takes both (a graceful stop; twice, a kill), and acts between the
+    messages of its pipe, never in the middle of one."""
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # while launching
     job = launch(dag, **settings)
-    return supervise(job, quiet=quiet)
+    if callable(on_interrupt := signal.getsignal(signal.SIGINT)):
+        signal.signal(signal.SIGTERM, on_interrupt)
+    try:
+        return supervise(job, quiet=quiet)
+    finally:
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

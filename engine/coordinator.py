@@ -138,6 +138,16 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+def how_it_ended(code: int | None) -> str:
+    """A process's exit status in words: a signal by name, whether it killed the process
+    (a negative code) or the process exited on it (128 + the signal, as ours do)."""
+    if code is not None and code < 0:
+        return f"was killed by signal {signal.Signals(-code).name}"
+    if code is not None and code - 128 in signal.valid_signals():
+        return f"exited on signal {signal.Signals(code - 128).name} (exit code {code})"
+    return f"exited with code {code}"
+
+
 def receive_all(conn: Connection, handle: Callable[[Any], None]) -> None:
     """Hand every whole message waiting on ``conn`` to ``handle``.
 
@@ -158,6 +168,11 @@ def receive_all(conn: Connection, handle: Callable[[Any], None]) -> None:
 def coordinator_main(dag: Dag, settings: Settings, job_id: str, driver: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what Ctrl-C means
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwind through teardown
+    # A process group of its own, which the workers inherit: a signal to the driver's group
+    # (Ctrl-C, a supervisor's SIGTERM or SIGHUP, `timeout`) reaches the driver alone, and
+    # the driver decides (the CLI stops the job gracefully). A driver that dies of it closes
+    # its pipe, and the coordinator tears the job down, sinks aborted, as on any failure.
+    os.setpgid(0, 0)
     coordinator = Coordinator(dag, settings, job_id, driver)
     try:
         uvloop.run(coordinator.run())
@@ -349,12 +364,10 @@ class Coordinator:
             return
         if (self.outcome is not None and self.outcome.done()) or w.secondary:
             return
-        if code is not None and code < 0:
-            how = f"was killed by signal {signal.Signals(-code).name}"
-        else:
-            how = f"exited with code {code}"
         self._fail(
-            f"node {w.node!r} replica {w.replica} {how} (pid {w.process.pid})", w, exitcode=code
+            f"node {w.node!r} replica {w.replica} {how_it_ended(code)} (pid {w.process.pid})",
+            w,
+            exitcode=code,
         )
 
     def _on_driver(self) -> None:

@@ -26,7 +26,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.util import Finalize
 from typing import Any
 
-from engine.coordinator import Settings, coordinator_main, remove_segments
+from engine.coordinator import Settings, coordinator_main, how_it_ended, remove_segments
 from engine.dag import Dag
 from engine.errors import JobFailed, RingflowError
 from engine.plan import plan
@@ -93,11 +93,12 @@ class Job:
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if not self.interrupted:
             self.interrupted = True
-            print(
-                f"ringflow: stopping job {self.dag.name!r} gracefully; Ctrl-C again to kill it",
-                file=sys.stderr,
-                flush=True,
-            )
+            with contextlib.suppress(OSError):  # stderr closed, or its reader gone
+                print(
+                    f"ringflow: stopping job {self.dag.name!r} gracefully; Ctrl-C again to kill it",
+                    file=sys.stderr,
+                    flush=True,
+                )
             self._deferred = "stop"
         else:
             self._deferred = "kill"
@@ -158,8 +159,8 @@ class Job:
                     "and import the main module again)"
                 )
             self._outcome = JobFailed(
-                f"job {self.dag.name!r}: the coordinator died (exit code "
-                f"{self._process.exitcode}) before reporting a result{hint}",
+                f"job {self.dag.name!r}: the coordinator {how_it_ended(self._process.exitcode)} "
+                f"before reporting a result{hint}",
                 exitcode=self._process.exitcode,
             )
 

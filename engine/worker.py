@@ -119,7 +119,8 @@ def worker_main(spec: WorkerSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     signal.signal(signal.SIGTERM, _on_sigterm)
     _die_with_parent()
-    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
+    if sys.stderr is not None:  # (None when the launcher's stderr was closed)
+        faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
     if not logging.getLogger().handlers:  # a spawned worker starts with none: state changes
         logging.basicConfig(  # (breakers, failovers) are logged at INFO, one line each
             level=logging.INFO,
@@ -162,7 +163,7 @@ def worker_main(spec: WorkerSpec) -> None:
                 pass  # the coordinator is gone; PDEATHSIG takes us down
         if worker is not None:
             worker.abort()
-        code = 1
+        code = 128 + signal.SIGTERM if isinstance(exc, Stopped) else 1
     finally:
         row[FINISHED] = time.monotonic_ns()
         row.release()

@@ -378,8 +378,20 @@ def test_coordinator_death_takes_the_workers_with_it():
     coordinator, workers = pids[0], pids[1:]
     os.kill(coordinator, signal.SIGKILL)
     out, err = proc.communicate(timeout=WAIT)
-    assert "FAILED" in out and "coordinator died" in out, err
+    assert "FAILED" in out and "the coordinator was killed by signal SIGKILL" in out, err
     _assert_gone(workers, within=WAIT)
+    assert not _job_segments(job_id)
+
+
+def test_a_worker_sent_sigterm_from_outside_is_named_so():
+    proc, job_id, pids = _driver(
+        "try:\n            job.wait(60)\n        except Exception as e:\n"
+        "            print('FAILED', e, flush=True)"
+    )
+    os.kill(pids[1], signal.SIGTERM)  # the first worker: the source
+    out, err = proc.communicate(timeout=WAIT)
+    assert "node 'src' replica 0 exited on signal SIGTERM (exit code 143)" in out, err
+    _assert_gone(pids, within=WAIT)
     assert not _job_segments(job_id)
 
 
