@@ -8,7 +8,8 @@ the end). A Ctrl-C that lands while a message to or from the coordinator is on t
 takes effect once that message is whole, so the pipe never loses its framing. If this
 process dies, the coordinator sees its pipe close and tears the job down;
 if the coordinator dies, its workers die with it and this side removes any segment left
-behind.
+behind. The same holds for a ``Job`` that is garbage-collected: keep a reference to it for
+as long as the job should run.
 """
 
 from __future__ import annotations
