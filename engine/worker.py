@@ -165,6 +165,9 @@ def worker_main(spec: WorkerSpec) -> None:
             worker.abort()
         code = 128 + signal.SIGTERM if isinstance(exc, Stopped) else 1
     finally:
+        # Done either way: a teardown SIGTERM landing now (the job failed elsewhere just as
+        # this worker finished) must not raise out of here as a stray traceback.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         row[FINISHED] = time.monotonic_ns()
         row.release()
         stats.close()
