@@ -126,10 +126,12 @@ def _cmd_bars(args: argparse.Namespace) -> int:
         settings["metrics_port"] = args.metrics_port
     result = execute(dag, settings, quiet=args.quiet)
     print(summary(result))
-    print(
-        f"bars written to {args.output}; late ticks to "
-        f"{args.late_output or default_late_path(args.output)}"
-    )
+    written = f"bars written to {args.output}; late ticks to "
+    written += args.late_output or default_late_path(args.output)
+    if args.dead_letter is not None:
+        dead = dag.node("ticks").config.files(args.readers).writes
+        written += f"; bad rows to {', '.join(dead)}"
+    print(written)
     return 0
 
 

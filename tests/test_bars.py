@@ -168,7 +168,8 @@ def test_dead_letter_keeps_bad_rows_and_goes_on(tmp_path, capsys):
         dead = list(csv.reader(f))
     assert dead[0] == ["line", "raw", "reason"]
     assert [r[0] for r in dead[1:]] == ["3", "4"]
-    assert "bad rows 2" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "bad rows 2" in out_text and f"bad rows to {bad}" in out_text
     assert _read_bars(out)[("A", 0)][-1] == 2
 
 
