@@ -8,6 +8,7 @@ they must be module-level ``def``s, not lambdas or closures.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -70,13 +71,20 @@ class Dedupe(Operator):
 
 
 class _DedupeLogic(OperatorLogic):
+    """Per identity, the event times of its kept records: an int for one (the usual case, an
+    identity that includes the time), else a sorted list. Kept times of one identity are
+    more than the horizon apart (a record within the horizon of one is not kept), so a new
+    time is checked against its two neighbours in the list only."""
+
     def __init__(self, config: Dedupe, ctx: Context) -> None:
         self._ctx = ctx
         self._identity = None if config.key is None else key_getter(config.key)
         self._time = attrgetter(config.time)
         self._horizon = cast(int, config.horizon_ns)  # an int since __post_init__
         self._max_keys = config.max_keys
-        self._seen: OrderedDict[Any, int] = OrderedDict()  # identity -> ts, oldest first
+        # identity -> kept time(s), the most recently kept last
+        self._seen: OrderedDict[Any, Any] = OrderedDict()
+        self._watermark: int | None = None
 
     def process(self, batch: Batch) -> Batch:
         identity, get_time, horizon, seen = self._identity, self._time, self._horizon, self._seen
@@ -86,12 +94,22 @@ class _DedupeLogic(OperatorLogic):
             ident = record if identity is None else identity(record)
             t = get_time(record)
             prev = seen.get(ident)
-            if prev is not None:
+            if prev is None:
+                seen[ident] = t
+            elif not isinstance(prev, list):
                 if -horizon <= t - prev <= horizon:
                     duplicates += 1
                     continue
+                seen[ident] = [prev, t] if prev < t else [t, prev]
                 seen.move_to_end(ident)
-            seen[ident] = t
+            else:
+                i = bisect_left(prev, t - horizon)
+                if i < len(prev) and prev[i] <= t + horizon:
+                    duplicates += 1
+                    continue
+                prev.insert(i, t)
+                self._forget_within(prev)
+                seen.move_to_end(ident)
             kept.append(record)
         if duplicates:
             self._ctx.count("duplicates", duplicates)
@@ -102,13 +120,22 @@ class _DedupeLogic(OperatorLogic):
             self._ctx.count("dedupe_evicted", over)
         return kept
 
+    def _forget_within(self, times: list[Any]) -> None:
+        """Drop an identity's times that no on-time record can come within the horizon of
+        (as ``on_watermark`` does for whole identities), keeping the newest."""
+        if self._watermark is not None:
+            del times[: min(bisect_left(times, self._watermark - self._horizon), len(times) - 1)]
+
     def on_watermark(self, watermark: int) -> Batch:
+        self._watermark = watermark
         seen, horizon = self._seen, self._horizon
-        # Insertion order is close to event-time order; an older entry stuck behind a newer
-        # one waits for a later watermark (or the max_keys cap).
+        # Most recently kept last, so close to event-time order; an identity stuck behind a
+        # newer one waits for a later watermark (or the max_keys cap). It is forgotten once
+        # the watermark has passed its newest kept time plus the horizon.
         while seen:
-            ident, t = next(iter(seen.items()))
-            if t + horizon >= watermark:
+            ident, times = next(iter(seen.items()))
+            newest = times[-1] if isinstance(times, list) else times
+            if newest + horizon >= watermark:
                 break
             del seen[ident]
         return []

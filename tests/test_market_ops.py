@@ -104,6 +104,22 @@ def test_dedupe_memory_is_capped() -> None:
     assert logic.process([tick(0), tick(4)]) == [tick(0)]  # 0 was evicted; 4 is remembered
 
 
+def dedupe_reference(ticks: list[Tick], horizon: int) -> list[Tick]:
+    """The docstring's rule: a duplicate is within the horizon of any *kept* record of its
+    identity (here the symbol)."""
+    kept: list[Tick] = []
+    for t in ticks:
+        if not any(k.symbol == t.symbol and abs(k.ts - t.ts) <= horizon for k in kept):
+            kept.append(t)
+    return kept
+
+
+def test_dedupe_compares_with_every_kept_record_not_only_the_last() -> None:
+    logic = Dedupe("symbol", horizon_ns=50).build(Context(node="d"))
+    assert logic.process([tick(0), tick(100), tick(10)]) == [tick(0), tick(100)]
+    assert logic.process([tick(60), tick(160), tick(40)]) == [tick(160)]
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.tuples(st.integers(0, 3), st.integers(0, 40)), max_size=50),
@@ -114,19 +130,36 @@ def test_dedupe_matches_a_reference_without_watermarks(
     raw: list[tuple[int, int]], horizon: int, cuts: set[int]
 ) -> None:
     ticks = [tick(ts, symbol=f"S{s}") for s, ts in raw]
-    kept_ts: dict[str, int] = {}
-    want = []
-    for t in ticks:
-        if t.symbol in kept_ts and abs(t.ts - kept_ts[t.symbol]) <= horizon:
-            continue
-        kept_ts[t.symbol] = t.ts
-        want.append(t)
+    want = dedupe_reference(ticks, horizon)
     ctx = Context(node="d")
     logic = Dedupe("symbol", horizon).build(ctx)
     bounds = [0, *sorted(c for c in cuts if c < len(ticks)), len(ticks)]
     got = [r for lo, hi in itertools.pairwise(bounds) for r in logic.process(ticks[lo:hi])]
     assert got == want
     assert ctx.counters.get("duplicates", 0) == len(ticks) - len(want)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 12), st.booleans()), max_size=60),
+    st.integers(0, 15),
+)
+def test_dedupe_forgetting_never_changes_what_an_on_time_record_gets(
+    raw: list[tuple[int, int, bool]], horizon: int
+) -> None:
+    """Records at or after the watermark (on time), the watermark rising as the stream's
+    time does, a watermark after any record that asks: the same as never forgetting."""
+    ctx = Context(node="d")
+    logic = Dedupe("symbol", horizon).build(ctx)
+    now, ticks, got = 0, [], []
+    for symbol, step, mark in raw:
+        now += step
+        t = tick(now - step // 2, symbol=f"S{symbol}")  # a little behind the newest
+        ticks.append(t)
+        got += logic.process([t])
+        if mark:
+            logic.on_watermark(now - 6)  # every later record is at or after it
+    assert got == dedupe_reference(ticks, horizon)
 
 
 # ---------------------------------------------------------------------------------------
