@@ -129,7 +129,7 @@ def _cmd_bars(args: argparse.Namespace) -> int:
     written = f"bars written to {args.output}; late ticks to "
     written += args.late_output or default_late_path(args.output)
     if args.dead_letter is not None:
-        dead = dag.node("ticks").config.files(args.readers).writes
+        dead = dag.node("ticks").config.declared_files(args.readers).writes
         written += f"; bad rows to {', '.join(dead)}"
     print(written)
     return 0

@@ -89,8 +89,8 @@ def execute(dag: Dag, settings: dict[str, Any], *, quiet: bool = False) -> JobRe
     messages of its pipe, never in the middle of one."""
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # while launching
     job = launch(dag, **settings)
-    if callable(on_interrupt := signal.getsignal(signal.SIGINT)):
-        signal.signal(signal.SIGTERM, on_interrupt)
+    # (the Job's own Ctrl-C handler, also where SIGINT is ignored: a job started with `&`)
+    signal.signal(signal.SIGTERM, job._on_sigint)
     try:
         return supervise(job, quiet=quiet)
     finally:

@@ -142,10 +142,17 @@ def how_it_ended(code: int | None) -> str:
     """A process's exit status in words: a signal by name, whether it killed the process
     (a negative code) or the process exited on it (128 + the signal, as ours do)."""
     if code is not None and code < 0:
-        return f"was killed by signal {signal.Signals(-code).name}"
+        return f"was killed by signal {_signal_name(-code)}"
     if code is not None and code - 128 in signal.valid_signals():
-        return f"exited on signal {signal.Signals(code - 128).name} (exit code {code})"
+        return f"exited on signal {_signal_name(code - 128)} (exit code {code})"
     return f"exited with code {code}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal has a number only
+        return str(number)
 
 
 def receive_all(conn: Connection, handle: Callable[[Any], None]) -> None:
@@ -169,10 +176,12 @@ def coordinator_main(dag: Dag, settings: Settings, job_id: str, driver: Connecti
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what Ctrl-C means
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwind through teardown
     # A process group of its own, which the workers inherit: a signal to the driver's group
-    # (Ctrl-C, a supervisor's SIGTERM or SIGHUP, `timeout`) reaches the driver alone, and
+    # (Ctrl-C, `kill -- -PGID`, `timeout`, a terminal's SIGHUP) reaches the driver alone, and
     # the driver decides (the CLI stops the job gracefully). A driver that dies of it closes
     # its pipe, and the coordinator tears the job down, sinks aborted, as on any failure.
-    os.setpgid(0, 0)
+    # (Ctrl-Z stops the driver only; systemd's default kill signals the whole cgroup.)
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
     coordinator = Coordinator(dag, settings, job_id, driver)
     try:
         uvloop.run(coordinator.run())

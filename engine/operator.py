@@ -13,9 +13,12 @@ replica, to get the live *logic* that holds state. Logic is called a batch at a 
 * ``SinkLogic.write(batch)`` consumes records; ``close()`` returns the sink's result (it
   travels back to ``Job.wait()``), ``abort()`` runs instead when the job fails.
 
-A config that reads or writes files says which in ``files(parallelism)`` (``Files``), so
-that validation refuses, before anything starts, an input that is not there and two nodes
-(or a node and an input) sharing a path, where one would replace the other's file.
+Two optional hooks let validation refuse, before anything starts, what would fail or do
+harm later: ``declared_files(parallelism)`` (``Files``: the files a node reads and writes;
+an input that is not there, two nodes writing one path, a node writing an input) and
+``fields_read()`` (the record fields an operator or sink reads; an edge of records that
+lack one); and for an operator, ``state_key()`` (how its state is split, so that a node of
+several replicas whose input edges would scatter one key's records is refused).
 
 Event time is integer nanoseconds since the Unix epoch throughout.
 """
@@ -146,8 +149,23 @@ class Source:
     def build(self, ctx: Context) -> SourceLogic:
         raise NotImplementedError
 
-    def files(self, parallelism: int) -> Files:
+    def declared_files(self, parallelism: int) -> Files:
         return NO_FILES
+
+
+class StateKey:
+    """A marker ``Operator.state_key`` returns; its name says what it means."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+STATELESS = StateKey("STATELESS")  # no state across records: any edge will do
+ONE_STATE = StateKey("ONE_STATE")  # one state over all records: parallelism 1
+ANY_KEY = StateKey("ANY_KEY")  # state per whole record: any key_by keeps equal ones together
 
 
 class Operator:
@@ -161,10 +179,22 @@ class Operator:
     def build(self, ctx: Context) -> OperatorLogic:
         raise NotImplementedError
 
+    def fields_read(self) -> tuple[str, ...]:
+        return ()
+
+    def state_key(self) -> Any:
+        """``STATELESS``, ``ONE_STATE``, ``ANY_KEY``, or the key (a field name, a tuple of
+        names, a function) its state is kept per: with several replicas, each input edge
+        must then be a key_by on fields of that key (any key_by, for a function)."""
+        return STATELESS
+
 
 class Sink:
     def build(self, ctx: Context) -> SinkLogic:
         raise NotImplementedError
 
-    def files(self, parallelism: int) -> Files:
+    def declared_files(self, parallelism: int) -> Files:
         return NO_FILES
+
+    def fields_read(self) -> tuple[str, ...]:
+        return ()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import DagError
-from engine.operator import Operator, Sink, Source
+from engine.operator import ANY_KEY, ONE_STATE, STATELESS, Operator, Sink, Source
 from partitioning import KeyHash
 
 if TYPE_CHECKING:
@@ -119,26 +119,8 @@ def validate(dag: Dag) -> None:
         up, down = dag.node(edge.upstream), dag.node(edge.downstream)
         if isinstance(part, KeyHash) and not part.key:
             raise DagError(f"{where}: key_by needs a key, e.g. key_by('symbol')")
-        sent, taken = record_type(up, edge.output), getattr(down.config, "input_type", None)
-        if sent is not None and taken is not None and sent is not taken:
-            raise DagError(
-                f"{where}: {edge.upstream!r} sends {sent.__name__} records, but "
-                f"{type(down.config).__name__} {edge.downstream!r} takes {taken.__name__} "
-                f"(input_type); give it input_type={sent.__name__} or connect it to a "
-                f"stream of {taken.__name__}"
-            )
-        fields = getattr(sent, "__struct_fields__", None)
-        if (
-            isinstance(part, KeyHash)
-            and isinstance(part.key, str)
-            and fields is not None
-            and part.key.partition(".")[0] not in fields
-        ):
-            kind = sent.__name__
-            raise DagError(
-                f"{where}: key_by({part.key!r}), but {kind} records have no field "
-                f"{part.key.partition('.')[0]!r}; key by one of {list(fields)}"
-            )
+        _check_fields(where, record_type(up, edge.output), part, down)
+        _check_state_key(where, part, down)
         if not part.all_to_all and up.parallelism != down.parallelism:
             raise DagError(
                 f"{where}: a forward edge needs equal parallelism, got {up.parallelism} and "
@@ -154,52 +136,114 @@ def validate(dag: Dag) -> None:
         check_pickles(f"node {node.name!r}: its {type(node.config).__name__} config", node.config)
 
 
+def key_fields(key: Any) -> tuple[str, ...]:
+    """The record fields a key reads: its names (the first part of a dotted path); none for
+    a function, None or a marker."""
+    names = (key,) if isinstance(key, str) else key if isinstance(key, tuple) else ()
+    return tuple(name.partition(".")[0] for name in names)
+
+
+def _hook(config: Any, name: str, *args: Any) -> Any:
+    """``config``'s validation hook ``name`` (engine.operator), called; None when its class
+    has none (a config need not subclass the bases' hooks, and a field of that name on an
+    instance is not a hook)."""
+    method = getattr(type(config), name, None)
+    return method(config, *args) if callable(method) else None
+
+
+def _check_fields(where: str, sent: Any, part: Any, down: Any) -> None:
+    """The key_by field and the fields the downstream node reads exist on ``sent`` records
+    (a field or any attribute, a property say), when their type is known."""
+    if sent is None:
+        return
+    if isinstance(part, KeyHash) and isinstance(part.key, str):
+        field = part.key.partition(".")[0]
+        if not hasattr(sent, field):
+            raise DagError(
+                f"{where}: key_by({part.key!r}), but {sent.__name__} records have no field "
+                f"{field!r}; key by one of {list(getattr(sent, '__struct_fields__', ()))}"
+            )
+    missing = [f for f in _hook(down.config, "fields_read") or () if not hasattr(sent, f)]
+    if missing:
+        raise DagError(
+            f"{where}: {type(down.config).__name__} {down.name!r} reads "
+            f"{', '.join(map(repr, missing))}, which {sent.__name__} records lack; connect it "
+            "to records that have them, or configure it for these records' fields"
+        )
+
+
+def _check_state_key(where: str, part: Any, down: Any) -> None:
+    """A node of several replicas that keeps state per key gets every record of a key on one
+    replica: its input is a key_by on fields of that key (see ``Operator.state_key``)."""
+    key = _hook(down.config, "state_key") if down.parallelism > 1 else None
+    if key is None or key is STATELESS:
+        return
+    kind, n = type(down.config).__name__, down.parallelism
+    if key is ONE_STATE:
+        raise DagError(
+            f"node {down.name!r}: {kind} keeps one state over all records, so it cannot run "
+            f"{n} replicas; give it parallelism=1 (or a key)"
+        )
+    ours = set(key_fields(key))
+    theirs = set(key_fields(part.key)) if isinstance(part, KeyHash) else None
+    if theirs is None or (ours and theirs and not theirs <= ours):
+        per = "each whole record" if key is ANY_KEY else f"key {key!r}"
+        field = sorted(ours)[0] if ours else "symbol"
+        raise DagError(
+            f"{where}: {kind} {down.name!r} keeps its state per {per} in each of its {n} "
+            f"replicas, so all records of a key must reach one replica: make this edge "
+            f"key_by({field!r}) (fields of its key), or give the node parallelism=1"
+        )
+
+
 def _check_files(dag: Dag) -> None:
     """Inputs exist; no two writers, nor a writer and a reader, share a path (see
-    ``engine.operator.Files``). Paths are compared resolved, links followed."""
+    ``engine.operator.Files``). Reads are compared with links followed; writes by their
+    folder resolved (a rename replaces a link, not what it points to)."""
+    declared = [(n.name, _hook(n.config, "declared_files", n.parallelism)) for n in dag.nodes]
     readers: dict[str, str] = {}
-    writers: dict[str, str] = {}
-    for node in dag.nodes:
-        files = node.config.files(node.parallelism) if hasattr(node.config, "files") else None
-        if files is None:
-            continue
-        for path in files.reads:
+    for name, files in declared:
+        for path in files.reads if files else ():
             if not os.path.isfile(path):
                 what = "is a folder" if os.path.isdir(path) else "does not exist"
-                raise DagError(f"node {node.name!r} reads {path!r}, which {what}; give a file")
-            readers.setdefault(os.path.realpath(path), node.name)
-        for path in files.writes:
-            real = os.path.realpath(path)
-            if os.path.isdir(real):
+                raise DagError(f"node {name!r} reads {path!r}, which {what}; give a file")
+            readers.setdefault(os.path.realpath(path), name)
+    writers: dict[str, str] = {}
+    for name, files in declared:
+        for path in files.writes if files else ():
+            folder, base = os.path.split(os.path.abspath(path))
+            target = os.path.join(os.path.realpath(folder), base)
+            if os.path.isdir(target):
+                raise DagError(f"node {name!r} writes {path!r}, which is a folder; give a file")
+            if not os.path.isdir(folder):
                 raise DagError(
-                    f"node {node.name!r} writes {path!r}, which is a folder; give a file"
+                    f"node {name!r} writes {path!r}, but its folder does not exist; create it"
                 )
-            if not os.path.isdir(os.path.dirname(real)):
-                raise DagError(
-                    f"node {node.name!r} writes {path!r}, but its folder does not exist; create it"
-                )
-            other = writers.setdefault(real, node.name)
-            if other != node.name or real in readers:
-                clash = (
-                    f"node {other!r} writes it too"
-                    if other != node.name
-                    else f"node {readers[real]!r} reads it"
-                )
-                raise DagError(
-                    f"node {node.name!r} writes {path!r}, and {clash}: one would replace the "
-                    "other's file; give each node its own path"
-                )
+            other = writers.setdefault(target, name)
+            if target in readers:
+                clash = f"node {readers[target]!r} reads it"
+            elif other != name:
+                clash = f"node {other!r} writes it too"
+            else:
+                continue
+            raise DagError(
+                f"node {name!r} writes {path!r}, and {clash}: one would replace the "
+                "other's file; give each node its own path"
+            )
 
 
 def check_ints(config: object, names: str, *, optional: str = "") -> None:
     """Raise ``DagError`` naming ``config`` unless each field in ``names`` is an int (not a
-    bool) and each in ``optional`` an int or None (space-separated names). For a config's
-    ``__post_init__``, before it compares the values."""
+    bool; an int subclass or anything with ``__index__``, numpy's say, is one) and each in
+    ``optional`` an int or None (space-separated names). For a config's ``__post_init__``,
+    before it compares the values."""
     maybe = optional.split()
     wrong = []
     for name in [*names.split(), *maybe]:
         value = getattr(config, name)
-        if type(value) is not int and not (value is None and name in maybe):
+        if value is None and name in maybe:
+            continue
+        if isinstance(value, bool) or not hasattr(type(value), "__index__"):
             kind = "an integer or None" if name in maybe else "an integer"
             wrong.append(f"{name} must be {kind}, got {value!r}")
     if wrong:

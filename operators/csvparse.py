@@ -184,7 +184,13 @@ def diagnose(line: str) -> str:
     try:
         t = parse_int(ts)
     except ValueError:
-        return f"ts {ts!r} is not an integer (ns since the epoch)"
+        try:
+            whole = float(ts).is_integer()  # 9.3e18: an integer, too large for int64
+        except ValueError:
+            whole = False
+        if not whole:
+            return f"ts {ts!r} is not an integer (ns since the epoch)"
+        t = int(float(ts))
     if not TS_MIN <= t <= TS_MAX:
         return f"ts {ts!r} is outside the int64 range of ns since the epoch"
     for name, text in (("price", price), ("size", size)):

@@ -113,7 +113,7 @@ class CsvTicks(Source):
         if problems:
             raise DagError(f"invalid CsvTicks({self.path!r}) config: {'; '.join(problems)}")
 
-    def files(self, parallelism: int) -> Files:
+    def declared_files(self, parallelism: int) -> Files:
         dead = self.dead_letter
         writes = (
             ()

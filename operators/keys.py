@@ -13,9 +13,10 @@ from operator import attrgetter
 from typing import Any
 
 from engine.errors import DagError
+from engine.validate import key_fields
 from operators.codegen import compile_function, identifier
 
-__all__ = ["KeySpec", "check_key", "key_and_time", "key_getter"]
+__all__ = ["KeySpec", "check_key", "key_and_time", "key_fields", "key_getter"]
 
 KeySpec = str | tuple[str, ...] | Callable[[Any], Any]
 

@@ -16,10 +16,10 @@ from operator import attrgetter
 from typing import Any, cast
 
 from engine.errors import DagError
-from engine.operator import Batch, Context, Operator, OperatorLogic
+from engine.operator import ANY_KEY, ONE_STATE, Batch, Context, Operator, OperatorLogic
 from operators.basic import check_function, describe
 from operators.durations import to_ns
-from operators.keys import KeySpec, check_key, key_getter
+from operators.keys import KeySpec, check_key, key_fields, key_getter
 
 __all__ = ["Dedupe", "Router", "Throttle"]
 
@@ -44,6 +44,10 @@ class Dedupe(Operator):
     horizon (no later on-time record can be within the horizon of it), and when more than
     ``max_keys`` are held after a batch the oldest are forgotten early and counted as
     ``dedupe_evicted`` (a duplicate of one of those would then pass).
+
+    State is per replica: with parallelism > 1 the input must be ``key_by`` fields of the
+    identity (any field, for ``key=None``), so that duplicates meet; validation refuses
+    another edge.
     """
 
     key: KeySpec | None
@@ -65,6 +69,12 @@ class Dedupe(Operator):
             raise DagError(f"Dedupe max_keys must be an int, got {self.max_keys!r}")
         if self.max_keys < 1:
             raise DagError(f"Dedupe max_keys must be at least 1, got {self.max_keys}")
+
+    def fields_read(self) -> tuple[str, ...]:
+        return (*key_fields(self.key), self.time)
+
+    def state_key(self) -> Any:
+        return ANY_KEY if self.key is None else self.key
 
     def build(self, ctx: Context) -> OperatorLogic:
         return _DedupeLogic(self, ctx)
@@ -150,6 +160,9 @@ class Throttle(Operator):
     ``throttled`` and sent, in arrival order, to the side output ``side_output``. ``key``:
     a field name, a tuple of field names, a function, or None for one limit over all records.
     Memory: one count per key seen in the current interval.
+
+    Counts are per replica: with parallelism > 1 the input must be ``key_by`` fields of the
+    key, and ``key=None`` (one limit) needs parallelism 1; validation refuses otherwise.
     """
 
     key: KeySpec | None
@@ -172,6 +185,12 @@ class Throttle(Operator):
         _side_name(self.side_output, "Throttle side_output")
         object.__setattr__(self, "side_outputs", (self.side_output,))
         object.__setattr__(self, "side_types", {self.side_output: self.output_type})
+
+    def fields_read(self) -> tuple[str, ...]:
+        return key_fields(self.key)
+
+    def state_key(self) -> Any:
+        return ONE_STATE if self.key is None else self.key
 
     def build(self, ctx: Context) -> OperatorLogic:
         return _ThrottleLogic(self, ctx)

@@ -6,8 +6,9 @@ temporary, so a target that exists is complete, and an earlier file at that path
 it was by a run that fails before this sink has all of its input. Each writes one file, so
 each runs as one replica: the class says so (``max_parallelism = 1``, for the engine's
 validation) and ``build`` refuses a context with ``parallelism > 1`` as well. ``close()``
-returns ``Written(path, records)``. ``files()`` names the file, so validation refuses two
-sinks on one path; the CSV sinks' ``input_type`` refuses an edge of other records.
+returns ``Written(path, records)``. ``declared_files()`` names the file, so validation
+refuses two sinks on one path, and the CSV sinks' ``fields_read()`` an edge of records
+without the fields they write.
 
 Formats:
 
@@ -83,7 +84,7 @@ class _FileSink(Sink):
     def format(self, batch: Batch) -> str:
         raise NotImplementedError
 
-    def files(self, parallelism: int) -> Files:
+    def declared_files(self, parallelism: int) -> Files:
         return Files(writes=(self.path,))
 
     def build(self, ctx: Context) -> FileSinkLogic:
@@ -144,8 +145,10 @@ class CsvBars(_FileSink):
     """Bars to a CSV file (see the module docstring for the format)."""
 
     path: str
-    input_type = Bar  # (validation refuses an edge of other records)
     header = BAR_HEADER
+
+    def fields_read(self) -> tuple[str, ...]:
+        return Bar.__struct_fields__
 
     def format(self, batch: Batch) -> str:
         text = "".join(
@@ -164,7 +167,9 @@ class CsvTicksSink(_FileSink):
 
     path: str
     header = TICK_HEADER
-    input_type = Tick  # (validation refuses an edge of other records)
+
+    def fields_read(self) -> tuple[str, ...]:
+        return Tick.__struct_fields__
 
     def format(self, batch: Batch) -> str:
         text = "".join([f"{t.symbol},{t.ts},{t.price!r},{t.size!r}\n" for t in batch])

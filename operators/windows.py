@@ -56,7 +56,7 @@ from engine.records import Tick
 from operators.aggregations import Aggregation
 from operators.assigners import Assigner, Session, Sliding, Tumbling
 from operators.codegen import identifier
-from operators.keys import KeySpec, check_key, key_and_time, key_getter
+from operators.keys import KeySpec, check_key, key_and_time, key_fields, key_getter
 from operators.tumbling import (
     columns_loop,
     fields_of,
@@ -105,16 +105,6 @@ class WindowAggregate(Operator):
             )
         check_key(self.key, "WindowAggregate")
         identifier(self.time, "WindowAggregate time")
-        fields = getattr(self.input_type, "__struct_fields__", ())
-        keys = (self.key,) if isinstance(self.key, str) else self.key
-        named = [*keys, self.time] if isinstance(keys, tuple) else [self.time]
-        missing = [name for name in named if fields and name not in fields]
-        if missing:
-            raise DagError(
-                f"WindowAggregate: {self.input_type.__name__} records have no field "
-                f"{', '.join(map(repr, missing))} (key {self.key!r}, time {self.time!r}); "
-                f"use fields of {list(fields)}, or give input_type=<your record type>"
-            )
         if not isinstance(self.late_output, str) or self.late_output in ("", "main"):
             raise DagError(
                 "WindowAggregate late_output must name a side output other than 'main', "
@@ -123,6 +113,13 @@ class WindowAggregate(Operator):
         object.__setattr__(self, "output_type", getattr(self.aggregation, "output_type", None))
         object.__setattr__(self, "side_outputs", (self.late_output,))
         object.__setattr__(self, "side_types", {self.late_output: self.input_type})
+
+    def fields_read(self) -> tuple[str, ...]:
+        """The key's and time's fields (the aggregation's are its own business)."""
+        return (*key_fields(self.key), self.time)
+
+    def state_key(self) -> Any:
+        return self.key
 
     def build(self, ctx: Context) -> OperatorLogic:
         if isinstance(self.assigner, Tumbling):

@@ -9,11 +9,14 @@ Every wait is bounded; the job is a long generated one, stopped or left to finis
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from engine.cli import PROGRESS_EVERY_S
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 60.0
@@ -64,36 +67,52 @@ def _cmdline(pid: int) -> str:
         return f.read().decode(errors="replace")
 
 
-def _segments() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith("ringflow-")}
+def _segments(driver: int) -> list[str]:
+    return [n for n in os.listdir("/dev/shm") if n.startswith(f"ringflow-{driver}-")]
 
 
-def _bars(tmp_path: Path, ticks: int, **popen: object) -> subprocess.Popen[str]:
+def _bars(
+    tmp_path: Path, ticks: int, close_stderr: bool = False, **popen: object
+) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "engine", "bars", "--generate", str(ticks)]
     command += ["--output", str(tmp_path / "bars.csv"), "--replicas", "1"]
-    return subprocess.Popen(command, cwd=ROOT, text=True, **popen)  # type: ignore[call-overload]
+
+    def prepare() -> None:
+        # A run started in the background (``cmd &``) ignores SIGINT, and its children
+        # inherit that: give the command line its Ctrl-C back.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if close_stderr:
+            os.close(2)  # `2>&-`
+
+    return subprocess.Popen(  # type: ignore[call-overload]
+        command, cwd=ROOT, text=True, preexec_fn=prepare, **popen
+    )
 
 
 def _wait_for_ticks(proc: subprocess.Popen[str]) -> None:
-    """Read progress lines until one shows ticks flowing (a line a second)."""
+    """Read progress lines (one a second) until one shows ticks flowing; every read is
+    bounded (select on the pipe, then the bytes that are there)."""
     assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+    seen = b""
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        assert line, "the job ended before it ran"
-        if "records in: ticks=" in line and "ticks=0 " not in line:
-            return
-    raise AssertionError("no ticks within the wait")
+        if select.select([fd], [], [], deadline - time.monotonic())[0]:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"the job ended before it ran: {seen!r}"
+            seen += chunk
+            if any(b"ticks=" in ln and b"ticks=0 " not in ln for ln in seen.split(b"\n")):
+                return
+    raise AssertionError(f"no ticks within the wait: {seen!r}")
 
 
 def test_sigterm_to_the_whole_group_stops_the_job_gracefully(tmp_path: Path) -> None:
-    before = _segments()
     proc = _bars(
         tmp_path,
         10**9,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        start_new_session=True,  # its own group, as a supervisor or `timeout` starts it
+        start_new_session=True,  # its own group, as `timeout` or a shell's job starts it
     )
     try:
         _wait_for_ticks(proc)
@@ -107,26 +126,29 @@ def test_sigterm_to_the_whole_group_stops_the_job_gracefully(tmp_path: Path) -> 
     assert "bars stopped early" in out and "stopping job 'bars' gracefully" in err
     assert (tmp_path / "bars.csv").read_text().startswith("symbol,window_start")
     assert _gone(job)
-    assert _segments() <= before
+    assert not _segments(proc.pid)
 
 
 def test_a_closed_stderr_changes_nothing(tmp_path: Path) -> None:
-    proc = _bars(tmp_path, 200_000, stdout=subprocess.PIPE, preexec_fn=lambda: os.close(2))
+    proc = _bars(tmp_path, 200_000, stdout=subprocess.PIPE, close_stderr=True)
     out, _ = proc.communicate(timeout=WAIT)
     assert proc.returncode == 0
     assert "bars done: ticks in 200,000" in out
 
 
 def test_a_progress_reader_that_goes_away_leaves_the_job_running(tmp_path: Path) -> None:
-    """``... 2>&1 >out | head -1``: the progress lines stop, the job finishes."""
-    proc = _bars(tmp_path, 20_000_000, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    """``... 2>&1 >out | head -1``: progress lines stop, the job goes on (it used to die of
+    BrokenPipeError at the next line); then a Ctrl-C stops it gracefully."""
+    proc = _bars(tmp_path, 10**9, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for_ticks(proc)
         assert proc.stderr is not None
         proc.stderr.close()
-        out = proc.stdout.read() if proc.stdout is not None else ""
-        proc.wait(WAIT)
+        time.sleep(2 * PROGRESS_EVERY_S + 0.5)  # two progress lines' time: the driver writes
+        assert proc.poll() is None, "the job died when its progress reader went away"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=WAIT)
     finally:
         proc.kill()
     assert proc.returncode == 0
-    assert "bars done: ticks in 20,000,000" in out
+    assert "bars stopped early" in out

@@ -4,13 +4,16 @@ and the fix."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from enum import IntEnum
 
+import msgspec
 import pytest
 from jobs import Collect, Explode, Numbered, RunningSum
 
-from engine import Dag, DagError
+from engine import Dag, DagError, Source, Tick
 from engine.dag import OPERATOR, Stream
-from operators import OHLCV, Generator, Tumbling, WindowAggregate
+from operators import OHLCV, Count, Dedupe, Generator, Throttle, Tumbling, WindowAggregate
 from operators.sinks import CsvBars, CsvTicksSink
 from operators.sources import CsvTicks
 
@@ -168,8 +171,11 @@ def test_two_nodes_writing_one_file_are_refused(tmp_path):
         f"node 'late' writes {str(same)!r}, and node 'out' writes it too",
         "give each node its own path",
     )
-    (tmp_path / "link.csv").symlink_to(same)  # the same file by another name
-    _refused(_bars_dag(tmp_path, same, tmp_path / "link.csv"), "node 'out' writes it too")
+    (tmp_path / "here").symlink_to(tmp_path)  # the same folder by another name
+    _refused(_bars_dag(tmp_path, same, tmp_path / "here" / "same.csv"), "'out' writes it too")
+    # A link is replaced by the rename, not what it points to: no clash
+    (tmp_path / "link.csv").symlink_to(same)
+    _bars_dag(tmp_path, same, tmp_path / "link.csv").validate()
 
 
 def test_writing_a_file_the_job_reads_is_refused(tmp_path):
@@ -180,6 +186,11 @@ def test_writing_a_file_the_job_reads_is_refused(tmp_path):
     dead = CsvTicks(ticks, dead_letter=tmp_path / "bad.csv")
     dag = _bars_dag(tmp_path, tmp_path / "bad.csv", tmp_path / "l.csv", dead)
     _refused(dag, "node 'out' writes", "node 'ticks' writes it too")
+    # the writer declared before the reader
+    dag = Dag("t")
+    dag.source("gen", Generator(count=10)).sink("late_first", CsvTicksSink(ticks))
+    dag.source("ticks", CsvTicks(ticks)).sink("o", Collect())
+    _refused(dag, "node 'late_first' writes", "node 'ticks' reads it")
 
 
 def test_a_missing_input_or_folder_is_refused(tmp_path):
@@ -208,14 +219,24 @@ def test_a_config_field_of_the_wrong_type_is_named(make, expected):
         make()
 
 
+def _window_on_ticks(window: WindowAggregate, parallelism: int = 1, edge=None) -> Dag:
+    dag = Dag("t")
+    ticks = dag.source("ticks", Generator(count=10))
+    stream = (edge or (lambda s: s.key_by("symbol")))(ticks)
+    bars = stream.apply("bars", window, parallelism)
+    bars.sink("o", Collect(), parallelism)
+    bars.side("late").sink("late", Collect())
+    return dag
+
+
 def test_a_window_keyed_or_timed_by_a_field_its_records_lack():
-    with pytest.raises(DagError, match=r"Tick records have no field 'nosuch' \(key 'nosuch'"):
-        WindowAggregate(Tumbling("1s"), OHLCV(), key="nosuch")
-    with pytest.raises(DagError, match=r"no field 'sym', 'when'"):
-        WindowAggregate(Tumbling("1s"), OHLCV(), key=("sym",), time="when")
+    window = WindowAggregate(Tumbling("1s"), OHLCV(), key="nosuch")
+    _refused(_window_on_ticks(window), "WindowAggregate 'bars' reads 'nosuch', which Tick")
+    window = WindowAggregate(Tumbling("1s"), OHLCV(), key=("sym",), time="when")
+    _refused(_window_on_ticks(window), "reads 'sym', 'when', which Tick records lack")
 
 
-def test_records_of_another_type_than_a_node_takes_are_refused(tmp_path):
+def test_records_without_the_fields_a_node_reads_are_refused(tmp_path):
     dag = Dag("t")
     bars = (
         dag.source("ticks", Generator(count=10))
@@ -226,7 +247,7 @@ def test_records_of_another_type_than_a_node_takes_are_refused(tmp_path):
         "o", Collect()
     )
     bars.side("late").sink("late", Collect())
-    _refused(dag, "'bars' sends Bar records", "'again' takes Tick (input_type)")
+    _refused(dag, "'bars' -> 'again'", "WindowAggregate 'again' reads 'ts', which Bar records")
     dag = Dag("t")
     bars = (
         dag.source("ticks", Generator(count=10))
@@ -235,4 +256,105 @@ def test_records_of_another_type_than_a_node_takes_are_refused(tmp_path):
     )
     bars.sink("o", CsvTicksSink(tmp_path / "t.csv"))
     bars.side("late").sink("late", CsvBars(tmp_path / "b.csv"))
-    _refused(dag, "'bars' sends Bar records, but CsvTicksSink 'o' takes Tick")
+    _refused(dag, "CsvTicksSink 'o' reads 'ts', 'price', 'size', which Bar records lack")
+
+
+class Reading(msgspec.Struct, frozen=True):
+    sensor: str
+    ts: int
+    value: float
+
+    @property
+    def room(self) -> str:
+        return self.sensor.split("-")[0]
+
+
+class Readings(Source):
+    output_type = Reading
+
+    def build(self, ctx):  # pragma: no cover - validation only
+        raise NotImplementedError
+
+
+class VTick(Tick, frozen=True):
+    venue: str = "X"
+
+
+class VTicks(Source):
+    output_type = VTick
+
+    def build(self, ctx):  # pragma: no cover - validation only
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Listed(Source):
+    files: tuple[str, ...] = ("a.csv",)  # a field, not the validation hook
+
+    def build(self, ctx):  # pragma: no cover - validation only
+        raise NotImplementedError
+
+
+def test_records_that_have_the_fields_pass_whatever_their_type(tmp_path):
+    dag = Dag("t")
+    readings = dag.source("r", Readings()).key_by("room")  # a property
+    counted = readings.apply("n", WindowAggregate(Tumbling(5), Count(), key="sensor"))
+    counted.sink("o", Collect())
+    counted.side("late").sink("late", Collect())
+    dag.validate()
+    dag = Dag("t")
+    dag.source("v", VTicks()).sink("o", CsvTicksSink(tmp_path / "v.csv"))  # a Tick subclass
+    dag.source("l", Listed()).sink("o2", Collect())
+    dag.validate()
+
+
+class Ten(IntEnum):
+    TEN = 10
+
+
+def test_an_int_subclass_is_an_int():
+    assert Generator(count=Ten.TEN).count == 10
+
+
+@pytest.mark.parametrize(
+    "operator, edge, expected",
+    [
+        (
+            WindowAggregate(Tumbling("1s"), OHLCV()),
+            lambda s: s.rebalance(),
+            "WindowAggregate 'bars' keeps its state per key 'symbol' in each of its 3 replicas",
+        ),
+        (
+            WindowAggregate(Tumbling("1s"), OHLCV()),
+            lambda s: s.key_by("price"),
+            "make this edge key_by('symbol')",
+        ),
+        (Dedupe(None, "1s"), lambda s: s.rebalance(), "per each whole record"),
+        (Throttle(None, 10, "1s"), lambda s: s.key_by("symbol"), "one state over all records"),
+    ],
+)
+def test_state_per_key_needs_its_keys_together(operator, edge, expected):
+    dag = Dag("t")
+    out = edge(dag.source("ticks", Generator(count=10))).apply("bars", operator, 3)
+    out.sink("o", Collect(), 3)
+    for side in getattr(operator, "side_outputs", ()):
+        out.side(side).sink(side, Collect())
+    _refused(dag, expected)
+
+
+@pytest.mark.parametrize(
+    "operator, edge",
+    [
+        (WindowAggregate(Tumbling("1s"), OHLCV()), lambda s: s.key_by("symbol")),
+        (Dedupe(("symbol", "ts"), "1s"), lambda s: s.key_by("symbol")),  # coarser: fine
+        (Dedupe(None, "1s"), lambda s: s.key_by("symbol")),
+        (Throttle("symbol", 10, "1s"), lambda s: s.key_by(_key)),  # a function: trusted
+    ],
+)
+def test_state_per_key_passes_a_key_by_on_its_fields(operator, edge):
+    dag = Dag("t")
+    out = edge(dag.source("ticks", Generator(count=10))).apply("bars", operator, 3)
+    out.sink("o", Collect(), 3)
+    for side in getattr(operator, "side_outputs", ()):
+        out.side(side).sink(side, Collect())
+    dag.validate()

@@ -294,6 +294,7 @@ BAD_ROWS = [
     ("A\rB,1,2,3", "symbol 'A\\rB' holds a quote or carriage return"),
     ("A,9223372036854775808,2,3", "ts '9223372036854775808' is outside the int64 range"),
     ("A,-9223372036854775809,2,3", "ts '-9223372036854775809' is outside the int64 range"),
+    ("A,9.3e18,2,3", "ts '9.3e18' is outside the int64 range"),
 ]
 
 
