@@ -39,6 +39,9 @@ def key_getter(key: KeySpec) -> Callable[[Any], Any]:
     """A function ``record -> key``."""
     if isinstance(key, str):
         return attrgetter(key)
+    if isinstance(key, tuple) and len(key) == 1:  # attrgetter of one name gives no tuple
+        get = attrgetter(key[0])
+        return lambda record: (get(record),)
     if isinstance(key, tuple):
         return attrgetter(*key)
     return key

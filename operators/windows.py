@@ -19,8 +19,9 @@ Semantics, per replica (keys are spread over replicas by the edge's key-hash par
   open session of its key (it may extend an open session backwards).
 * **Firing.** ``on_watermark(wm)`` returns the result of every window with ``end <= wm`` and
   forgets its state; ``on_eof()`` returns every open window's. Results come sorted by
-  ``(window_end, key)`` (the results of a window end whose keys do not compare come in
-  the keys' arrival order), so the output is deterministic whatever the batch cuts.
+  ``(window_end, key)`` (keys of different types that do not compare, say ints and strs,
+  by type name and then key; keys that do not compare even so, in arrival order), so the
+  output is deterministic whatever the batch cuts.
   ``process`` only aggregates and returns no records.
 * **Sessions** are ``[first ts, last ts + gap)``; a record whose window ``[t, t + gap)``
   overlaps open sessions of its key merges them (``aggregation.merge``, earlier session
@@ -130,8 +131,7 @@ class WindowAggregate(Operator):
 
 
 def _in_order(fired: list[tuple[int, Any, int, Any]]) -> list[tuple[int, Any, int, Any]]:
-    """Sort (end, key, start, acc) by end, and each end's results by key; in arrival
-    order, for an end whose keys do not compare.
+    """Sort (end, key, start, acc) by end, and each end's results by key (``_by_key``).
 
     One sort by end, then one of each end's keys alone: str keys (or int ends) alone compare
     directly, where (end, key) pairs go through the tuple comparison, which made sorting most
@@ -140,20 +140,26 @@ def _in_order(fired: list[tuple[int, Any, int, Any]]) -> list[tuple[int, Any, in
     by_end = sorted(fired, key=itemgetter(0))
     ordered: list[tuple[int, Any, int, Any]] = []
     for _, window in itertools.groupby(by_end, key=itemgetter(0)):
-        results = list(window)
-        try:
-            ordered += sorted(results, key=itemgetter(1))
-        except TypeError:
-            ordered += results
+        ordered += _by_key(list(window), itemgetter(1))
     return ordered
 
 
 def _keys_in_order(bucket: dict[Any, Any]) -> list[Any]:
-    """A window's keys sorted; in arrival order when they do not compare."""
+    """A window's keys in order (``_by_key``)."""
+    return _by_key(list(bucket), lambda key: key)
+
+
+def _by_key(items: list[Any], key_of: Callable[[Any], Any]) -> list[Any]:
+    """``items`` sorted by key; keys of types that do not compare with each other by type
+    name, then key; in the order given when even that fails (arrival order)."""
     try:
-        return sorted(bucket)
+        return sorted(items, key=key_of)
     except TypeError:
-        return list(bucket)
+        pass
+    try:
+        return sorted(items, key=lambda item: (type(key_of(item)).__qualname__, key_of(item)))
+    except TypeError:
+        return items
 
 
 class _WindowLogic(OperatorLogic):

@@ -643,7 +643,7 @@ def test_public_names() -> None:
         max_size=30,
     )
 )
-def test_fired_windows_come_by_end_then_key_or_else_in_arrival_order(
+def test_fired_windows_come_by_end_then_key_or_else_by_type_then_key(
     pairs: list[tuple[int, Any]],
 ) -> None:
     fired = [(end, key, end - 1, i) for i, (end, key) in enumerate(pairs)]
@@ -652,6 +652,45 @@ def test_fired_windows_come_by_end_then_key_or_else_in_arrival_order(
         window = [f for f in fired if f[0] == end]
         try:
             expected += sorted(window, key=lambda f: f[1])
-        except TypeError:  # keys that do not compare: arrival order
-            expected += window
+        except TypeError:  # ints and strs: by type name ('int' < 'str'), then key
+            ints = sorted((f for f in window if isinstance(f[1], int)), key=lambda f: f[1])
+            expected += ints + sorted(
+                (f for f in window if isinstance(f[1], str)), key=lambda f: f[1]
+            )
     assert operators.windows._in_order(fired) == expected
+
+
+class Unordered:
+    """A key type with no order at all."""
+
+
+def test_keys_that_do_not_compare_even_by_type_come_in_arrival_order():
+    a, b = Unordered(), Unordered()
+    fired = [(5, b, 4, 0), (5, a, 4, 1), (5, 2, 4, 2)]
+    assert operators.windows._in_order(fired) == fired
+
+
+def int_or_symbol(t: Tick) -> Any:
+    """1 for "A", the symbol otherwise: keys of two types, which do not compare."""
+    return 1 if t.symbol == "A" else t.symbol
+
+
+@pytest.mark.parametrize("assigner", [Session(10), Tumbling(15)], ids=["session", "tumbling"])
+def test_keys_that_do_not_compare_come_in_one_order_whatever_the_watermarks(assigner):
+    """By type name, then key: int 1 before str 'B', whether fired at the end of input or
+    by watermarks (a session that grew is fired from a later heap entry)."""
+    ticks = [Tick("B", 0, 1.0, 1.0), Tick("A", 0, 1.0, 1.0), Tick("A", 5, 1.0, 1.0)]
+    ticks.append(Tick("B", 5, 1.0, 1.0))
+    orders = []
+    for marks in ([], [12, 15], [15]):
+        logic = WindowAggregate(assigner, Count(), key=int_or_symbol).build(Context("w"))
+        logic.process(ticks)
+        out = [r for wm in marks for r in logic.on_watermark(wm)] + logic.on_eof()
+        orders.append([(r.key, r.window_end) for r in out])
+    assert orders[0] == orders[1] == orders[2] == [(1, 15), ("B", 15)]
+
+
+def test_a_tuple_of_one_name_is_a_tuple_key():
+    logic = WindowAggregate(Tumbling(10), Count(), key=("symbol",)).build(Context("w"))
+    logic.process([Tick("A", 1, 1.0, 1.0)])
+    assert [r.key for r in logic.on_eof()] == [("A",)]
