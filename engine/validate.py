@@ -3,8 +3,11 @@ node (or edge) and says how to fix it."""
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 import os
 from collections import Counter
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import DagError
@@ -120,7 +123,7 @@ def validate(dag: Dag) -> None:
         if isinstance(part, KeyHash) and not part.key:
             raise DagError(f"{where}: key_by needs a key, e.g. key_by('symbol')")
         _check_fields(where, record_type(up, edge.output), part, down)
-        _check_state_key(where, part, down)
+        _check_state_key(dag, edge, down)
         if not part.all_to_all and up.parallelism != down.parallelism:
             raise DagError(
                 f"{where}: a forward edge needs equal parallelism, got {up.parallelism} and "
@@ -151,19 +154,37 @@ def _hook(config: Any, name: str, *args: Any) -> Any:
     return method(config, *args) if callable(method) else None
 
 
+def _field_names(record_type: Any) -> tuple[str, ...] | None:
+    """The fields of a msgspec Struct, a dataclass or a named tuple; None for another type,
+    whose fields cannot be known before a record exists."""
+    if record_type is None:
+        return None
+    if hasattr(record_type, "__struct_fields__"):
+        return tuple(record_type.__struct_fields__)
+    if dataclasses.is_dataclass(record_type):
+        return tuple(f.name for f in dataclasses.fields(record_type))
+    fields = getattr(record_type, "_fields", None)
+    return tuple(fields) if isinstance(fields, tuple) else None
+
+
 def _check_fields(where: str, sent: Any, part: Any, down: Any) -> None:
     """The key_by field and the fields the downstream node reads exist on ``sent`` records
-    (a field or any attribute, a property say), when their type is known."""
-    if sent is None:
+    (a field, or any attribute of the class: a property say), when their fields are known."""
+    fields = _field_names(sent)
+    if fields is None:
         return
+
+    def lacks(name: str) -> bool:
+        return name not in fields and not hasattr(sent, name)
+
     if isinstance(part, KeyHash) and isinstance(part.key, str):
         field = part.key.partition(".")[0]
-        if not hasattr(sent, field):
+        if lacks(field):
             raise DagError(
                 f"{where}: key_by({part.key!r}), but {sent.__name__} records have no field "
-                f"{field!r}; key by one of {list(getattr(sent, '__struct_fields__', ()))}"
+                f"{field!r}; key by one of {list(fields)}"
             )
-    missing = [f for f in _hook(down.config, "fields_read") or () if not hasattr(sent, f)]
+    missing = [f for f in _hook(down.config, "fields_read") or () if lacks(f)]
     if missing:
         raise DagError(
             f"{where}: {type(down.config).__name__} {down.name!r} reads "
@@ -172,9 +193,11 @@ def _check_fields(where: str, sent: Any, part: Any, down: Any) -> None:
         )
 
 
-def _check_state_key(where: str, part: Any, down: Any) -> None:
+def _check_state_key(dag: Dag, edge: Any, down: Any) -> None:
     """A node of several replicas that keeps state per key gets every record of a key on one
-    replica: its input is a key_by on fields of that key (see ``Operator.state_key``)."""
+    replica: its input is a key_by on fields of that key (see ``Operator.state_key``), or a
+    forward edge from a node whose own inputs are such key_bys (a forward edge keeps each
+    record on its replica's number, so the keys stay where the key_by put them)."""
     key = _hook(down.config, "state_key") if down.parallelism > 1 else None
     if key is None or key is STATELESS:
         return
@@ -185,8 +208,8 @@ def _check_state_key(where: str, part: Any, down: Any) -> None:
             f"{n} replicas; give it parallelism=1 (or a key)"
         )
     ours = set(key_fields(key))
-    theirs = set(key_fields(part.key)) if isinstance(part, KeyHash) else None
-    if theirs is None or (ours and theirs and not theirs <= ours):
+    if not all(_keeps_keys_together(dag, edge, ours, set())):
+        where = f"edge {edge.upstream!r} -> {edge.downstream!r}"
         per = "each whole record" if key is ANY_KEY else f"key {key!r}"
         field = sorted(ours)[0] if ours else "symbol"
         raise DagError(
@@ -194,6 +217,22 @@ def _check_state_key(where: str, part: Any, down: Any) -> None:
             f"replicas, so all records of a key must reach one replica: make this edge "
             f"key_by({field!r}) (fields of its key), or give the node parallelism=1"
         )
+
+
+def _keeps_keys_together(dag: Dag, edge: Any, ours: set[str], seen: set[str]) -> Iterator[bool]:
+    """For each edge that decides where ``edge``'s records go: whether it is a key_by on
+    fields of the key (any key_by when the key has no fields: a function, a whole record).
+    Forward edges are followed upstream; a source's forward edge decides, and fails."""
+    part = dag.partitioner(edge)
+    if isinstance(part, KeyHash):
+        theirs = set(key_fields(part.key))
+        yield not (ours and theirs and not theirs <= ours)
+    elif part.all_to_all or edge.upstream in seen or not dag.inputs(edge.upstream):
+        yield False  # rebalance, broadcast, or straight from a source
+    else:
+        seen.add(edge.upstream)
+        for before in dag.inputs(edge.upstream):
+            yield from _keeps_keys_together(dag, before, ours, seen)
 
 
 def _check_files(dag: Dag) -> None:
@@ -246,6 +285,8 @@ def check_ints(config: object, names: str, *, optional: str = "") -> None:
         if isinstance(value, bool) or not hasattr(type(value), "__index__"):
             kind = "an integer or None" if name in maybe else "an integer"
             wrong.append(f"{name} must be {kind}, got {value!r}")
+        elif type(value) is not int:
+            object.__setattr__(config, name, operator.index(value))  # a plain int from here
     if wrong:
         raise DagError(f"invalid {type(config).__name__} config: {'; '.join(wrong)}")
 

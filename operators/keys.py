@@ -1,7 +1,8 @@
 """Keys of records: a field name, a tuple of field names, or a picklable function.
 
-``key_getter(key)`` turns the setting into a ``record -> key`` function; a tuple of names
-gives a tuple key. Field names must be identifiers (they are compiled into the hot loops, see
+``key_getter(key)`` turns the setting into a ``record -> key`` function; a tuple of two or
+more names gives a tuple key, a tuple of one name that field's value (as ``attrgetter``).
+Field names must be identifiers (they are compiled into the hot loops, see
 ``operators.codegen``).
 """
 
@@ -39,9 +40,6 @@ def key_getter(key: KeySpec) -> Callable[[Any], Any]:
     """A function ``record -> key``."""
     if isinstance(key, str):
         return attrgetter(key)
-    if isinstance(key, tuple) and len(key) == 1:  # attrgetter of one name gives no tuple
-        get = attrgetter(key[0])
-        return lambda record: (get(record),)
     if isinstance(key, tuple):
         return attrgetter(*key)
     return key

@@ -8,7 +8,7 @@ they must be module-level ``def``s, not lambdas or closures.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -40,10 +40,13 @@ class Dedupe(Operator):
     times (``time`` field) differ by at most ``horizon_ns``; duplicates are dropped and
     counted as ``duplicates``.
 
-    Memory is bounded: an identity is forgotten once the watermark passes its time plus the
+    Memory is bounded: a kept time is forgotten once the watermark passes it plus the
     horizon (no later on-time record can be within the horizon of it), and when more than
-    ``max_keys`` are held after a batch the oldest are forgotten early and counted as
-    ``dedupe_evicted`` (a duplicate of one of those would then pass).
+    ``max_keys`` kept times are held after a batch, the identities kept longest ago are
+    forgotten early and counted as ``dedupe_evicted`` (a duplicate of one of those would
+    then pass, and be remembered in its place). A late record (behind the watermark) is
+    checked against what is remembered but not remembered itself: what was forgotten can
+    let a late record through, never make an on-time record look like a duplicate.
 
     State is per replica: with parallelism > 1 the input must be ``key_by`` fields of the
     identity (any field, for ``key=None``), so that duplicates meet; validation refuses
@@ -92,49 +95,61 @@ class _DedupeLogic(OperatorLogic):
         self._time = attrgetter(config.time)
         self._horizon = cast(int, config.horizon_ns)  # an int since __post_init__
         self._max_keys = config.max_keys
-        # identity -> kept time(s), the most recently kept last
+        # identity -> kept time(s), the most recently kept last; _held counts the times
         self._seen: OrderedDict[Any, Any] = OrderedDict()
+        self._held = 0
         self._watermark: int | None = None
 
     def process(self, batch: Batch) -> Batch:
         identity, get_time, horizon, seen = self._identity, self._time, self._horizon, self._seen
+        watermark = self._watermark
         kept = []
         duplicates = 0
         for record in batch:
             ident = record if identity is None else identity(record)
             t = get_time(record)
             prev = seen.get(ident)
-            if prev is None:
-                seen[ident] = t
-            elif not isinstance(prev, list):
-                if -horizon <= t - prev <= horizon:
-                    duplicates += 1
-                    continue
-                seen[ident] = [prev, t] if prev < t else [t, prev]
-                seen.move_to_end(ident)
-            else:
-                i = bisect_left(prev, t - horizon)
-                if i < len(prev) and prev[i] <= t + horizon:
-                    duplicates += 1
-                    continue
-                prev.insert(i, t)
-                self._forget_within(prev)
-                seen.move_to_end(ident)
+            if prev is not None:
+                if not isinstance(prev, list):
+                    if -horizon <= t - prev <= horizon:
+                        duplicates += 1
+                        continue
+                else:
+                    i = bisect_left(prev, t - horizon)
+                    if i < len(prev) and prev[i] <= t + horizon:
+                        duplicates += 1
+                        continue
             kept.append(record)
+            if watermark is None or t >= watermark:  # late: checked, not remembered
+                self._remember(ident, prev, t)
         if duplicates:
             self._ctx.count("duplicates", duplicates)
-        over = len(seen) - self._max_keys
-        if over > 0:
-            for _ in range(over):
-                seen.popitem(last=False)
-            self._ctx.count("dedupe_evicted", over)
+        if self._held > self._max_keys:
+            evicted = 0
+            while self._held > self._max_keys:
+                _, times = seen.popitem(last=False)
+                self._held -= len(times) if isinstance(times, list) else 1
+                evicted += 1
+            self._ctx.count("dedupe_evicted", evicted)
         return kept
 
-    def _forget_within(self, times: list[Any]) -> None:
-        """Drop an identity's times that no on-time record can come within the horizon of
-        (as ``on_watermark`` does for whole identities), keeping the newest."""
-        if self._watermark is not None:
-            del times[: min(bisect_left(times, self._watermark - self._horizon), len(times) - 1)]
+    def _remember(self, ident: Any, prev: Any, t: Any) -> None:
+        seen = self._seen
+        if prev is None:
+            seen[ident] = t
+            self._held += 1
+            return
+        if not isinstance(prev, list):
+            prev = seen[ident] = [prev, t] if prev < t else [t, prev]
+            self._held += 1
+        else:
+            insort(prev, t)
+            self._held += 1
+            if self._watermark is not None:  # drop what no on-time record can match
+                gone = min(bisect_left(prev, self._watermark - self._horizon), len(prev) - 1)
+                del prev[:gone]
+                self._held -= gone
+        seen.move_to_end(ident)
 
     def on_watermark(self, watermark: int) -> Batch:
         self._watermark = watermark
@@ -148,6 +163,7 @@ class _DedupeLogic(OperatorLogic):
             if newest + horizon >= watermark:
                 break
             del seen[ident]
+            self._held -= len(times) if isinstance(times, list) else 1
         return []
 
 

@@ -20,8 +20,8 @@ Semantics, per replica (keys are spread over replicas by the edge's key-hash par
 * **Firing.** ``on_watermark(wm)`` returns the result of every window with ``end <= wm`` and
   forgets its state; ``on_eof()`` returns every open window's. Results come sorted by
   ``(window_end, key)`` (keys of different types that do not compare, say ints and strs,
-  by type name and then key; keys that do not compare even so, in arrival order), so the
-  output is deterministic whatever the batch cuts.
+  by type name and then key; keys that do not compare even so, by type name and
+  ``repr``), so the output is deterministic whatever the batch cuts.
   ``process`` only aggregates and returns no records.
 * **Sessions** are ``[first ts, last ts + gap)``; a record whose window ``[t, t + gap)``
   overlaps open sessions of its key merges them (``aggregation.merge``, earlier session
@@ -151,7 +151,8 @@ def _keys_in_order(bucket: dict[Any, Any]) -> list[Any]:
 
 def _by_key(items: list[Any], key_of: Callable[[Any], Any]) -> list[Any]:
     """``items`` sorted by key; keys of types that do not compare with each other by type
-    name, then key; in the order given when even that fails (arrival order)."""
+    name, then key; keys that do not compare even so (a tuple holding None and a str, say)
+    by type name and ``repr``."""
     try:
         return sorted(items, key=key_of)
     except TypeError:
@@ -159,7 +160,7 @@ def _by_key(items: list[Any], key_of: Callable[[Any], Any]) -> list[Any]:
     try:
         return sorted(items, key=lambda item: (type(key_of(item)).__qualname__, key_of(item)))
     except TypeError:
-        return items
+        return sorted(items, key=lambda item: (type(key_of(item)).__qualname__, repr(key_of(item))))
 
 
 class _WindowLogic(OperatorLogic):

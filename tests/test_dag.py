@@ -358,3 +358,66 @@ def test_state_per_key_passes_a_key_by_on_its_fields(operator, edge):
     for side in getattr(operator, "side_outputs", ()):
         out.side(side).sink(side, Collect())
     dag.validate()
+
+
+def test_a_forward_edge_after_a_key_by_keeps_keys_together():
+    """Forward edges keep each record on its replica's number: behind a key_by on the key,
+    a chain of keyed nodes is fine; straight from a source it is not."""
+    dag = Dag("t")
+    deduped = (
+        dag.source("ticks", Generator(count=10), parallelism=2)
+        .key_by("symbol")
+        .apply("dedupe", Dedupe("symbol", "1s"), 2)
+    )
+    deduped.apply("throttle", Throttle("symbol", 5, "1s"), 2).sink("o", Collect(), 2)
+    dag.connect(Stream(dag, "throttle", "throttled"), "o")  # its side output, forward too
+    dag.validate()
+    dag = Dag("t")
+    ticks = dag.source("ticks", Generator(count=10), parallelism=2)
+    ticks.apply("dedupe", Dedupe("symbol", "1s"), 2).sink("o", Collect(), 2)
+    _refused(dag, "'ticks' -> 'dedupe'", "keeps its state per key 'symbol'")
+
+
+@dataclass(frozen=True)
+class Plain:
+    symbol: str
+    ts: int
+
+
+class PlainMap(Source):
+    output_type = Plain
+
+    def build(self, ctx):  # pragma: no cover - validation only
+        raise NotImplementedError
+
+
+class Opaque:
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+
+
+class OpaqueSource(Source):
+    output_type = Opaque
+
+    def build(self, ctx):  # pragma: no cover - validation only
+        raise NotImplementedError
+
+
+def test_fields_are_checked_where_the_type_lists_them():
+    dag = Dag("t")
+    dag.source("p", PlainMap()).key_by("symbol").apply("d", Dedupe("symbol", 10)).sink(
+        "o", Collect()
+    )
+    dag.validate()  # a dataclass field with no default: not a class attribute, still a field
+    dag = Dag("t")
+    dag.source("p", PlainMap()).key_by("sym").apply("d", Dedupe("symbol", 10)).sink("o", Collect())
+    _refused(dag, "Plain records have no field 'sym'; key by one of ['symbol', 'ts']")
+    dag = Dag("t")
+    dag.source("q", OpaqueSource()).key_by("anything").apply("d", Dedupe(None, 10)).sink(
+        "o", Collect()
+    )
+    dag.validate()  # fields set in __init__: not known before a record exists, not checked
+
+
+def test_an_int_subclass_becomes_a_plain_int():
+    assert type(Generator(count=Ten.TEN).count) is int

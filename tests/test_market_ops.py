@@ -298,3 +298,42 @@ def test_public_names() -> None:
     assert set(operators.__all__) >= MARKET_NAMES
     for name in MARKET_NAMES:
         assert name in vars(operators)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 12), st.integers(0, 30), st.booleans()),
+        max_size=60,
+    ),
+    st.integers(0, 15),
+)
+def test_dedupe_late_records_never_change_an_on_time_records_fate(
+    raw: list[tuple[int, int, int, bool]], horizon: int
+) -> None:
+    """Late records (behind the watermark) mixed in: each on-time record is kept exactly
+    when no remembered on-time kept record is within the horizon (late ones are checked,
+    not remembered), whatever was forgotten."""
+    logic = Dedupe("symbol", horizon).build(Context(node="d"))
+    now, watermark = 0, None
+    remembered: list[Tick] = []
+    for symbol, step, back, mark in raw:
+        now += step
+        t = tick(now - back, symbol=f"S{symbol}")
+        on_time = watermark is None or t.ts >= watermark
+        got = logic.process([t])
+        if on_time:
+            want = not any(k.symbol == t.symbol and abs(k.ts - t.ts) <= horizon for k in remembered)
+            assert got == ([t] if want else [])
+            remembered += got
+        if mark:
+            watermark = max(watermark or 0, now - 6)
+            logic.on_watermark(watermark)
+
+
+def test_dedupe_caps_the_times_it_holds_not_only_the_identities() -> None:
+    ctx = Context(node="d")
+    logic = Dedupe("symbol", horizon_ns=0, max_keys=10).build(ctx)
+    logic.process([tick(t) for t in range(1000, 0, -1)])  # one identity, 1,000 kept times
+    assert ctx.counters["dedupe_evicted"] >= 1
+    assert logic._held <= 10
