@@ -282,7 +282,23 @@ def launch(dag: Dag, **settings: Any) -> Job:
         raise RingflowError(f"unknown engine setting: {exc}") from None
     config.check()
     check_shared_memory(dag, config)
+    occupy_standard_fds()
     return Job(dag, config)
+
+
+def occupy_standard_fds() -> None:
+    """Open /dev/null on any of fds 0-2 that is closed (`2>&-`, or closed by the program).
+    Else the job's pipe could be given that number: this process's and the coordinator's
+    (which inherits 0-2) writes to stderr, a progress line or a log line, would then go into
+    the pipe and break its framing, and the job would stand still."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def check_shared_memory(dag: Dag, config: Settings) -> None:

@@ -136,6 +136,29 @@ def test_a_closed_stderr_changes_nothing(tmp_path: Path) -> None:
     assert "bars done: ticks in 200,000" in out
 
 
+def test_stderr_closed_by_the_program_itself_cannot_jam_the_job(tmp_path: Path) -> None:
+    """fd 2 closed after start-up, sys.stderr still set: the job's pipe must not take that
+    number, or the progress lines written to stderr land in the pipe and the job hangs."""
+    code = (
+        "import os, runpy, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        f"os.close(2); sys.argv = ['engine', 'bars', '--generate', '3000000', '--output', "
+        f"{str(tmp_path / 'b.csv')!r}]; runpy.run_module('engine', run_name='__main__')"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, text=True, stdout=subprocess.PIPE
+    )
+    try:
+        out, _ = proc.communicate(timeout=WAIT)
+    finally:
+        for pid in [*_descendants(proc.pid), proc.pid] if proc.poll() is None else []:
+            os.kill(pid, signal.SIGKILL)  # (a jammed job: its coordinator too)
+        proc.wait(WAIT)
+        for name in _segments(proc.pid):  # what a jammed job's SIGKILL left
+            os.unlink(f"/dev/shm/{name}")
+    assert proc.returncode == 0
+    assert "bars done: ticks in 3,000,000" in out
+
+
 def test_a_progress_reader_that_goes_away_leaves_the_job_running(tmp_path: Path) -> None:
     """``... 2>&1 >out | head -1``: progress lines stop, the job goes on (it used to die of
     BrokenPipeError at the next line); then a Ctrl-C stops it gracefully."""
