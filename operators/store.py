@@ -31,7 +31,8 @@ store's capacity, so that happens only when one batch is larger than the gap bet
 
 ``close()`` stops the store with ``drain=True`` and returns a ``StoreResult``; a store still
 holding records after ``drain_timeout`` seconds fails the job with ``StoreError`` rather than
-lose them silently, and so does a store whose workers have all died while the sink waits.
+lose them silently, and so does a store whose workers have all died while the sink waits,
+and one whose ``summary()`` says it stored fewer records than it was given.
 ``abort()`` (a failed job) stops the store without draining.
 """
 
@@ -242,12 +243,19 @@ class StoreSinkLogic(SinkLogic):
                 left, report = await store.call(self._stop())
             finally:
                 store.close()
+            ctx = self.ctx
             if left:
-                ctx = self.ctx
                 raise StoreError(
                     f"sink {ctx.node!r} replica {ctx.replica}: the store still held {left} "
                     f"record(s) after draining for {self.config.drain_timeout} s, so they "
                     "were not written; raise StoreSink(drain_timeout=...) or speed up the store"
+                )
+            stored = getattr(report, "stored", None)
+            if isinstance(stored, int) and stored < self.records:
+                raise StoreError(
+                    f"sink {ctx.node!r} replica {ctx.replica}: the store stored {stored} of "
+                    f"the {self.records} record(s) it was given and holds none: it lost "
+                    f"{self.records - stored} (its summary: {report!r})"
                 )
         counters = self.ctx.counters
         return StoreResult(
@@ -309,6 +317,15 @@ class StoreSinkLogic(SinkLogic):
         coordinator = self.coordinator
         if coordinator is None:
             return 0, None
+        _, alive = await self._probe()
+        if alive == 0 and self.records:
+            # Every worker died: what one held when it died is gone, even with the queue empty
+            await coordinator.stop(drain=False, timeout=ABORT_TIMEOUT_S)
+            raise StoreError(
+                f"sink {self.ctx.node!r} replica {self.ctx.replica}: the store's workers all "
+                f"died before it drained ({self._health_text()}), so records written to it "
+                "may be lost"
+            )
         await coordinator.stop(drain=True, timeout=self.config.drain_timeout)
         left = int(coordinator.health().queue_size)
         summary = getattr(coordinator, "summary", None)

@@ -239,6 +239,46 @@ def test_a_store_whose_workers_died_fails_the_sink_instead_of_pausing_forever(tm
     assert not store_threads()
 
 
+def test_a_store_that_died_on_its_last_batch_fails_close_rather_than_succeed(tmp_path):
+    """Its queue is empty (the dead drain task took the batch), yet nothing was stored:
+    close() says so instead of returning a result (an audit found it returned one)."""
+    path = tmp_path / "s.jsonl"
+    logic, _ = logic_for(StoreSink(MemoryStore(capacity=100, path=str(path)), 90, 10))
+
+    async def scenario() -> None:
+        await logic.write([{"i": i} for i in range(5)] + [object()])  # the last: no JSON
+        await until(lambda: logic.coordinator.health().workers_alive == 0, "the drain's death")
+        await logic.close()
+
+    with pytest.raises(StoreError, match="workers all died before it drained"):
+        asyncio.run(scenario())
+    assert not path.exists() and not store_threads()
+
+
+class Forgetful(RateLimitedStore):
+    """Drains, but its summary admits it stored one record fewer than it was given."""
+
+    def summary(self) -> Any:
+        report = super().summary()
+        return type(report)(report.stored - 1, report.records, report.path)
+
+
+def forgetful(ctx: Context) -> Forgetful:
+    return Forgetful(capacity=100)
+
+
+def test_a_store_that_stored_fewer_than_it_was_given_fails_close():
+    logic, _ = logic_for(StoreSink(forgetful, 90, 10))
+
+    async def scenario() -> None:
+        await logic.write([{"i": i} for i in range(5)])
+        await logic.close()
+
+    with pytest.raises(StoreError, match="stored 4 of the 5 record"):
+        asyncio.run(scenario())
+    assert not store_threads()
+
+
 def test_a_high_watermark_above_the_store_capacity_is_refused():
     logic, _ = logic_for(StoreSink(MemoryStore(capacity=10), 11, 1))
     with pytest.raises(StoreError, match="high_watermark 11 is above the store's capacity 10"):
