@@ -13,6 +13,7 @@ import asyncio
 import importlib.util
 import logging
 import pickle
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -692,3 +693,47 @@ def test_example_builds_and_its_bars_survive_the_failure():
     failed = run_inline(providers_failover.build(fail_at=1500, **small))
     assert bars_of(failed) == bars_of(clean) and bars_of(clean)
     assert failed.nodes["ticks"].counters["failovers"] == 1
+
+
+def _drained_within(src, seconds=30.0):
+    """``drain(src)`` in a thread, bounded: None if it did not end in ``seconds``."""
+    done: list = []
+    thread = threading.Thread(target=lambda: done.append(drain(src)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return done[0] if done else None
+
+
+def test_a_stall_is_detected_when_the_waits_sum_to_a_hair_below_the_timeout():
+    """On virtual time the router's waits are sums of float differences: one summed to
+    1 ulp under the stall timeout, and the 1e-16 s left never moved the clock (found by an
+    audit: one anext() spun for ever). Paced replay, silent for good at tick 50."""
+    gen = Generator(symbols=5, count=3000, seed=5, disorder_ns=50_000, step_ns=250_000)
+    replay = Replay("r", gen, speed=1.0, faults=(Stall(50, None),))
+    drained = _drained_within(source(replay, timing=VirtualTime("hair")))
+    assert drained is not None, "the source never ended"
+    ticks, _, _, ctx, _ = drained
+    assert ctx.counters["provider_stalls:r"] == 1
+    assert sorted(ticks, key=lambda t: (t.ts, t.symbol)) == sorted(
+        generate(gen), key=lambda t: (t.ts, t.symbol)
+    )
+
+
+class CancelledUnder:
+    """A provider whose stream raises CancelledError of its own (a connection task
+    cancelled under it), after five ticks."""
+
+    async def stream_trades(self, instruments):
+        for i in range(5):
+            yield Tick("A", i, 1.0, 1.0)
+        raise asyncio.CancelledError()
+
+
+def test_a_stream_that_raises_cancelled_error_is_a_failure_and_fails_over():
+    backup = Replay("backup", tuple(Tick("A", i, 1.0, 1.0) for i in range(10)))
+    src = source(ProviderRef("flaky", CancelledUnder), backup, stall_timeout_s=None)
+    drained = _drained_within(src)
+    assert drained is not None, "the source waited for ever on the failed stream"
+    ticks, _, _, ctx, _ = drained
+    assert ctx.counters["provider_failures:flaky"] == 1 and ctx.counters["failovers"] == 1
+    assert [t.ts for t in ticks] == list(range(10))

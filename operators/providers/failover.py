@@ -51,6 +51,7 @@ __all__ = ["FailoverRouter", "Member"]
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0  # real seconds a pump may take to unwind after cancellation
+WAIT_EPSILON_S = 1e-9  # a remaining wait below this is none (see _next)
 _END = object()
 _TIMEOUT = object()
 
@@ -172,8 +173,11 @@ class FailoverRouter:
                 stall = self.stall_timeout_s
                 if stall is not None:
                     wait = min(wait, stall - sub.waited)
-                if wait <= 0:
-                    if stall is not None and sub.waited >= stall:
+                # A wait below a nanosecond is none: the waits are sums of float differences,
+                # and a remainder of 1e-16 s would not move a virtual clock (now + wait ==
+                # now), so it would be waited for ever, at full speed.
+                if wait <= WAIT_EPSILON_S:
+                    if stall is not None and sub.waited >= stall - WAIT_EPSILON_S:
                         await self._fail(sub, f"stalled: no tick for {stall:g} s", stalled=True)
                         continue
                     return True
@@ -334,8 +338,12 @@ async def _pump(handle: ProviderHandle, symbols: list[str], queue: asyncio.Queue
     try:
         async for record in stream:
             await queue.put(record)
-    except asyncio.CancelledError:
-        raise
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():  # we are being stopped
+            raise
+        await queue.put(_Failed(exc))  # the provider's stream raised it: a failure like any
+        return
     except Exception as exc:
         await queue.put(_Failed(exc))
         return
