@@ -10,6 +10,7 @@ from the run where nothing failed, a state change not logged or not counted.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import logging
 import pickle
@@ -737,3 +738,40 @@ def test_a_stream_that_raises_cancelled_error_is_a_failure_and_fails_over():
     ticks, _, _, ctx, _ = drained
     assert ctx.counters["provider_failures:flaky"] == 1 and ctx.counters["failovers"] == 1
     assert [t.ts for t in ticks] == list(range(10))
+
+
+class Stubborn:
+    """Five ticks, then waits for ever, swallowing its cancellation."""
+
+    async def stream_trades(self, instruments):
+        for i in range(5):
+            yield Tick("A", i, 1.0, 1.0)
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass
+
+
+# Left behind, its stream is finalized unfinished when the loop closes: Python reports that.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_provider_that_swallows_its_cancellation_is_left_behind_with_a_warning(
+    monkeypatch, caplog
+):
+    monkeypatch.setattr("operators.providers.failover.CLOSE_TIMEOUT_S", 0.2)
+    ctx = Context(node="ticks")
+    src = source(ProviderRef("p", Stubborn), stall_timeout_s=None, timing=REAL_TIME, batch=5)
+    logic = src.build(ctx)
+    runner = AsyncRunner()
+    items = logic.batches()
+    try:
+        first = runner(anext(items))
+        assert [t.ts for t in first] == list(range(5))
+        with caplog.at_level(logging.WARNING):
+            runner(items.aclose())  # the stop: the router drops the subscription
+    finally:
+        runner.close()
+        del items, logic
+        gc.collect()  # the left-behind stream is finalized here, inside this test
+    assert ctx.counters["abandoned:p"] == 1
+    assert lines(caplog, "provider 'p' went on after its cancellation")

@@ -318,7 +318,17 @@ class FailoverRouter:
     async def _drop(self, sub: _Subscription) -> None:
         self._sub = None
         self.ctx.gauge(f"provider_active:{sub.member.name}", 0.0)
-        await _stop(sub.pump)
+        if not await _stop(sub.pump):
+            # Its stream went on past its cancellation (it catches CancelledError): the
+            # subscription is left behind, said so, as the engine does with such a source.
+            log.warning(
+                "%s: provider %r went on after its cancellation for %g s; left behind "
+                "(does its stream catch asyncio.CancelledError? let it propagate)",
+                self._where,
+                sub.member.name,
+                CLOSE_TIMEOUT_S,
+            )
+            self.ctx.count(f"abandoned:{sub.member.name}")
 
     async def aclose(self) -> None:
         """Stop the subscription and close every provider (errors are logged, not raised:
@@ -352,12 +362,15 @@ async def _pump(handle: ProviderHandle, symbols: list[str], queue: asyncio.Queue
     await queue.put(_END)
 
 
-async def _stop(task: asyncio.Task[None]) -> None:
+async def _stop(task: asyncio.Task[None]) -> bool:
+    """Cancel ``task`` and wait for it to end, up to ``CLOSE_TIMEOUT_S``; whether it did."""
     if not task.done():
         task.cancel()
         await asyncio.wait((task,), timeout=CLOSE_TIMEOUT_S)
-    elif not task.cancelled():
+        return task.done()
+    if not task.cancelled():
         task.exception()  # retrieved: no "never retrieved" warning
+    return True
 
 
 def _describe(error: BaseException) -> str:
