@@ -282,11 +282,10 @@ class Coordinator:
 
                 self.metrics = MetricsServer(self, self.settings.metrics_port)
                 self.metrics.start()
-        except OSError as exc:  # the machine's answer (no room, a port in use): the message
-            self._send(("failed", JobFailed(f"job {self.job_id}: could not start: {exc}")))
-            return  # (teardown follows in coordinator_main)
         except BaseException as exc:
             self._send(("failed", JobFailed(f"job {self.job_id}: could not start: {exc}")))
+            if isinstance(exc, OSError):  # the machine's answer (no room, a port in use):
+                return  # the message says it all (teardown follows in coordinator_main)
             raise
         for w in self.workers:
             loop.add_reader(w.control.fileno(), self._on_control, w)

@@ -297,8 +297,10 @@ def occupy_standard_fds() -> None:
         except OSError:
             null = os.open(os.devnull, os.O_RDWR)
             if null != fd:
-                os.dup2(null, fd)
+                os.dup2(null, fd)  # (inheritable, as dup2 makes it)
                 os.close(null)
+            else:  # os.open gave the free number itself: made not inheritable, as it does
+                os.set_inheritable(fd, True)  # the coordinator and workers start with it
 
 
 def check_shared_memory(dag: Dag, config: Settings) -> None:

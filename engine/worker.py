@@ -119,8 +119,7 @@ def worker_main(spec: WorkerSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     signal.signal(signal.SIGTERM, _on_sigterm)
     _die_with_parent()
-    if sys.stderr is not None:  # (None when the launcher's stderr was closed)
-        faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
     if not logging.getLogger().handlers:  # a spawned worker starts with none: state changes
         logging.basicConfig(  # (breakers, failovers) are logged at INFO, one line each
             level=logging.INFO,

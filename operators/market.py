@@ -127,24 +127,21 @@ class _DedupeLogic(OperatorLogic):
         if self._held > self._max_keys:
             evicted = 0
             while self._held > self._max_keys:
-                _, times = seen.popitem(last=False)
-                self._held -= len(times) if isinstance(times, list) else 1
+                self._held -= _count(seen.popitem(last=False)[1])
                 evicted += 1
             self._ctx.count("dedupe_evicted", evicted)
         return kept
 
     def _remember(self, ident: Any, prev: Any, t: Any) -> None:
         seen = self._seen
+        self._held += 1
         if prev is None:
             seen[ident] = t
-            self._held += 1
             return
         if not isinstance(prev, list):
-            prev = seen[ident] = [prev, t] if prev < t else [t, prev]
-            self._held += 1
+            seen[ident] = [prev, t] if prev < t else [t, prev]
         else:
             insort(prev, t)
-            self._held += 1
             if self._watermark is not None:  # drop what no on-time record can match
                 gone = min(bisect_left(prev, self._watermark - self._horizon), len(prev) - 1)
                 del prev[:gone]
@@ -163,8 +160,13 @@ class _DedupeLogic(OperatorLogic):
             if newest + horizon >= watermark:
                 break
             del seen[ident]
-            self._held -= len(times) if isinstance(times, list) else 1
+            self._held -= _count(times)
         return []
+
+
+def _count(times: Any) -> int:
+    """How many kept times an identity's entry holds (an int, or a list of them)."""
+    return len(times) if isinstance(times, list) else 1
 
 
 @dataclass(frozen=True)
