@@ -14,7 +14,8 @@ Lifecycle:
    driver's pipe (requests; end-of-file means the driver died);
 5. finish: report a ``JobResult`` or a ``JobFailed``; on failure, SIGTERM every worker
    (sinks abort their temporary files), SIGKILL what is left after a grace period, reap
-   every process, unlink anything not yet unlinked.
+   every process, unlink anything not yet unlinked and remove the temporaries of the files
+   the DAG declares that a SIGKILLed writer left (``engine.tempfiles``).
 
 Workers die with the coordinator (PR_SET_PDEATHSIG), so no path leaves a process behind.
 """
@@ -59,6 +60,7 @@ from engine.stats import (
     State,
     StatsBlock,
 )
+from engine.tempfiles import remove_temporaries
 from engine.worker import OutputSpec, WorkerSpec, worker_main
 
 SEGMENT_PREFIX = "ringflow-"
@@ -536,6 +538,7 @@ class Coordinator:
             self.metrics.stop()
             self.metrics = None
         self.kill_workers()
+        remove_temporaries(self.dag, self.job_id)
         self.unlink_segments()
         remove_segments(self.job_id)
         for channel in self.channels:

@@ -6,10 +6,10 @@ stop (sources end, everything drains); a second Ctrl-C kills the job (``launch``
 that SIGINT handler in the main thread unless the program has its own, and restores it at
 the end). A Ctrl-C that lands while a message to or from the coordinator is on the pipe
 takes effect once that message is whole, so the pipe never loses its framing. If this
-process dies, the coordinator sees its pipe close and tears the job down;
-if the coordinator dies, its workers die with it and this side removes any segment left
-behind. The same holds for a ``Job`` that is garbage-collected: keep a reference to it for
-as long as the job should run.
+process dies, the coordinator sees its pipe close and tears the job down; if the
+coordinator dies, its workers die with it and this side removes what the job left behind:
+its segments, and the temporaries of the files the DAG writes. The same holds for a ``Job``
+that is garbage-collected: keep a reference to it for as long as the job should run.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ from engine.plan import plan
 from engine.result import JobResult
 from engine.ring import SHM_DIR, segment_size
 from engine.stats import ROW_BYTES
+from engine.tempfiles import remove_temporaries
+
+WORKERS_GONE_S = 5.0  # how long, after the coordinator died, its workers may take to die
 
 
 class Job:
@@ -152,6 +155,9 @@ class Job:
         if self._process.sentinel in ready and self._outcome is None:
             self._process.join(5.0)
             remove_segments(self.id)
+            # Its workers die by PDEATHSIG (SIGKILL) and cannot abort their sinks.
+            _wait_gone(self.pids, WORKERS_GONE_S)
+            remove_temporaries(self.dag, self.id)
             hint = ""
             if self._process.exitcode == 1 and not self.pids:
                 hint = (
@@ -266,6 +272,22 @@ class Job:
             self.kill()
             with contextlib.suppress(RingflowError):
                 self.wait(timeout=30)
+
+
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    """Wait up to ``timeout`` s until none of ``pids`` runs (gone, or a zombie)."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
 
 
 def _abandon(conn: Connection) -> None:

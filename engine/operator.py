@@ -52,7 +52,8 @@ class Context:
     named monotonic counts the logic keeps (``late``, ``throttled``, ...); the engine reports
     them in the job result, and these in Prometheus metrics too: ``late``, ``paused_ns`` and
     ``pauses`` (a sink held back by its destination). ``gauges`` hold last values (the
-    metrics export ``queue_depth``). ``watermark`` is the current input watermark.
+    metrics export ``queue_depth``). ``watermark`` is the current input watermark. ``job``
+    is the job's id (``Job.id``; empty where no job launched it, as in ``run_inline``).
     """
 
     node: str
@@ -63,6 +64,7 @@ class Context:
     counters: dict[str, int] = field(default_factory=dict)
     gauges: dict[str, float] = field(default_factory=dict)
     side: dict[str, list[Any]] = field(default_factory=dict)
+    job: str = ""
 
     def emit_side(self, name: str, records: list[Any]) -> None:
         """Send records to the side output ``name`` (flushed by the engine after each call)."""

@@ -235,6 +235,12 @@ def _keeps_keys_together(dag: Dag, edge: Any, ours: set[str], seen: set[str]) ->
             yield from _keeps_keys_together(dag, before, ours, seen)
 
 
+def declared_writes(dag: Dag) -> list[str]:
+    """Every path the nodes of ``dag`` declare they write (``declared_files``)."""
+    declared = (_hook(n.config, "declared_files", n.parallelism) for n in dag.nodes)
+    return [path for files in declared if files for path in files.writes]
+
+
 def _check_files(dag: Dag) -> None:
     """Inputs exist; no two writers, nor a writer and a reader, share a path (see
     ``engine.operator.Files``). Reads are compared with links followed; writes by their

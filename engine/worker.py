@@ -186,7 +186,7 @@ class Worker:
         self._waiting_since = 0  # monotonic ns when its current wait began; 0: none
         self._counters_sent: tuple[dict[str, int], dict[str, float]] = ({}, {})
         node = spec.node
-        self.ctx = Context(node.name, spec.replica, node.parallelism)
+        self.ctx = Context(node.name, spec.replica, node.parallelism, job=spec.job)
         self.readers = [end.open() for end, _ in spec.inputs]
         self.decoders = [codec_for(rtype).decode for _, rtype in spec.inputs]
         self.writers: list[Writer] = []

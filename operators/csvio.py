@@ -15,9 +15,10 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from typing import IO
+
+from engine.tempfiles import temporary_path
 
 __all__ = [
     "BAR_HEADER",
@@ -39,15 +40,17 @@ CHUNK = 1 << 20  # bytes per read: large enough that per-read overhead vanishes
 class AtomicFile:
     """A text file written under a temporary name and renamed into place on ``commit()``.
 
-    The temporary lives in the target's directory (``.<name>.<pid>.<token>.tmp``) so the
-    rename is atomic; it is created with the process umask like any other file. Text is
-    UTF-8 and newlines are written as given. Use from one thread of one process.
+    The temporary lives in the target's directory (``.<name>.<owner>.<token>.tmp``, see
+    ``engine.tempfiles``) so the rename is atomic. ``owner`` is the job's id in a worker
+    (``ctx.job``: the job's teardown can then find a temporary whose writer was killed),
+    this process's pid by default. It is created with the process umask like any other
+    file. Text is UTF-8 and newlines are written as given. Use from one thread of one
+    process.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, owner: str = "") -> None:
         self.path = path
-        head, name = os.path.split(os.path.abspath(path))
-        self.temp = os.path.join(head, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        self.temp = temporary_path(path, owner or str(os.getpid()))
         self.file: IO[str] | None = open(  # noqa: SIM115 - closed by commit() or abort()
             self.temp, "x", encoding="utf-8", newline="", buffering=CHUNK
         )

@@ -155,7 +155,9 @@ class CsvTicksLogic(SourceLogic):
         n = cfg.ranges or ctx.parallelism
         bounds = split_points(os.path.getsize(cfg.path), n)
         if cfg.dead_letter is not None:
-            self.dead = AtomicFile(replica_path(cfg.dead_letter, ctx.replica, ctx.parallelism))
+            self.dead = AtomicFile(
+                replica_path(cfg.dead_letter, ctx.replica, ctx.parallelism), ctx.job
+            )
             self.dead_rows = csv.writer(self.dead, lineterminator="\n")
             self.dead_rows.writerow(DEAD_LETTER_HEADER)
         try:

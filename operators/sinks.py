@@ -93,17 +93,19 @@ class _FileSink(Sink):
                 f"sink node {ctx.node!r}: {self!r} writes one file and cannot run with "
                 f"parallelism {ctx.parallelism}; give the sink parallelism=1"
             )
-        return FileSinkLogic(self.path, self.header, self.format)
+        return FileSinkLogic(self.path, self.header, self.format, ctx.job)
 
 
 class FileSinkLogic(SinkLogic):
     """Writes formatted batches to an ``AtomicFile``; committed by ``close()``."""
 
-    def __init__(self, path: str, header: str | None, fmt: Callable[[Batch], str]) -> None:
+    def __init__(
+        self, path: str, header: str | None, fmt: Callable[[Batch], str], owner: str = ""
+    ) -> None:
         self.path = path
         self.format = fmt
         self.records = 0
-        self.file = AtomicFile(path)
+        self.file = AtomicFile(path, owner)
         if header is not None:
             self.file.write(header + "\n")
 

@@ -21,6 +21,7 @@ from engine.operator import (
     SourceLogic,
     Watermark,
 )
+from operators.sinks import JsonLinesBars
 
 
 @dataclass(frozen=True)
@@ -329,3 +330,35 @@ class _SlowToOpenLogic(SinkLogic):
 
     def close(self) -> Any:
         return self.opened_ns, self.records
+
+
+@dataclass(frozen=True)
+class StubbornFile(JsonLinesBars):
+    """A JSON-lines file sink that, after ``after`` records, hangs with SIGTERM ignored:
+    only SIGKILL ends it, so its temporary is left for the job's teardown to remove."""
+
+    after: int = 0
+
+    def build(self, ctx: Context) -> SinkLogic:
+        return _StubbornFileLogic(super().build(ctx), self.after)
+
+
+class _StubbornFileLogic(SinkLogic):
+    def __init__(self, inner: SinkLogic, after: int) -> None:
+        self.inner = inner
+        self.after = after
+        self.seen = 0
+
+    def write(self, batch: list[Any]) -> None:
+        self.inner.write(batch)
+        self.seen += len(batch)
+        if self.seen > self.after:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            while True:
+                time.sleep(1)
+
+    def close(self) -> Any:
+        return self.inner.close()
+
+    def abort(self) -> None:
+        self.inner.abort()

@@ -25,6 +25,7 @@ from jobs import (
     SlowToOpen,
     Stall,
     StartStamped,
+    StubbornFile,
 )
 
 from engine import Dag, JobFailed, RingflowError, launch, run
@@ -381,6 +382,40 @@ def test_coordinator_death_takes_the_workers_with_it():
     assert "FAILED" in out and "the coordinator was killed by signal SIGKILL" in out, err
     _assert_gone(workers, within=WAIT)
     assert not _job_segments(job_id)
+
+
+def _temporaries(folder) -> list[str]:
+    return [n for n in os.listdir(folder) if n.endswith(".tmp")]
+
+
+def test_coordinator_death_leaves_no_temporary_of_a_file_sink(tmp_path):
+    # Its workers die by PDEATHSIG (SIGKILL), so the sink cannot abort: the driver removes
+    # the temporary, once the workers are gone.
+    out = tmp_path / "out.jsonl"
+    proc, job_id, pids = _driver(
+        "try:\n            job.wait(60)\n        except Exception as e:\n"
+        "            print('FAILED', e, flush=True)",
+        sink=f"__import__('operators').JsonLinesBars({str(out)!r})",
+    )
+    [temporary] = _temporaries(tmp_path)
+    assert job_id in temporary
+    os.kill(pids[0], signal.SIGKILL)
+    stdout, err = proc.communicate(timeout=WAIT)
+    assert "the coordinator was killed by signal SIGKILL" in stdout, err
+    _assert_gone(pids, within=WAIT)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_sink_that_ignores_sigterm_is_killed_and_its_temporary_removed(tmp_path):
+    dag = Dag("stubborn")
+    dag.source("src", Numbered(0, forever=True, pause_every=1, pause=0.001)).sink(
+        "out", StubbornFile(str(tmp_path / "out.jsonl"), after=100)
+    )
+    job = launch(dag, heartbeat_timeout=0.5, stop_grace=0.5)
+    with pytest.raises(JobFailed, match=r"node 'out' replica 0 is hung"):
+        job.wait(WAIT)
+    _assert_gone([*job.pids, job.coordinator_pid])
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_worker_sent_sigterm_from_outside_is_named_so():
