@@ -17,6 +17,9 @@ Each ``write(batch)``:
 3. if the depth is at or above ``high_watermark``, *pauses*: counts one ``pauses``, then polls
    the depth every ``poll_interval`` seconds until it is at or below ``low_watermark``,
    adding the time to the ``paused_ns`` counter as it goes (the gauge follows the depth).
+   A store whose queue has not gone down for ``stall_timeout`` seconds of a pause fails
+   the job with ``StoreError``: a store that takes nothing more would otherwise hold the
+   job, a graceful stop included, for ever.
 
 ``write()`` does not return while paused, so the worker takes no input: its input channels
 fill, credits stop flowing and the upstream nodes are backpressured up to the sources. The
@@ -141,8 +144,9 @@ class StoreSink(Sink):
     store; a picklable callable (``MemoryStore(...)``, ``WriteCoordinatorFactory(...)``, a
     module-level function) or a ``"module:attribute"`` string naming one, imported in the
     worker. Watermarks are queue depths (records): ``0 <= low_watermark < high_watermark``.
-    ``poll_interval``: seconds between depth checks while paused. ``drain_timeout``: how long
-    ``close()`` lets the store drain.
+    ``poll_interval``: seconds between depth checks while paused. ``stall_timeout``: how
+    long a pause may go on with the store's queue not going down before the job fails
+    (None: for ever). ``drain_timeout``: how long ``close()`` lets the store drain.
     """
 
     coordinator: CoordinatorFactory | str
@@ -150,6 +154,7 @@ class StoreSink(Sink):
     low_watermark: int
     poll_interval: float = 0.01
     drain_timeout: float = 30.0
+    stall_timeout: float | None = 120.0
 
     def __post_init__(self) -> None:
         _check_spec(self.coordinator, "StoreSink coordinator")
@@ -166,6 +171,9 @@ class StoreSink(Sink):
             problems.append(f"poll_interval must be > 0 seconds, got {self.poll_interval!r}")
         if not self.drain_timeout > 0:
             problems.append(f"drain_timeout must be > 0 seconds, got {self.drain_timeout!r}")
+        stall = self.stall_timeout
+        if stall is not None and not (isinstance(stall, (int, float)) and stall > 0):
+            problems.append(f"stall_timeout must be > 0 seconds or None, got {stall!r}")
         if problems:
             raise DagError(f"invalid StoreSink config: {'; '.join(problems)}")
 
@@ -216,6 +224,8 @@ class StoreSinkLogic(SinkLogic):
         clock = ctx.clock
         ctx.count("pauses")
         last = clock()
+        lowest, since = depth, last  # the queue's progress: its lowest depth, and when
+        stall_ns = None if cfg.stall_timeout is None else cfg.stall_timeout * 1e9
         while depth > cfg.low_watermark:
             await asyncio.sleep(cfg.poll_interval)
             depth, alive = await store.call(self._probe())
@@ -228,6 +238,16 @@ class StoreSinkLogic(SinkLogic):
                     f"sink {ctx.node!r} replica {ctx.replica}: the store has no live workers "
                     f"and {depth} record(s) queued, so it will not drain; its health: "
                     f"{self._health_text()}"
+                )
+            if depth < lowest:
+                lowest, since = depth, now
+            elif stall_ns is not None and now - since >= stall_ns:
+                raise StoreError(
+                    f"sink {ctx.node!r} replica {ctx.replica}: the store's queue has not gone "
+                    f"down from {lowest} record(s) in {cfg.stall_timeout} s of a pause (it "
+                    f"resumes at {cfg.low_watermark}), so the store takes nothing more; its "
+                    f"health: {self._health_text()}; raise StoreSink(stall_timeout=...), or "
+                    "give None to wait for ever"
                 )
 
     def _report(self, depth: int) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from jobs import Numbered
 
-from engine import Context, Dag, DagError, launch
+from engine import Context, Dag, DagError, JobFailed, launch
 from operators.memstore import MemoryStore, RateLimitedStore, StoreReport
 from operators.store import (
     StoreError,
@@ -77,6 +77,8 @@ def not_a_store(ctx: Context) -> list[Any]:
         ({"high_watermark": 10, "low_watermark": 10}, "0 <= low_watermark < high_watermark"),
         ({"high_watermark": 10, "low_watermark": -1}, "0 <= low_watermark < high_watermark"),
         ({"high_watermark": 10, "low_watermark": 1, "poll_interval": 0}, "poll_interval"),
+        ({"high_watermark": 10, "low_watermark": 1, "stall_timeout": 0}, "stall_timeout"),
+        ({"high_watermark": 10, "low_watermark": 1, "stall_timeout": "1"}, "stall_timeout"),
     ],
 )
 def test_bad_watermarks_are_refused_with_the_rule(kwargs, message):
@@ -237,6 +239,66 @@ def test_a_store_whose_workers_died_fails_the_sink_instead_of_pausing_forever(tm
         asyncio.run(scenario())
     logic.abort()
     assert not store_threads()
+
+
+class SecondPerCall:
+    """A clock that moves one second each time it is read (the pause reads it per poll)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        self.now += 1_000_000_000
+        return self.now
+
+
+def test_a_store_that_takes_nothing_more_fails_the_sink_after_the_stall_timeout():
+    sink = StoreSink(MemoryStore(capacity=20, rate=0), 5, 1, poll_interval=0.001, stall_timeout=5)
+    logic, ctx = logic_for(sink)
+    ctx.clock = clock = SecondPerCall()
+    with pytest.raises(StoreError, match=r"has not gone down from 6 record\(s\) in 5 s"):
+        asyncio.run(logic.write(list(range(6))))
+    assert 5 <= clock.now / 1e9 <= 7  # it gave up at the timeout, not before or long after
+    assert ctx.counters["pauses"] == 1
+    logic.abort()
+    assert not store_threads()
+
+
+def test_a_store_that_drains_slowly_resets_the_stall_timeout_each_time_it_takes_one():
+    # One record every 2 s of the clock, against a 3 s stall timeout: the pause lasts
+    # longer than the timeout in all, and still ends well.
+    sink = StoreSink(MemoryStore(capacity=20, rate=0), 5, 1, poll_interval=0.001, stall_timeout=3)
+    logic, ctx = logic_for(sink)
+    ctx.clock = clock = SecondPerCall()
+
+    async def release_one_every_two_seconds() -> None:
+        await until(lambda: ctx.counters.get("pauses") == 1, "the pause")
+        for _ in range(5):
+            due = clock.now + 2_000_000_000
+            await until(lambda due=due: clock.now >= due, "two seconds of the clock")
+            store_of(logic).release(1)
+
+    async def scenario() -> StoreResult:
+        await asyncio.gather(logic.write(list(range(6))), release_one_every_two_seconds())
+        store_of(logic).set_rate(None)
+        return await logic.close()
+
+    result = asyncio.run(scenario())
+    assert result.paused_s >= 8  # over twice the stall timeout, paused throughout
+    assert result.store.records == list(range(6))
+
+
+def test_a_graceful_stop_behind_a_store_that_takes_nothing_fails_instead_of_hanging():
+    dag = Dag("stalled_store")
+    store = StoreSink(MemoryStore(capacity=200, rate=0), 100, 20, stall_timeout=1.0)
+    dag.source("src", Numbered(0, forever=True, batch=50)).sink("store", store)
+    job = launch(dag, linger=0.0, heartbeat_timeout=WAIT)
+    deadline = time.monotonic() + WAIT
+    while not any(r["node"] == "store" and r["pauses"] for r in job.status()):
+        assert time.monotonic() < deadline, "the sink never paused"
+    job.stop()
+    with pytest.raises(JobFailed, match=r"node 'store'.*has not gone down from"):
+        job.wait(WAIT)
 
 
 def test_a_store_that_died_on_its_last_batch_fails_close_rather_than_succeed(tmp_path):
