@@ -14,6 +14,7 @@ from engine.errors import (
     JobFailed,
     RecordError,
     RingflowError,
+    SettingsError,
     StoreError,
 )
 from engine.job import Job, launch, run
@@ -52,6 +53,7 @@ __all__ = [
     "PipelineRuntime",
     "RecordError",
     "RingflowError",
+    "SettingsError",
     "Sink",
     "SinkLogic",
     "Source",

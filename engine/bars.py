@@ -7,7 +7,8 @@
 
 The DAG: a tick source (a CSV file, or the synthetic generator) -> key-hash on symbol ->
 ``WindowAggregate(Tumbling(window), OHLCV())`` with N replicas -> a bar file sink; late
-ticks go to their own file (by default ``<output>.late.csv``), so none is lost. Bars of one
+ticks go to their own file (by default the output's name with ``.late.csv`` for its
+extension: ``bars.csv`` -> ``bars.late.csv``), so none is lost. Bars of one
 aggregation replica come in (window_end, symbol) order; replicas interleave in the file.
 """
 
@@ -45,13 +46,13 @@ def bars_dag(
     dead_letter: str | None = None,
 ) -> Dag:
     """Build the bars DAG (see the module docstring). Exactly one of input / generate."""
-    from operators import OHLCV, Tumbling, WindowAggregate, parse_duration
+    from operators import OHLCV, Tumbling, WindowAggregate
     from operators.sinks import CsvBars, CsvTicksSink, JsonLinesBars
     from operators.sources import CsvTicks, Generator
 
     if (input is None) == (generate is None):
         raise DagError("bars: give an input CSV file or --generate COUNT (exactly one)")
-    lateness_ns = _ns(lateness, parse_duration)
+    lateness_ns = _ns(lateness, "--lateness")
     for what, path in (
         ("--output", output),
         ("--late-output", late_output),
@@ -68,7 +69,7 @@ def bars_dag(
     else:
         if dead_letter is not None:
             raise DagError("bars: --dead-letter applies to CSV input, not --generate")
-        disorder_ns = _ns(disorder, parse_duration)
+        disorder_ns = _ns(disorder, "--disorder")
         source = Generator(
             symbols=symbols,
             count=generate,
@@ -78,7 +79,7 @@ def bars_dag(
         )
     ticks = dag.source("ticks", source, parallelism=readers)
     bars = ticks.key_by("symbol").apply(
-        "bars", WindowAggregate(Tumbling(_ns(window, parse_duration)), OHLCV()), replicas
+        "bars", WindowAggregate(Tumbling(_ns(window, "--window")), OHLCV()), replicas
     )
     sink = JsonLinesBars(output) if output.endswith((".jsonl", ".ndjson")) else CsvBars(output)
     bars.sink("output", sink)
@@ -86,9 +87,16 @@ def bars_dag(
     return dag
 
 
-def _ns(value: str | int, parse: Any) -> int:
-    ns: int = value if isinstance(value, int) else parse(value)
-    return ns
+def _ns(value: str | int, flag: str) -> int:
+    """A duration given to ``flag``: an int of nanoseconds (from Python) or a string."""
+    from operators import parse_duration
+
+    if isinstance(value, int):
+        return value
+    try:
+        return parse_duration(value)
+    except DagError as exc:
+        raise DagError(f"bars: {flag}: {exc}") from None
 
 
 def summary(result: Any) -> str:
@@ -179,7 +187,7 @@ def add_bars_command(sub: Any) -> None:
         help="source replicas; for a CSV each reads its own byte range, so "
         "watermarks follow each range (docs/ARCHITECTURE.md)",
     )
-    bars.add_argument("--late-output", help="late ticks, CSV (default <output>.late.csv)")
+    bars.add_argument("--late-output", help="late ticks, CSV (default: OUTPUT's stem + .late.csv)")
     bars.add_argument(
         "--dead-letter",
         help="bad input rows go here and the job goes on; with --readers N, one file per "

@@ -1,7 +1,7 @@
 """The command line: ``python -m engine run module:attribute`` and ``python -m engine bars``.
 
 Exit status: 0 when the job finished (or was stopped gracefully), 1 when it failed, 2 for a
-bad command line or a bad DAG, 130 when interrupted twice.
+bad command line, bad settings or a bad DAG, 130 when interrupted twice.
 """
 
 from __future__ import annotations
@@ -12,16 +12,21 @@ import inspect
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from engine.batch import DEFAULT_LINGER_S
 from engine.dag import Dag
-from engine.errors import DagError, JobFailed, RecordError, RingflowError
+from engine.errors import DagError, JobFailed, RecordError, RingflowError, SettingsError
 from engine.job import Job, launch
 from engine.refs import import_ref
 from engine.result import JobResult
 
 PROGRESS_EVERY_S = 1.0
+# GNU timeout sends its SIGTERM to the command, then to the command's process group: the
+# driver gets two, a moment apart. One request: a second SIGTERM within this many seconds
+# of the first does not turn the graceful stop into a kill.
+SAME_SIGTERM_S = 1.0
 _SELF_EXPLAINING = {cls.__name__ for cls in (DagError, RecordError)}
 
 
@@ -83,14 +88,29 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _sigterm_as_ctrl_c(job: Job) -> Callable[[int, Any], None]:
+    """SIGTERM to the Job's own Ctrl-C handler (also where SIGINT is ignored: a job started
+    with `&`), save one that repeats another within ``SAME_SIGTERM_S``."""
+    last = -SAME_SIGTERM_S
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= SAME_SIGTERM_S:
+            last = now
+            job._on_sigint(signum, frame)
+
+    return on_sigterm
+
+
 def execute(dag: Dag, settings: dict[str, Any], *, quiet: bool = False) -> JobResult:
     """Launch and supervise ``dag``. SIGTERM means what Ctrl-C means: once the job runs, the
-    job's own handler takes both (a graceful stop; twice, a kill), and acts between the
-    messages of its pipe, never in the middle of one."""
+    job's own handler takes both (a graceful stop; twice, a kill; two SIGTERMs within
+    ``SAME_SIGTERM_S`` are one), and acts between the messages of its pipe, never in the
+    middle of one."""
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # while launching
     job = launch(dag, **settings)
-    # (the Job's own Ctrl-C handler, also where SIGINT is ignored: a job started with `&`)
-    signal.signal(signal.SIGTERM, job._on_sigint)
+    signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c(job))
     try:
         return supervise(job, quiet=quiet)
     finally:
@@ -156,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
         return code
-    except (DagError, RecordError) as exc:
+    except (DagError, RecordError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except JobFailed as exc:

@@ -27,6 +27,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ import uvloop
 from engine.batch import DEFAULT_LINGER_S
 from engine.channel import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, Channel, geometry_problems
 from engine.dag import SOURCE, Dag
-from engine.errors import JobFailed, RingflowError
+from engine.errors import JobFailed, SettingsError
 from engine.plan import plan
 from engine.result import JobResult, NodeReport
 from engine.stats import (
@@ -89,7 +90,7 @@ class Settings:
     metrics_port: int | None = None
 
     def check(self) -> None:
-        """Raise ``RingflowError`` naming every bad setting."""
+        """Raise ``SettingsError`` naming every bad setting."""
         problems = geometry_problems(self.slots, self.slot_size)
         if self.linger < 0:
             problems.append(f"linger must be >= 0 seconds, got {self.linger}")
@@ -100,7 +101,17 @@ class Settings:
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0 seconds, got {getattr(self, name)}")
         if problems:
-            raise RingflowError("bad engine settings: " + "; ".join(problems))
+            raise SettingsError("bad engine settings: " + "; ".join(problems))
+
+    @classmethod
+    def checked(cls, **settings: Any) -> Settings:
+        """``Settings(**settings)``, checked; ``SettingsError`` naming what is wrong."""
+        try:
+            made = cls(**settings)
+        except TypeError as exc:
+            raise SettingsError(f"unknown engine setting: {exc}") from None
+        made.check()
+        return made
 
 
 @dataclass
@@ -118,6 +129,7 @@ class WorkerHandle:
     counters: dict[str, int] = field(default_factory=dict)  # the logic's, as last reported
     gauges: dict[str, float] = field(default_factory=dict)
     report: dict[str, Any] | None = None
+    busy_ns: int = 0  # the highest busy time reported yet
 
 
 def segment_prefix(job_id: str) -> str:
@@ -205,6 +217,7 @@ class Coordinator:
         self.outcome: asyncio.Future[Any] | None = None
         self.started = time.perf_counter()
         self.stopping = False
+        self._busy_lock = threading.Lock()
         self.metrics: Any = None
 
     # -- setup ----------------------------------------------------------------------------
@@ -454,7 +467,7 @@ class Coordinator:
                     "bytes_out": get(w.index, BYTES_OUT),
                     "idle_s": get(w.index, IDLE_NS) / 1e9,
                     "backpressured_s": get(w.index, BACKPRESSURED_NS) / 1e9,
-                    "busy_s": self._busy_ns(w.index, now) / 1e9,
+                    "busy_s": self._busy_ns(w, now) / 1e9,
                     "logic_s": get(w.index, LOGIC_NS) / 1e9,
                     "watermark": get(w.index, WATERMARK),
                     "late": get(w.index, LATE),
@@ -468,14 +481,20 @@ class Coordinator:
             )
         return rows
 
-    def _busy_ns(self, index: int, now: int) -> int:
+    def _busy_ns(self, w: WorkerHandle, now: int) -> int:
+        """Run time neither idle nor backpressured. A worker publishes idle and
+        backpressured time in steps (up to 0.25 s, after a wait), so the difference saws
+        back by as much: the highest value yet is reported, and never goes down."""
         assert self.stats is not None
-        get = self.stats.get
+        get, index = self.stats.get, w.index
         started = get(index, STARTED)
         if not started:
             return 0
         end = get(index, FINISHED) or now
-        return max(0, end - started - get(index, IDLE_NS) - get(index, BACKPRESSURED_NS))
+        busy = end - started - get(index, IDLE_NS) - get(index, BACKPRESSURED_NS)
+        with self._busy_lock:  # status() is called on the loop and by metrics scrapes
+            w.busy_ns = max(w.busy_ns, busy)
+            return w.busy_ns
 
     def _result(self) -> JobResult:
         nodes = {n.name: NodeReport() for n in self.dag.nodes}

@@ -27,6 +27,10 @@ class DagError(RingflowError):
     """A DAG is malformed; raised by validation before any process starts."""
 
 
+class SettingsError(RingflowError):
+    """Engine settings are unknown or out of range; raised before any process starts."""
+
+
 class RecordError(RingflowError):
     """A record could not be parsed or encoded; the message names where it came from."""
 

@@ -22,7 +22,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
 from multiprocessing.util import Finalize
 from typing import Any
@@ -87,7 +88,7 @@ class Job:
             threading.current_thread() is threading.main_thread()
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler
         ):
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous_sigint = signal.signal(signal.SIGINT, _weak_handler(self))
 
     def _restore_sigint(self) -> None:
         if self._previous_sigint is not None:
@@ -274,6 +275,22 @@ class Job:
                 self.wait(timeout=30)
 
 
+def _weak_handler(job: Job) -> Callable[[int, Any], None]:
+    """``job._on_sigint`` without keeping ``job`` alive: a Job dropped without ``wait`` is
+    collected and tears its job down. Once it is gone, Ctrl-C raises KeyboardInterrupt
+    again, as it did before the launch (and the handler puts the default one back)."""
+    ref = weakref.ref(job)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        live = ref()
+        if live is None:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        live._on_sigint(signum, frame)
+
+    return on_sigint
+
+
 def _wait_gone(pids: list[int], timeout: float) -> None:
     """Wait up to ``timeout`` s until none of ``pids`` runs (gone, or a zombie)."""
     deadline = time.monotonic() + timeout
@@ -298,11 +315,7 @@ def _abandon(conn: Connection) -> None:
 def launch(dag: Dag, **settings: Any) -> Job:
     """Validate ``dag`` and start it; settings are the fields of ``Settings``."""
     dag.validate()
-    try:
-        config = Settings(**settings)
-    except TypeError as exc:
-        raise RingflowError(f"unknown engine setting: {exc}") from None
-    config.check()
+    config = Settings.checked(**settings)
     check_shared_memory(dag, config)
     occupy_standard_fds()
     return Job(dag, config)

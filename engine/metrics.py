@@ -37,7 +37,6 @@ class JobCollector(Collector):
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
         self._last: dict[tuple[str, int], tuple[float, float]] = {}  # (t, backpressured_s)
-        self._busy: dict[tuple[str, int], float] = {}  # highest busy_s exported so far
         self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Any]:
@@ -122,7 +121,7 @@ class JobCollector(Collector):
             records_in.add_metric(labels, row["records_in"])
             records_out.add_metric(labels, row["records_out"])
             bytes_out.add_metric(labels, row["bytes_out"])
-            busy.add_metric(labels, self._busy_total((row["node"], row["replica"]), row["busy_s"]))
+            busy.add_metric(labels, row["busy_s"])  # (never goes down: Coordinator.status)
             idle.add_metric(labels, row["idle_s"])
             bp.add_metric(labels, row["backpressured_s"])
             late.add_metric(labels, row["late"])
@@ -165,14 +164,6 @@ class JobCollector(Collector):
                 gauges.add_metric([*labels, name], value)
         yield counters
         yield gauges
-
-    def _busy_total(self, key: tuple[str, int], busy: float) -> float:
-        """``busy_s`` is derived (now - started - idle - backpressured), and a worker publishes
-        idle and backpressured time in steps of up to 0.25 s, so it saws back by as much;
-        a counter must not go down, so export the highest value seen."""
-        with self._lock:
-            busy = self._busy[key] = max(self._busy.get(key, 0.0), busy)
-        return busy
 
     def _ratio(self, key: tuple[str, int], backpressured: float) -> float:
         now = time.monotonic()

@@ -6,6 +6,8 @@ replica, to get the live *logic* that holds state. Logic is called a batch at a 
 
 * ``SourceLogic.batches()`` yields lists of records (or ``engine.columns.Columns``), and
   ``Watermark`` marks between them; it may be a generator or an async generator (run on uvloop).
+  Once the stream is over, ``close()`` runs (its end, or a graceful stop), or ``abort()``
+  (the job failed).
 * ``OperatorLogic.process(batch)`` returns the records for the main output; it is told of
   watermarks (``on_watermark``) and of the end of input (``on_eof``), and may return records
   from both. Records for named side outputs (late data, router branches) go through
@@ -50,10 +52,12 @@ class Context:
 
     ``clock`` returns processing time in ns (inject a fake one in tests). ``counters`` are
     named monotonic counts the logic keeps (``late``, ``throttled``, ...); the engine reports
-    them in the job result, and these in Prometheus metrics too: ``late``, ``paused_ns`` and
-    ``pauses`` (a sink held back by its destination). ``gauges`` hold last values (the
-    metrics export ``queue_depth``). ``watermark`` is the current input watermark. ``job``
-    is the job's id (``Job.id``; empty where no job launched it, as in ``run_inline``).
+    them in ``job.status()``, the job result and Prometheus
+    (``ringflow_logic_counter_total{counter=...}``), and ``late``, ``paused_ns`` and
+    ``pauses`` (a sink held back by its destination) as metrics of their own too.
+    ``gauges`` hold last values (the metrics export ``queue_depth``). ``watermark`` is the
+    current input watermark. ``job`` is the job's id (``Job.id``; empty where no job
+    launched it, as in ``run_inline``).
     """
 
     node: str
@@ -99,6 +103,14 @@ class SourceLogic:
         partial batches wait past their linger and a stop cannot interrupt the wait.
         While an async source awaits, its worker flushes, heartbeats and stops."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Called once the stream has ended well: run to its end, or cut short by a graceful
+        stop (what it yielded until then is the job's input). Commit what the source wrote
+        on the side (a dead-letter file). Optional, as ``abort`` is."""
+
+    def abort(self) -> None:
+        """Called instead of ``close`` when the job fails: discard what it would commit."""
 
 
 class OperatorLogic:
@@ -172,11 +184,14 @@ ANY_KEY = StateKey("ANY_KEY")  # state per whole record: any key_by keeps equal 
 
 class Operator:
     """Config of an operator. ``side_outputs`` names what it may pass to ``emit_side``;
-    ``side_types`` gives their record types where known."""
+    ``side_types`` gives their record types where known. ``passes_input``: it emits its
+    input records themselves, on every output (Filter, Dedupe, Throttle, Router), so an
+    output whose type it leaves None has its inputs' type, where they all have one."""
 
     output_type: Any = None
     side_outputs: tuple[str, ...] = ()
     side_types: dict[str, Any] = {}
+    passes_input = False
 
     def build(self, ctx: Context) -> OperatorLogic:
         raise NotImplementedError

@@ -50,17 +50,26 @@ class Plan:
         return result
 
 
-def record_type(node: Node, output: str) -> Any:
+def record_type(dag: Dag, node: Node, output: str) -> Any:
+    """The record type of ``node``'s ``output`` (None: not known; records go pickled).
+    An operator that passes its input on (``Operator.passes_input``) and names no type has
+    its inputs' type, when every input edge has the same one."""
+    config = node.config
     if output == MAIN:
-        return getattr(node.config, "output_type", None)
-    return getattr(node.config, "side_types", {}).get(output)
+        declared = getattr(config, "output_type", None)
+    else:
+        declared = getattr(config, "side_types", {}).get(output)
+    if declared is not None or not getattr(type(config), "passes_input", False):
+        return declared
+    inputs = {record_type(dag, dag.node(e.upstream), e.output) for e in dag.inputs(node.name)}
+    return inputs.pop() if len(inputs) == 1 else None
 
 
 def plan(dag: Dag) -> Plan:
     links: list[Link] = []
     for i, edge in enumerate(dag.edges):
         up, down = dag.node(edge.upstream), dag.node(edge.downstream)
-        rtype = record_type(up, edge.output)
+        rtype = record_type(dag, up, edge.output)
         if dag.partitioner(edge).all_to_all:
             pairs = [(a, b) for a in range(up.parallelism) for b in range(down.parallelism)]
         else:

@@ -9,7 +9,8 @@ from typing import Any
 @dataclass
 class NodeReport:
     """Totals over a node's replicas. ``counters`` are the logic's own (``late``, ...);
-    ``unrouted`` counts side-output records no edge consumed, by side output. ``timing``
+    ``unrouted`` counts side-output records no edge consumed, by side output (also the
+    counters ``unrouted:<output>``, which status and metrics show while the job runs). ``timing``
     sums seconds over replicas: ``cpu_s`` (process CPU time after startup), ``busy_s``
     (wall time neither idle nor backpressured), ``logic_s`` (CPU time
     inside the node's own logic; cpu minus logic is the engine's cost), ``idle_s``,
@@ -65,7 +66,8 @@ class JobResult:
             f"job {self.job!r} {'stopped' if self.stopped else 'finished'} in {self.seconds:.2f} s"
         ]
         for name, node in self.nodes.items():
-            extra = "".join(f", {k}={v}" for k, v in sorted(node.counters.items()))
+            shown = sorted((k, v) for k, v in node.counters.items() if k[:9] != "unrouted:")
+            extra = "".join(f", {k}={v}" for k, v in shown)
             lines.append(f"  {name}: in={node.records_in} out={node.records_out}{extra}")
             for side, n in sorted(node.unrouted.items()):
                 lines.append(

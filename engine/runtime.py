@@ -85,10 +85,7 @@ class PipelineRuntime:
     """
 
     def __init__(self, *, inline: bool = False, **settings: Any) -> None:
-        try:
-            Settings(**settings)
-        except TypeError as exc:
-            raise RingflowError(f"unknown engine setting: {exc}") from None
+        Settings.checked(**settings)
         self.inline = inline
         self.settings = dict(settings)
 

@@ -51,6 +51,9 @@ class Output:
             senders[replica].extend(group)
 
 
+UNROUTED = "unrouted:"  # the counter of a side output's records that no edge consumed
+
+
 class Emitter:
     """Routes a replica's results to the edges of each of its outputs."""
 
@@ -63,7 +66,13 @@ class Emitter:
             s for outs in outputs.values() for out in outs for s in out.senders.values()
         ]
         self.records_out = 0
-        self.unrouted: dict[str, int] = {}
+
+    @property
+    def unrouted(self) -> dict[str, int]:
+        """Side-output records no edge consumed, by side output. They are counted as the
+        logic counter ``unrouted:<output>``, so status and metrics show them as they go."""
+        counters = self.ctx.counters
+        return {k[len(UNROUTED) :]: n for k, n in counters.items() if k.startswith(UNROUTED)}
 
     def emit(self, records: list[Any] | Columns) -> None:
         if records:
@@ -74,7 +83,7 @@ class Emitter:
             for name, side in self.ctx.take_side().items():
                 outs = self.outputs.get(name)
                 if not outs:
-                    self.unrouted[name] = self.unrouted.get(name, 0) + len(side)
+                    self.ctx.count(UNROUTED + name, len(side))
                     continue
                 self.records_out += len(side)
                 for out in outs:
@@ -198,6 +207,8 @@ class SourceTask:
         self.records_in = 0
         self.logic_ns = 0
         self.finished = False
+        self.logic = logic
+        self._ended = False  # logic.close() or logic.abort() has run
         self._items: Any = logic.batches()
         self._is_async = hasattr(self._items, "__anext__")
         if self._is_async and run_async is None:
@@ -292,13 +303,29 @@ class SourceTask:
         self.finish()
 
     def finish(self) -> None:
-        """End the stream now (normally, or on a graceful stop): EOF on every output."""
+        """End the stream now (normally, or on a graceful stop): EOF on every output, then
+        the logic's ``close()``."""
         if self.finished:
             return
         self.finished = True
         self.emitter.emit([])
         self.emitter.eof()
         self.close()
+        self._end("close")
+
+    def abort(self) -> None:
+        """After a failure: close the stream, then the logic's ``abort()``."""
+        try:
+            self.close()
+        finally:
+            self._end("abort")
+
+    def _end(self, how: str) -> None:
+        if not self._ended:
+            self._ended = True
+            method = getattr(self.logic, how, None)
+            if method is not None:
+                method()
 
     def close(self) -> None:
         items, self._items = self._items, None

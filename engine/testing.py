@@ -82,10 +82,7 @@ def run_inline(dag: Dag, *, clock: Any = None) -> JobResult:
             sources = [s for s in sources if s.step()]
     except BaseException:
         for task in tasks.values():
-            if isinstance(task, Task):
-                task.abort()
-            else:
-                task.close()
+            task.abort()
         raise
     finally:
         runner.close()

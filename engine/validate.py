@@ -122,7 +122,7 @@ def validate(dag: Dag) -> None:
         up, down = dag.node(edge.upstream), dag.node(edge.downstream)
         if isinstance(part, KeyHash) and not part.key:
             raise DagError(f"{where}: key_by needs a key, e.g. key_by('symbol')")
-        _check_fields(where, record_type(up, edge.output), part, down)
+        _check_fields(where, record_type(dag, up, edge.output), part, down)
         _check_state_key(dag, edge, down)
         if not part.all_to_all and up.parallelism != down.parallelism:
             raise DagError(

@@ -425,6 +425,9 @@ class Worker:
                 elif kind == Kind.WATERMARK:
                     task.on_watermark(index, decode_watermark(payload))
                 elif kind == Kind.EOF:
+                    # Counts published first: the last input's EOF runs on_eof or a sink's
+                    # close(), which may take long (a commit), and status would lag meanwhile.
+                    self._update_stats()
                     task.on_eof(index)
                 now = time.monotonic()
                 self._flush_due(now)
@@ -446,7 +449,7 @@ class Worker:
         """After a failure: let a sink discard partial output; close what is open. Errors
         here are secondary to the one being reported, so they are not raised."""
         self._aborting = True
-        steps = [self.task.abort if isinstance(self.task, Task) else self.task.close]
+        steps = [self.task.abort]
         steps += [w.close for w in self.writers] + [r.close for r in self.readers]
         for step in steps:
             try:

@@ -6,7 +6,8 @@ module-level ``def`` (or a builtin, or an instance of a module-level class), not
 closure or a nested function. ``Dag.validate()`` refuses one that does not pickle.
 
 ``output_type`` declares the msgspec Struct the operator emits, so the edge after it uses the
-typed codec; leave it None when unknown (the edge falls back to pickle).
+typed codec; leave it None when unknown (the edge falls back to pickle). ``Filter`` emits
+its input records, so its output has its input's type unless it names one.
 """
 
 from __future__ import annotations
@@ -60,10 +61,12 @@ class Map(Operator):
 
 @dataclass(frozen=True, repr=False)
 class Filter(Operator):
-    """Keep the records for which ``fn(record)`` is true; ``output_type`` is the input's."""
+    """Keep the records for which ``fn(record)`` is true. Its output has the input's record
+    type (``passes_input``); ``output_type`` names one where the input edges have none."""
 
     fn: Callable[[Any], Any]
     output_type: Any = None
+    passes_input = True
 
     def __post_init__(self) -> None:
         check_function(self.fn, "Filter fn")

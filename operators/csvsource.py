@@ -10,9 +10,10 @@ Bad rows: by default the job stops with ``RecordError("path:line: reason ...")``
 being the physical line number (the header is line 1). With ``dead_letter=path`` each bad
 row is written to that CSV (``line,raw,reason``; ``raw`` is the line without its line end,
 bytes that are not UTF-8 shown as ``\\xNN``) and the job goes on. The file is written to a
-temporary and renamed into place when the replica reaches the end of its input; if the
-source is closed before that (the job failed or stopped), the temporary is removed and an
-older file at that path is left alone. With several replicas each writes
+temporary and renamed into place when the replica's stream ends well: at the end of its
+input, or at a graceful stop (then it holds the bad rows read until the stop, as
+``bad_rows`` counts them). If the job fails, the temporary is removed and an older file at
+that path is left alone. With several replicas each writes
 ``<name>.<replica>.<ext>``. Bad rows are counted as ``bad_rows``.
 
 Byte ranges: the file is cut into ``ranges`` byte ranges (default: one per replica) and
@@ -160,16 +161,20 @@ class CsvTicksLogic(SourceLogic):
             )
             self.dead_rows = csv.writer(self.dead, lineterminator="\n")
             self.dead_rows.writerow(DEAD_LETTER_HEADER)
-        try:
-            with open(cfg.path, "rb") as f:
-                for k in range(ctx.replica, n, ctx.parallelism):
-                    yield from self._range(f, bounds[k], bounds[k + 1])
-            yield from self._emit(final=True)
-            if self.dead is not None:
-                self.dead.commit()
-        finally:
-            if self.dead is not None:
-                self.dead.abort()  # no-op after commit
+        with open(cfg.path, "rb") as f:
+            for k in range(ctx.replica, n, ctx.parallelism):
+                yield from self._range(f, bounds[k], bounds[k + 1])
+        yield from self._emit(final=True)
+
+    def close(self) -> None:
+        """The stream ended well (read to its end, or stopped gracefully): the bad rows
+        found so far are the dead letter."""
+        if self.dead is not None:
+            self.dead.commit()
+
+    def abort(self) -> None:
+        if self.dead is not None:
+            self.dead.abort()
 
     def _emit(self, final: bool) -> Iterator[Columns | Watermark]:
         """Yield the buffered ticks in batches (the remainder too when ``final``)."""

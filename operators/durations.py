@@ -39,7 +39,7 @@ def parse_duration(text: str) -> int:
     if match is None:
         raise DagError(
             f"cannot read {text!r} as a duration: write a number and a unit, such as '500ms', "
-            f"'1s', '5m' or '250us' (units: {_UNITS}), or pass an int of nanoseconds"
+            f"'1s', '5m' or '250us' (units: {_UNITS})"
         )
     number, unit = match.groups()
     try:
@@ -65,5 +65,5 @@ def to_ns(value: int | str, what: str = "duration") -> int:
         try:
             return parse_duration(value)
         except DagError as exc:
-            raise DagError(f"{what}: {exc}") from None
+            raise DagError(f"{what}: {exc}; or pass an int of nanoseconds") from None
     return value

@@ -58,6 +58,7 @@ class Dedupe(Operator):
     time: str = "ts"
     max_keys: int = 1_000_000
     output_type: Any = None
+    passes_input = True  # outputs have the input's record type unless output_type names one
 
     def __post_init__(self) -> None:
         if self.key is not None:
@@ -188,6 +189,7 @@ class Throttle(Operator):
     interval_ns: int | str
     side_output: str = "throttled"
     output_type: Any = None
+    passes_input = True  # outputs have the input's record type unless output_type names one
 
     def __post_init__(self) -> None:
         if self.key is not None:
@@ -253,12 +255,13 @@ class Router(Operator):
     ``routes`` maps side-output names to predicates (module-level functions of a record),
     tried in order. A record no predicate accepts goes to the main output, or to the side
     output ``default`` when one is named (which may be one of the routes). Every record goes
-    to exactly one output. ``output_type`` is the record type, on every output.
+    to exactly one output. Every output has the input's record type, or ``output_type``.
     """
 
     routes: Mapping[str, Callable[[Any], Any]]
     default: str | None = None
     output_type: Any = None
+    passes_input = True  # outputs have the input's record type unless output_type names one
 
     def __post_init__(self) -> None:
         if not isinstance(self.routes, Mapping) or not self.routes:

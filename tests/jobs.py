@@ -362,3 +362,34 @@ class _StubbornFileLogic(SinkLogic):
 
     def abort(self) -> None:
         self.inner.abort()
+
+
+def odd_seq(record: Any) -> bool:
+    """A Router predicate for Numbered records."""
+    return bool(record[1] % 2)
+
+
+@dataclass(frozen=True)
+class HeldClose(Sink):
+    """Counts what it receives; its ``close()`` waits until the file ``release`` exists
+    (at most a minute), as a slow commit would."""
+
+    release: str
+
+    def build(self, ctx: Context) -> SinkLogic:
+        return _HeldCloseLogic(self.release)
+
+
+class _HeldCloseLogic(SinkLogic):
+    def __init__(self, release: str) -> None:
+        self.release = release
+        self.n = 0
+
+    def write(self, batch: list[Any]) -> None:
+        self.n += len(batch)
+
+    def close(self) -> Any:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.release) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.n

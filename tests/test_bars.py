@@ -179,6 +179,19 @@ def test_bad_command_line_is_refused_before_starting(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--linger", "-1", "linger must be >= 0"), ("--metrics-port", "70000", "metrics_port")],
+)
+def test_bad_settings_on_the_command_line_are_a_bad_command_line(
+    tmp_path, capsys, flag, value, message
+):
+    argv = ["bars", "--generate", "10", "--output", str(tmp_path / "o.csv"), flag, value]
+    assert main([*argv, "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()
+
+
+@pytest.mark.parametrize(
     "flag", ["--late-output", "--dead-letter", "--output"], ids=["late", "dead", "input"]
 )
 def test_an_output_path_shared_with_another_or_the_input_is_refused(tmp_path, capsys, flag):

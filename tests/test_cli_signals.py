@@ -129,6 +129,24 @@ def test_sigterm_to_the_whole_group_stops_the_job_gracefully(tmp_path: Path) -> 
     assert not _segments(proc.pid)
 
 
+def test_sigterm_twice_at_once_as_timeout_sends_it_is_one_graceful_stop(tmp_path: Path) -> None:
+    # GNU timeout signals the command, then the command's group: two SIGTERMs, a moment
+    # apart. Taken as Ctrl-C twice, they killed the job (exit 130, no output) in 3 runs of 8.
+    proc = _bars(
+        tmp_path, 10**9, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        _wait_for_ticks(proc)
+        os.kill(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "bars stopped early" in out and "interrupted" not in err
+    assert (tmp_path / "bars.csv").read_text().startswith("symbol,window_start")
+
+
 def test_a_closed_stderr_changes_nothing(tmp_path: Path) -> None:
     proc = _bars(tmp_path, 200_000, stdout=subprocess.PIPE, close_stderr=True)
     out, _ = proc.communicate(timeout=WAIT)

@@ -13,7 +13,17 @@ from jobs import Collect, Explode, Numbered, RunningSum
 
 from engine import Dag, DagError, Source, Tick
 from engine.dag import OPERATOR, Stream
-from operators import OHLCV, Count, Dedupe, Generator, Throttle, Tumbling, WindowAggregate
+from operators import (
+    OHLCV,
+    Count,
+    Dedupe,
+    Filter,
+    Generator,
+    Router,
+    Throttle,
+    Tumbling,
+    WindowAggregate,
+)
 from operators.sinks import CsvBars, CsvTicksSink
 from operators.sources import CsvTicks
 
@@ -421,3 +431,51 @@ def test_fields_are_checked_where_the_type_lists_them():
 
 def test_an_int_subclass_becomes_a_plain_int():
     assert type(Generator(count=Ten.TEN).count) is int
+
+
+def _keep(record):
+    return True
+
+
+def _is_a(record):
+    return record.symbol == "A"
+
+
+def _link_types(dag: Dag) -> dict[tuple[str, str], object]:
+    from engine.plan import plan
+
+    return {(k.up, k.down): k.record_type for k in plan(dag).links}
+
+
+def test_operators_that_pass_their_input_on_keep_its_record_type():
+    dag = Dag("typed")
+    ticks = dag.source("src", Generator(count=10))
+    kept = ticks.apply("filter", Filter(_keep)).key_by("symbol")
+    deduped = kept.apply("dedupe", Dedupe("symbol", 1)).key_by("symbol")
+    throttled = deduped.apply("throttle", Throttle("symbol", 5, 10**9))
+    routed = throttled.apply("router", Router({"a": _is_a}))
+    routed.sink("out", Collect())
+    routed.side("a").sink("a", Collect())
+    throttled.side("throttled").sink("slow", Collect())
+    dag.validate()
+    assert set(_link_types(dag).values()) == {Tick}
+
+
+def test_a_field_missing_after_a_filter_is_refused_before_start():
+    dag = Dag("typed")
+    dag.source("src", Generator(count=10)).apply("filter", Filter(_keep)).key_by("nosuch").sink(
+        "out", Collect()
+    )
+    with pytest.raises(DagError, match="nosuch"):
+        dag.validate()
+
+
+def test_a_filter_of_inputs_of_two_types_passes_records_untyped():
+    dag = Dag("mixed")
+    ticks = dag.source("ticks", Generator(count=10))
+    numbers = dag.source("numbers", Numbered(10))
+    ticks.apply("filter", Filter(_keep)).sink("out", Collect())
+    numbers.to("filter")
+    dag.validate()
+    assert _link_types(dag)[("filter", "out")] is None
+    assert _link_types(dag)[("ticks", "filter")] is Tick

@@ -20,12 +20,14 @@ from jobs import (
     Collect,
     Explode,
     Fragile,
+    HeldClose,
     Numbered,
     RunningSum,
     SlowToOpen,
     Stall,
     StartStamped,
     StubbornFile,
+    odd_seq,
 )
 
 from engine import Dag, JobFailed, RingflowError, launch, run
@@ -301,6 +303,75 @@ def test_backpressure_holds_the_source_at_the_credit_limit(tmp_path):
     assert result.sinks["out"] == [50_000]
 
 
+def test_status_counts_are_whole_while_a_sink_commits_and_busy_time_never_goes_back(tmp_path):
+    release = tmp_path / "release"
+    dag = Dag("held")
+    dag.source("src", Numbered(5_000, batch=7)).sink("out", HeldClose(str(release)))
+    job = launch(dag, heartbeat_timeout=WAIT)
+    busy: dict[tuple[str, int], float] = {}
+    deadline = time.monotonic() + WAIT
+    while True:
+        rows = job.status()
+        for r in rows:
+            key = (r["node"], r["replica"])
+            assert r["busy_s"] >= busy.get(key, 0.0), f"busy_s went back: {r}"
+            busy[key] = r["busy_s"]
+        sink = next((r for r in rows if r["node"] == "out"), None)
+        src = next((r for r in rows if r["node"] == "src"), None)
+        if src and sink and src["state"] == "done":
+            break  # the source is done, so the sink has its EOF or will soon
+        assert time.monotonic() < deadline, "the source never finished"
+    while not (sink and sink["records_in"] == 5_000):  # its close() holds until released
+        assert time.monotonic() < deadline, f"the sink's count stayed at {sink}"
+        sink = next(r for r in job.status() if r["node"] == "out")
+    release.touch()
+    assert job.wait(WAIT).sinks["out"] == [5_000]
+
+
+def test_records_of_a_side_output_nobody_consumes_are_counted_while_the_job_runs():
+    from operators import Router
+
+    dag = Dag("unrouted")
+    src = dag.source("src", Numbered(0, forever=True, pause_every=1, pause=0.002))
+    src.apply("router", Router({"odd": odd_seq})).sink("out", Collect())
+    job = launch(dag, heartbeat_timeout=WAIT)
+    deadline = time.monotonic() + WAIT
+    while not any(r["counters"].get("unrouted:odd", 0) > 100 for r in job.status()):
+        assert time.monotonic() < deadline, "no unrouted records in the status"
+    job.stop()
+    result = job.wait(WAIT)
+    router = result.nodes["router"]
+    assert router.unrouted == {"odd": router.counters["unrouted:odd"]}
+    assert router.records_in == router.records_out + router.unrouted["odd"]
+    summary = result.summary()
+    assert "side output 'odd' had no consumer" in summary and "unrouted:odd=" not in summary
+
+
+def test_a_graceful_stop_keeps_the_bad_rows_read_until_then_in_the_dead_letter(tmp_path):
+    # The dead letter was thrown away on a stop while bad_rows still counted its rows.
+    from operators.sources import CsvTicks
+
+    ticks = tmp_path / "ticks.csv"
+    rows = (f"A,{i},1.0,1\n" if i % 1000 else "bad\n" for i in range(1, 200_001))
+    ticks.write_text("symbol,ts,price,size\n" + "".join(rows))
+    dead, release = tmp_path / "bad.csv", tmp_path / "release"
+    dag = Dag("stop_with_bad_rows")
+    dag.source("src", CsvTicks(str(ticks), dead_letter=str(dead))).sink("out", Stall(str(release)))
+    job = launch(dag, slots=2, slot_size=4096, heartbeat_timeout=WAIT, linger=0.0)
+    _wait_started(job)
+    deadline = time.monotonic() + WAIT
+    while not any(r["node"] == "src" and r["backpressured_s"] > 0 for r in job.status()):
+        assert time.monotonic() < deadline, "the source was never held back"
+    job.stop()
+    release.touch()
+    result = job.wait(WAIT)
+    assert result.stopped and result.nodes["src"].records_out < 200_000 - 200
+    with dead.open() as f:
+        kept = f.read().splitlines()[1:]
+    assert kept and len(kept) == result.counter("bad_rows")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 _DRIVER = textwrap.dedent(
     """
     import signal, sys, time
@@ -351,6 +422,21 @@ def test_driver_death_tears_the_job_down():
     proc.wait(WAIT)
     _assert_gone(pids, within=WAIT)
     assert not _job_segments(job_id)
+
+
+def test_a_job_dropped_without_wait_is_torn_down_when_collected():
+    # The Ctrl-C handler launch installs held the Job, which was then never collected.
+    proc, job_id, pids = _driver(
+        "del job\n        import gc; gc.collect()\n        print('DROPPED', flush=True)\n"
+        "        time.sleep(600)"
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "DROPPED"
+        _assert_gone(pids, within=WAIT)
+        assert not _job_segments(job_id)
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
 
 
 def test_polling_status_with_no_time_to_answer_never_jams_the_job():

@@ -28,6 +28,7 @@ ENGINE = {
     "OperatorLogic",
     "RecordError",
     "RingflowError",
+    "SettingsError",
     "Sink",
     "SinkLogic",
     "Source",
@@ -94,6 +95,7 @@ def test_every_error_is_a_ringflow_error():
         "FrameTooLarge",
         "JobFailed",
         "RecordError",
+        "SettingsError",
         "StoreError",
     ):
         assert issubclass(getattr(engine, name), engine.RingflowError)

@@ -11,7 +11,7 @@ import time
 import pytest
 from jobs import Collect, Numbered
 
-from engine import Dag, DagError, RingflowError
+from engine import Dag, DagError, RingflowError, SettingsError
 from engine.records import Bar
 from engine.runtime import PipelineRuntime, pipeline_dag
 from operators import OHLCV, Filter, Generator, Map, Tumbling, WindowAggregate
@@ -75,8 +75,10 @@ def test_pipeline_dag_names_what_is_not_an_operator():
 
 
 def test_settings_are_checked_when_the_runtime_is_made():
-    with pytest.raises(RingflowError, match="unknown engine setting"):
+    with pytest.raises(SettingsError, match="unknown engine setting"):
         PipelineRuntime(slotz=4)
+    with pytest.raises(SettingsError, match="linger must be >= 0 seconds, got -1"):
+        PipelineRuntime(linger=-1, inline=True)  # checked even where nothing will use them
     with pytest.raises(RingflowError, match="cannot launch one in the background"):
         PipelineRuntime(inline=True).launch_dag(Dag("x"))
 

@@ -25,9 +25,12 @@ from operators.sources import CsvTicks, Generator, generate
 
 
 def drain(config, replica=0, parallelism=1):
-    """Run a source replica to the end: (batches, watermarks in order, items, counters)."""
+    """Run a source replica to the end, as the engine does (its stream, then ``close()``):
+    (batches, watermarks in order, items, counters)."""
     ctx = Context(node="src", replica=replica, parallelism=parallelism)
-    items = list(config.build(ctx).batches())
+    logic = config.build(ctx)
+    items = list(logic.batches())
+    logic.close()
     batches = [list(item) for item in items if not isinstance(item, Watermark)]
     marks = [item.ts for item in items if isinstance(item, Watermark)]
     return batches, marks, items, ctx.counters
@@ -343,22 +346,34 @@ def test_csv_dead_letter_collects_every_bad_row_and_goes_on(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_csv_dead_letter_appears_only_at_the_end(tmp_path):
-    body = "".join(f"A,{i},1,1\n" for i in range(50)) + "bad\n" + "A,99,1,1\n"
+def test_csv_dead_letter_appears_when_the_stream_ends_well(tmp_path):
+    body = "bad\n" + "".join(f"A,{i},1,1\n" for i in range(50)) + "worse\n" + "A,99,1,1\n"
     path = write(tmp_path / "t.csv", HEADER + body)
     dead = tmp_path / "bad.csv"
     dead.write_text("an old file\n")
-    items = CsvTicks(path, dead_letter=str(dead), batch=10).build(Context("src")).batches()
+    first = 'line,raw,reason\n2,bad,"expected 4 fields (symbol,ts,price,size), got 1"\n'
+    # The job fails partway: nothing replaces the old file, no temporary remains.
+    logic = CsvTicks(path, dead_letter=str(dead), batch=10).build(Context("src"))
+    items = logic.batches()
     next(items)
     assert dead.read_text() == "an old file\n"  # not replaced before the end
-    items.close()  # the job stopped before the end: nothing replaces it, no temp remains
+    items.close()
+    logic.abort()
     assert dead.read_text() == "an old file\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "t.csv"]
-    list(CsvTicks(path, dead_letter=str(dead)).build(Context("src")).batches())
-    assert (
-        dead.read_text()
-        == 'line,raw,reason\n52,bad,"expected 4 fields (symbol,ts,price,size), got 1"\n'
-    )
+    # A graceful stop partway: the bad rows read until then, as bad_rows counts them.
+    ctx = Context("src")
+    logic = CsvTicks(path, dead_letter=str(dead), batch=10).build(ctx)
+    items = logic.batches()
+    next(items)
+    items.close()
+    logic.close()
+    assert dead.read_text() == first and ctx.counters["bad_rows"] == 1
+    # Read to the end: every bad row.
+    drain(CsvTicks(path, dead_letter=str(dead)))
+    second = '53,worse,"expected 4 fields (symbol,ts,price,size), got 1"\n'
+    assert dead.read_text() == first + second
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "t.csv"]
 
 
 def test_csv_dead_letter_per_replica(tmp_path):
