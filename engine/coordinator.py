@@ -11,7 +11,8 @@ Lifecycle:
    start together, when every consumer is running;
 4. watch, on a uvloop event loop: control messages (``done`` / ``error``), process
    sentinels (death by any signal, seen at once), heartbeats (a hung worker) and the
-   driver's pipe (requests; end-of-file means the driver died);
+   driver's pipe (requests; end-of-file means the driver died); what goes to the driver
+   goes through an ``Outbox`` thread, so a driver that does not read never holds the loop;
 5. finish: report a ``JobResult`` or a ``JobFailed``; on failure, SIGTERM every worker
    (sinks abort their temporary files), SIGKILL what is left after a grace period, reap
    every process, unlink anything not yet unlinked and remove the temporaries of the files
@@ -26,6 +27,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import queue
 import signal
 import threading
 import time
@@ -186,7 +188,39 @@ def receive_all(conn: Connection, handle: Callable[[Any], None]) -> None:
         os.set_blocking(fd, False)
 
 
-def coordinator_main(dag: Dag, settings: Settings, job_id: str, driver: Connection) -> None:
+class Outbox:
+    """Messages to the driver, written in order by a thread of their own on a pipe that
+    only this side writes (so it stays in blocking mode): the event loop never waits on a
+    driver that is not reading, whatever the size of an answer (a status of hundreds of
+    workers, a large sink result)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ringflow-outbox", daemon=True)
+        self._thread.start()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self._queue.put(message)
+
+    def _run(self) -> None:
+        while (message := self._queue.get()) is not None:
+            try:
+                self.conn.send(message)
+            except (OSError, ValueError):  # the driver has gone: nobody to tell
+                return
+
+    def close(self) -> None:
+        """Deliver what is queued (the job's outcome), then close. Waits for the driver to
+        read it, as long as the driver lives."""
+        self._queue.put(None)
+        self._thread.join()
+        self.conn.close()
+
+
+def coordinator_main(
+    dag: Dag, settings: Settings, job_id: str, requests: Connection, replies: Connection
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what Ctrl-C means
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwind through teardown
     # A process group of its own, which the workers inherit: a signal to the driver's group
@@ -196,19 +230,26 @@ def coordinator_main(dag: Dag, settings: Settings, job_id: str, driver: Connecti
     # (Ctrl-Z stops the driver only; systemd's default kill signals the whole cgroup.)
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
-    coordinator = Coordinator(dag, settings, job_id, driver)
+    outbox = Outbox(replies)
+    coordinator = Coordinator(dag, settings, job_id, requests, outbox)
     try:
         uvloop.run(coordinator.run())
     finally:
-        coordinator.teardown()
+        try:
+            coordinator.teardown()
+        finally:
+            outbox.close()
 
 
 class Coordinator:
-    def __init__(self, dag: Dag, settings: Settings, job_id: str, driver: Connection) -> None:
+    def __init__(
+        self, dag: Dag, settings: Settings, job_id: str, driver: Connection, outbox: Outbox
+    ) -> None:
         self.dag = dag
         self.settings = settings
         self.job_id = job_id
-        self.driver = driver
+        self.driver = driver  # the driver's requests
+        self.outbox = outbox  # and this side's messages to it
         self.plan = plan(dag)
         self.channels: list[Channel] = []
         self.workers: list[WorkerHandle] = []
@@ -521,15 +562,7 @@ class Coordinator:
         )
 
     def _send(self, message: tuple[Any, ...]) -> None:
-        """Send to the driver in blocking mode (the event loop made the descriptor
-        non-blocking, where a large result would fail half written)."""
-        with contextlib.suppress(OSError, ValueError):
-            fd = self.driver.fileno()
-            os.set_blocking(fd, True)
-            try:
-                self.driver.send(message)
-            finally:
-                os.set_blocking(fd, False)
+        self.outbox.send(message)
 
     # -- teardown -------------------------------------------------------------------------
 

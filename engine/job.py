@@ -49,10 +49,12 @@ class Job:
         # Segment names start with the driver's pid, so leftovers are traceable to their run.
         self.id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         ctx = multiprocessing.get_context("spawn")
-        self._conn, theirs = ctx.Pipe()
+        # Two one-way pipes: requests to the coordinator, and its messages here.
+        requests, self._requests = ctx.Pipe(duplex=False)
+        self._conn, replies = ctx.Pipe(duplex=False)
         self._process = ctx.Process(
             target=coordinator_main,
-            args=(dag, settings, self.id, theirs),
+            args=(dag, settings, self.id, requests, replies),
             name=f"ringflow:coordinator:{dag.name}",
         )
         # Ignore Ctrl-C while the coordinator boots (it inherits the disposition, and ignores
@@ -66,7 +68,8 @@ class Job:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
-        theirs.close()
+        requests.close()
+        replies.close()
         self._outcome: JobResult | JobFailed | None = None
         self._status: list[dict[str, Any]] = []
         self._status_asked = False  # a status request's answer is on its way
@@ -80,7 +83,9 @@ class Job:
         self._install_sigint()
         # If this process exits without waiting, close the pipe first: the coordinator sees
         # it, tears the job down and exits, so the interpreter's join on it returns.
-        self._finalizer = Finalize(self, _abandon, args=(self._conn,), exitpriority=100)
+        self._finalizer = Finalize(
+            self, _abandon, args=(self._requests, self._conn), exitpriority=100
+        )
 
     def _install_sigint(self) -> None:
         """Own Ctrl-C while the job runs, unless the program has its own handler."""
@@ -213,7 +218,7 @@ class Job:
             self._process.kill()
             self._process.join(5.0)
         remove_segments(self.id)
-        self._conn.close()
+        _abandon(self._requests, self._conn)
         outcome = self._outcome
         if isinstance(outcome, JobFailed):
             raise outcome
@@ -260,7 +265,7 @@ class Job:
             return False
         try:
             with self._pipe():
-                self._conn.send(message)
+                self._requests.send(message)
             return True
         except (OSError, ValueError):
             return False
@@ -307,9 +312,10 @@ def _running(pid: int) -> bool:
         return False
 
 
-def _abandon(conn: Connection) -> None:
-    with contextlib.suppress(OSError):
-        conn.close()
+def _abandon(*conns: Connection) -> None:
+    for conn in conns:
+        with contextlib.suppress(OSError):
+            conn.close()
 
 
 def launch(dag: Dag, **settings: Any) -> Job:

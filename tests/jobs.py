@@ -393,3 +393,25 @@ class _HeldCloseLogic(SinkLogic):
         while not os.path.exists(self.release) and time.monotonic() < deadline:
             time.sleep(0.01)
         return self.n
+
+
+@dataclass(frozen=True)
+class ManyCounters(Operator):
+    """Passes records on and keeps ``names`` logic counters (a status answer of this node
+    is then large: about 20 bytes a counter)."""
+
+    names: int
+
+    def build(self, ctx: Context) -> OperatorLogic:
+        return _ManyCountersLogic(ctx, self.names)
+
+
+class _ManyCountersLogic(OperatorLogic):
+    def __init__(self, ctx: Context, names: int) -> None:
+        self.ctx = ctx
+        self.names = names
+
+    def process(self, batch: list[Any]) -> list[Any]:
+        for i in range(self.names):
+            self.ctx.count(f"counter-{i:06d}")
+        return batch

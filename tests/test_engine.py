@@ -21,6 +21,7 @@ from jobs import (
     Explode,
     Fragile,
     HeldClose,
+    ManyCounters,
     Numbered,
     RunningSum,
     SlowToOpen,
@@ -437,6 +438,28 @@ def test_a_job_dropped_without_wait_is_torn_down_when_collected():
     finally:
         proc.kill()
         proc.wait(WAIT)
+
+
+def test_a_driver_that_does_not_read_a_large_answer_cannot_hold_the_coordinator_up():
+    # Answers go out through the coordinator's outbox thread: with the pipe full, its loop
+    # still finds a hung worker and tears the job down (it used to block writing the answer,
+    # and the job ran on, hung, for as long as the driver did not read).
+    dag = Dag("unread")
+    dag.source("src", Numbered(0, forever=True, pause_every=1, pause=0.002)).apply(
+        "many", ManyCounters(8_000)
+    ).sink("out", Collect())
+    job = launch(dag, heartbeat_timeout=1.0, stop_grace=0.5)
+    pids = _wait_started(job)
+    deadline = time.monotonic() + WAIT
+    while not any(len(r["counters"]) == 8_000 for r in job.status()):
+        assert time.monotonic() < deadline, "the counters never arrived"
+    for _ in range(20):  # over 3 MB of answers, far past what a pipe or socket holds
+        job._request(("status",))
+    os.kill(pids[1], signal.SIGSTOP)  # "many" hangs: only the coordinator can tell
+    _assert_gone(pids, within=WAIT)  # torn down; the coordinator waits to hand over the rest
+    with pytest.raises(JobFailed, match="node 'many' replica 0 is hung"):
+        job.wait(WAIT)
+    _assert_gone([job.coordinator_pid])
 
 
 def test_polling_status_with_no_time_to_answer_never_jams_the_job():

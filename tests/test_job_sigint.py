@@ -83,7 +83,7 @@ def job():
     job._deferred = None
     job._previous_sigint = None
     job._process = FakeCoordinator(never_r)
-    job._conn = conn = MidMessageConn(job)
+    job._conn = job._requests = conn = MidMessageConn(job)
     yield job
     conn.close()
     os.close(never_r)
