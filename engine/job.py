@@ -373,5 +373,7 @@ def check_shared_memory(dag: Dag, config: Settings) -> None:
 
 
 def run(dag: Dag, *, timeout: float | None = None, **settings: Any) -> JobResult:
-    """``launch`` then ``wait``."""
-    return launch(dag, **settings).wait(timeout)
+    """``launch`` then ``wait``; a job still running after ``timeout`` seconds is killed
+    (and ``TimeoutError`` raised)."""
+    with launch(dag, **settings) as job:
+        return job.wait(timeout)

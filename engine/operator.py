@@ -184,20 +184,23 @@ ANY_KEY = StateKey("ANY_KEY")  # state per whole record: any key_by keeps equal 
 
 class Operator:
     """Config of an operator. ``side_outputs`` names what it may pass to ``emit_side``;
-    ``side_types`` gives their record types where known. ``passes_input``: it emits its
-    input records themselves, on every output (Filter, Dedupe, Throttle, Router), so an
-    output whose type it leaves None has its inputs' type, where they all have one."""
+    ``side_types`` gives their record types where known."""
 
     output_type: Any = None
     side_outputs: tuple[str, ...] = ()
     side_types: dict[str, Any] = {}
-    passes_input = False
 
     def build(self, ctx: Context) -> OperatorLogic:
         raise NotImplementedError
 
     def fields_read(self) -> tuple[str, ...]:
         return ()
+
+    def passes_input(self, output: str) -> bool:
+        """Whether ``output`` carries the input records themselves (a filter's, a router's,
+        a window's late records): where its type is left None, it has the inputs' type,
+        when all the input edges have the same one."""
+        return False
 
     def state_key(self) -> Any:
         """``STATELESS``, ``ONE_STATE``, ``ANY_KEY``, or the key (a field name, a tuple of

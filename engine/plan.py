@@ -52,14 +52,15 @@ class Plan:
 
 def record_type(dag: Dag, node: Node, output: str) -> Any:
     """The record type of ``node``'s ``output`` (None: not known; records go pickled).
-    An operator that passes its input on (``Operator.passes_input``) and names no type has
-    its inputs' type, when every input edge has the same one."""
+    An output of the input records themselves (``Operator.passes_input``) whose type is
+    not named has its inputs' type, when every input edge has the same one."""
     config = node.config
     if output == MAIN:
         declared = getattr(config, "output_type", None)
     else:
         declared = getattr(config, "side_types", {}).get(output)
-    if declared is not None or not getattr(type(config), "passes_input", False):
+    passes = getattr(type(config), "passes_input", None)
+    if declared is not None or not (callable(passes) and passes(config, output)):
         return declared
     inputs = {record_type(dag, dag.node(e.upstream), e.output) for e in dag.inputs(node.name)}
     return inputs.pop() if len(inputs) == 1 else None

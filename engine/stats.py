@@ -34,6 +34,7 @@ import mmap
 import os
 from enum import IntEnum
 
+from engine.batch import MIN_WATERMARK
 from engine.ring import SHM_DIR
 
 ROW_BYTES = 128
@@ -66,6 +67,9 @@ class StatsBlock:
         finally:
             os.close(fd)
         self.values = memoryview(self._mmap).cast("q")
+        if create:  # no watermark yet, rather than 0 (1970: a lag of decades in the metrics)
+            for index in range(rows):
+                self.values[index * ROW + WATERMARK] = MIN_WATERMARK
 
     def row(self, index: int) -> memoryview:
         """A writable view of one worker's row (index it with the field constants)."""

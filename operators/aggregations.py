@@ -60,6 +60,16 @@ class WindowValue(msgspec.Struct, array_like=True, frozen=True):
     window_end: int
     value: Any
 
+    def __post_init__(self) -> None:
+        # msgpack has one array type: a tuple key (key=("symbol", "venue")) crosses a
+        # channel as a list, and a key must stay a hashable tuple.
+        if type(self.key) is list:
+            msgspec.structs.force_setattr(self, "key", _tuples(self.key))
+
+
+def _tuples(items: list[Any]) -> tuple[Any, ...]:
+    return tuple(_tuples(x) if type(x) is list else x for x in items)
+
 
 class Aggregation:
     """Base of aggregations; subclasses implement initial, add, merge and result."""

@@ -66,13 +66,15 @@ class Filter(Operator):
 
     fn: Callable[[Any], Any]
     output_type: Any = None
-    passes_input = True
 
     def __post_init__(self) -> None:
         check_function(self.fn, "Filter fn")
 
     def __repr__(self) -> str:
         return f"Filter({describe(self.fn)})"
+
+    def passes_input(self, output: str) -> bool:
+        return True
 
     def build(self, ctx: Context) -> OperatorLogic:
         return _FilterLogic(self.fn)

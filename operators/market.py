@@ -30,8 +30,15 @@ def _side_name(name: Any, who: str) -> str:
     return name
 
 
+class _PassesInput:
+    """Every output carries input records: typed as the input unless output_type names one."""
+
+    def passes_input(self, output: str) -> bool:
+        return True
+
+
 @dataclass(frozen=True)
-class Dedupe(Operator):
+class Dedupe(_PassesInput, Operator):
     """Drop records whose identity was already seen within ``horizon_ns`` of event time.
 
     The identity is ``key`` of the record (a field name, a tuple of field names, a function;
@@ -58,7 +65,6 @@ class Dedupe(Operator):
     time: str = "ts"
     max_keys: int = 1_000_000
     output_type: Any = None
-    passes_input = True  # outputs have the input's record type unless output_type names one
 
     def __post_init__(self) -> None:
         if self.key is not None:
@@ -171,7 +177,7 @@ def _count(times: Any) -> int:
 
 
 @dataclass(frozen=True)
-class Throttle(Operator):
+class Throttle(_PassesInput, Operator):
     """Pass at most ``max_records`` per key per interval of processing time.
 
     Intervals are ``interval_ns`` long and aligned to the clock's zero (``ctx.clock() //
@@ -189,7 +195,6 @@ class Throttle(Operator):
     interval_ns: int | str
     side_output: str = "throttled"
     output_type: Any = None
-    passes_input = True  # outputs have the input's record type unless output_type names one
 
     def __post_init__(self) -> None:
         if self.key is not None:
@@ -249,7 +254,7 @@ class _ThrottleLogic(OperatorLogic):
 
 
 @dataclass(frozen=True, repr=False)
-class Router(Operator):
+class Router(_PassesInput, Operator):
     """Send each record to the side output of the first route whose predicate holds.
 
     ``routes`` maps side-output names to predicates (module-level functions of a record),
@@ -261,7 +266,6 @@ class Router(Operator):
     routes: Mapping[str, Callable[[Any], Any]]
     default: str | None = None
     output_type: Any = None
-    passes_input = True  # outputs have the input's record type unless output_type names one
 
     def __post_init__(self) -> None:
         if not isinstance(self.routes, Mapping) or not self.routes:

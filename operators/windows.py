@@ -53,7 +53,6 @@ import msgspec
 from engine.columns import Columns, field_names
 from engine.errors import DagError
 from engine.operator import Batch, Context, Operator, OperatorLogic
-from engine.records import Tick
 from operators.aggregations import Aggregation
 from operators.assigners import Assigner, Session, Sliding, Tumbling
 from operators.codegen import identifier
@@ -79,8 +78,8 @@ ROWS_AS_COLUMNS = 8
 class WindowAggregate(Operator):
     """Aggregate keyed records over event-time windows; see the module docstring.
 
-    ``output_type`` is the aggregation's; the late side output carries ``input_type``
-    records (``engine.records.Tick`` by default; None when unknown).
+    ``output_type`` is the aggregation's; the late side output carries the input records,
+    of ``input_type`` (None, the default: the input edges' type).
     """
 
     assigner: Assigner
@@ -88,7 +87,7 @@ class WindowAggregate(Operator):
     key: KeySpec = "symbol"
     time: str = "ts"
     late_output: str = "late"
-    input_type: Any = Tick
+    input_type: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.assigner, Tumbling | Sliding | Session):
@@ -114,6 +113,9 @@ class WindowAggregate(Operator):
         object.__setattr__(self, "output_type", getattr(self.aggregation, "output_type", None))
         object.__setattr__(self, "side_outputs", (self.late_output,))
         object.__setattr__(self, "side_types", {self.late_output: self.input_type})
+
+    def passes_input(self, output: str) -> bool:
+        return output == self.late_output
 
     def fields_read(self) -> tuple[str, ...]:
         """The key's and time's fields (the aggregation's are its own business)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import msgspec
 import pytest
@@ -479,3 +480,32 @@ def test_a_filter_of_inputs_of_two_types_passes_records_untyped():
     dag.validate()
     assert _link_types(dag)[("filter", "out")] is None
     assert _link_types(dag)[("ticks", "filter")] is Tick
+
+
+class Quote(msgspec.Struct, array_like=True, frozen=True):
+    symbol: str
+    ts: int
+    bid: float
+
+
+@dataclass(frozen=True)
+class Quotes(Source):
+    output_type: Any = Quote
+
+    def build(self, ctx: Any) -> Any:
+        raise NotImplementedError  # only planned here
+
+
+def test_a_windows_late_records_have_its_inputs_type():
+    # They were typed Tick whatever came in: a job of other records failed on its first
+    # late record, or turned array-like ones into Ticks.
+    dag = Dag("quotes")
+    windows = (
+        dag.source("src", Quotes())
+        .key_by("symbol")
+        .apply("count", WindowAggregate(Tumbling(10), Count()))
+    )
+    windows.sink("out", Collect())
+    windows.side("late").sink("late", Collect())
+    dag.validate()
+    assert _link_types(dag)[("count", "late")] is Quote

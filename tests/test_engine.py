@@ -6,6 +6,7 @@ is left in /dev/shm, and ``_assert_gone`` that no process of the job is left run
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -164,6 +165,30 @@ def test_external_sigkill_is_detected_within_a_second():
     # Detection is by the process sentinel; the bound here leaves room for teardown.
     assert time.monotonic() - killed_at < 5.0
     _assert_gone([*pids, job.coordinator_pid])
+
+
+def test_run_kills_a_job_still_running_at_its_timeout():
+    # It raised TimeoutError and left the job running, with no handle to stop it.
+    dag = Dag("endless")
+    dag.source("src", Numbered(0, forever=True, pause_every=1, pause=0.002)).sink("out", Collect())
+    with pytest.raises(TimeoutError, match=r"still running after 1\.0 s"):
+        run(dag, timeout=1.0)
+    deadline = time.monotonic() + WAIT
+    while multiprocessing.active_children():
+        assert time.monotonic() < deadline, "the job's coordinator is still running"
+        time.sleep(0.02)
+
+
+def test_a_worker_has_no_watermark_before_it_starts():
+    from engine.batch import MIN_WATERMARK
+    from engine.stats import WATERMARK, StatsBlock
+
+    block = StatsBlock(f"ringflow-{os.getpid()}-statstest", 3, create=True)
+    try:
+        assert [block.get(i, WATERMARK) for i in range(3)] == [MIN_WATERMARK] * 3
+    finally:
+        block.unlink()
+        block.close()
 
 
 def test_hung_worker_fails_on_heartbeat_timeout():
