@@ -19,6 +19,9 @@ from engine.errors import (
 )
 from engine.job import Job, launch, run
 from engine.operator import (
+    ANY_KEY,
+    ONE_STATE,
+    STATELESS,
     Context,
     Files,
     Operator,
@@ -34,6 +37,9 @@ from engine.result import JobResult, NodeReport
 from engine.runtime import PipelineRuntime
 
 __all__ = [
+    "ANY_KEY",
+    "ONE_STATE",
+    "STATELESS",
     "Bar",
     "ChannelClosed",
     "ChannelError",

@@ -113,7 +113,7 @@ def summary(result: Any) -> str:
 
 
 def _cmd_bars(args: argparse.Namespace) -> int:
-    from engine.cli import execute
+    from engine.cli import engine_settings, execute
 
     dag = bars_dag(
         args.output,
@@ -129,10 +129,7 @@ def _cmd_bars(args: argparse.Namespace) -> int:
         late_output=args.late_output,
         dead_letter=args.dead_letter,
     )
-    settings: dict[str, Any] = {"linger": args.linger}
-    if args.metrics_port is not None:
-        settings["metrics_port"] = args.metrics_port
-    result = execute(dag, settings, quiet=args.quiet)
+    result = execute(dag, engine_settings(args), quiet=args.quiet)
     print(summary(result))
     written = f"bars written to {args.output}; late ticks to "
     written += args.late_output or default_late_path(args.output)
@@ -200,5 +197,8 @@ def add_bars_command(sub: Any) -> None:
         default=DEFAULT_LINGER_S,
         help="longest wait of a record in a partial batch, seconds",
     )
+    from engine.cli import add_setting_argument
+
+    add_setting_argument(bars)
     bars.add_argument("--quiet", action="store_true", help="no progress lines")
     bars.set_defaults(handler=_cmd_bars)

@@ -117,12 +117,29 @@ def execute(dag: Dag, settings: dict[str, Any], *, quiet: bool = False) -> JobRe
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    dag = load_dag(args.target, dict(args.param))
-    settings: dict[str, Any] = {"linger": args.linger}
+def engine_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine settings a command line gives: --linger, --metrics-port, --setting."""
+    settings: dict[str, Any] = {"linger": args.linger, **dict(args.setting)}
     if args.metrics_port is not None:
         settings["metrics_port"] = args.metrics_port
-    result = execute(dag, settings, quiet=args.quiet)
+    return settings
+
+
+def add_setting_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--setting",
+        action="append",
+        type=_parse_param,
+        default=[],
+        metavar="KEY=VALUE",
+        help="an engine setting, as launch() takes it (slots, slot_size, heartbeat_timeout, "
+        "stop_grace, stop_timeout, startup_timeout; repeatable)",
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    dag = load_dag(args.target, dict(args.param))
+    result = execute(dag, engine_settings(args), quiet=args.quiet)
     print(result.summary())
     return 0
 
@@ -162,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="serve Prometheus metrics on 127.0.0.1:PORT while the job runs",
     )
+    add_setting_argument(run)
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.set_defaults(handler=_cmd_run)
     from engine.bars import add_bars_command

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import queue
@@ -111,7 +112,10 @@ class Settings:
         try:
             made = cls(**settings)
         except TypeError as exc:
-            raise SettingsError(f"unknown engine setting: {exc}") from None
+            names = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise SettingsError(
+                f"unknown engine setting: {exc}; the settings are {names}"
+            ) from None
         made.check()
         return made
 
@@ -276,7 +280,7 @@ class Coordinator:
         ours: list[Connection] = []
         for index, (node, replica) in enumerate(replicas):
             inputs = [
-                (self.channels[k.index].rx, k.record_type)
+                (self.channels[k.index].rx, k.record_type, f"{k.up!r} replica {k.up_replica}")
                 for k in self.plan.inputs(node.name, replica)
             ]
             outputs = []
@@ -332,12 +336,19 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         self.outcome = loop.create_future()
         try:
-            self.start_workers()
-            if self.settings.metrics_port is not None:
+            port = self.settings.metrics_port
+            if port is not None:  # first: a port in use fails the job before any worker
                 from engine.metrics import MetricsServer
 
-                self.metrics = MetricsServer(self, self.settings.metrics_port)
-                self.metrics.start()
+                self.metrics = MetricsServer(self, port)
+                try:
+                    self.metrics.start()
+                except OSError as exc:
+                    raise OSError(
+                        f"cannot serve metrics on 127.0.0.1:{port} ({exc.strerror or exc}); "
+                        "give launch(metrics_port=...) a free port, or 0 for any"
+                    ) from None
+            self.start_workers()
         except BaseException as exc:
             self._send(("failed", JobFailed(f"job {self.job_id}: could not start: {exc}")))
             if isinstance(exc, OSError):  # the machine's answer (no room, a port in use):
@@ -389,7 +400,9 @@ class Coordinator:
                         with contextlib.suppress(OSError):  # a source that already exited
                             x.control.send(("go",))
                 self.unlink_segments()
-                self._send(("started", [(x.node, x.replica, x.process.pid) for x in self.workers]))
+                workers = [(x.node, x.replica, x.process.pid) for x in self.workers]
+                port = self.metrics.port if self.metrics is not None else None
+                self._send(("started", workers, port))
         elif tag == "counters":
             w.counters, w.gauges = message[1], message[2]
         elif tag == "done":
@@ -472,7 +485,9 @@ class Coordinator:
                 if state == State.RUNNING and beat and now - beat > age_limit:
                     self._fail(
                         f"node {w.node!r} replica {w.replica} is hung: no heartbeat for "
-                        f"{(now - beat) / 1e9:.1f} s (limit {s.heartbeat_timeout} s)",
+                        f"{(now - beat) / 1e9:.1f} s (limit {s.heartbeat_timeout} s); a call "
+                        "into its logic blocked that long: make a call that waits async, or "
+                        "raise launch(heartbeat_timeout=...)",
                         w,
                     )
             if not self.unlinked and time.perf_counter() - self.started > s.startup_timeout:
@@ -490,7 +505,8 @@ class Coordinator:
         return "running" if self.unlinked else "starting"
 
     def status(self) -> list[dict[str, Any]]:
-        assert self.stats is not None
+        if self.stats is None:  # a scrape before the workers exist
+            return []
         now = time.monotonic_ns()
         rows = []
         for w in self.workers:

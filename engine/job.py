@@ -74,6 +74,9 @@ class Job:
         self._status: list[dict[str, Any]] = []
         self._status_asked = False  # a status request's answer is on its way
         self.pids: list[int] = []
+        # The port the job's metrics are served on, once started (the one bound, where the
+        # settings gave 0); None without metrics.
+        self.metrics_port: int | None = None
         self.interrupted = False  # a Ctrl-C already asked for a graceful stop
         # Ctrl-C never cuts a message to or from the coordinator in half: while one is on
         # the pipe, the handler only notes what to do, and it is done once the message is.
@@ -181,6 +184,7 @@ class Job:
         tag = message[0]
         if tag == "started":
             self.pids = [pid for _, _, pid in message[1]]
+            self.metrics_port = message[2]
         elif tag == "status":
             self._status = message[1]
             self._status_asked = False

@@ -220,9 +220,11 @@ class MetricsServer:
         self._thread: Any = None
 
     def start(self) -> None:
+        """Bind and serve; ``port`` is then the one bound (a free one, for port 0)."""
         self._server, self._thread = start_http_server(
             self.port, addr="127.0.0.1", registry=self.registry
         )
+        self.port = self._server.server_address[1]
 
     def stop(self) -> None:
         if self._server is not None:

@@ -205,7 +205,9 @@ class Operator:
     def state_key(self) -> Any:
         """``STATELESS``, ``ONE_STATE``, ``ANY_KEY``, or the key (a field name, a tuple of
         names, a function) its state is kept per: with several replicas, each input edge
-        must then be a key_by on fields of that key (any key_by, for a function)."""
+        must then be a key_by on fields of that key. For a function, validation cannot
+        tell which key_by keeps a key's records together and accepts any: key_by that same
+        function (or fields it reads all of), or one key's state splits across replicas."""
         return STATELESS
 
 

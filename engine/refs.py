@@ -22,6 +22,8 @@ def import_ref(ref: str, what: str, error: type[RingflowError] = DagError, hint:
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
+        if module_name.endswith(".py"):  # a file name, where a module name belongs
+            hint += f"; name the module, not its file: {module_name[:-3].replace('/', '.')}"
         raise error(f"{what} {ref!r}: cannot import {module_name!r} ({exc}){hint}") from None
     for part in attr.split("."):
         try:

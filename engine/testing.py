@@ -6,7 +6,9 @@ batch depth-first through the DAG, so a run is deterministic. Its output equals 
 multi-process run's whenever the result does not depend on how records from different
 upstream replicas interleave (it never does for per-key results behind a key-hash edge
 when every record of a key comes from one source replica, or when watermarks hold
-records of all replicas back).
+records of all replicas back). Records are handed on as they are, never encoded: one that
+its edge's declared type cannot carry (a tuple where the type has a str) passes here and
+fails across processes.
 """
 
 from __future__ import annotations

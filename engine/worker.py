@@ -37,6 +37,7 @@ from typing import Any
 from engine.batch import WATERMARK_SIZE, BatchBuilder, codec_for, decode_watermark
 from engine.channel import InputGate, RxEnd, TxEnd, Writer
 from engine.dag import SOURCE, Node
+from engine.errors import RecordError
 from engine.operator import Context
 from engine.ring import P_BLOCKED_NS, Kind
 from engine.runtime_async import TICK_S, AsyncRunner
@@ -85,7 +86,7 @@ class WorkerSpec:
     job: str
     node: Node
     replica: int
-    inputs: list[tuple[RxEnd, Any]]
+    inputs: list[tuple[RxEnd, Any, str]]  # (end, record type, the upstream replica's name)
     outputs: list[OutputSpec]
     stats_name: str
     stats_rows: int
@@ -187,8 +188,8 @@ class Worker:
         self._counters_sent: tuple[dict[str, int], dict[str, float]] = ({}, {})
         node = spec.node
         self.ctx = Context(node.name, spec.replica, node.parallelism, job=spec.job)
-        self.readers = [end.open() for end, _ in spec.inputs]
-        self.decoders = [codec_for(rtype).decode for _, rtype in spec.inputs]
+        self.readers = [end.open() for end, _, _ in spec.inputs]
+        self.decoders = [codec_for(rtype).decode for _, rtype, _ in spec.inputs]
         self.writers: list[Writer] = []
         self.builders: list[BatchBuilder] = []
         outputs: dict[str, list[Output]] = {}
@@ -413,11 +414,17 @@ class Worker:
                         continue
                 index, kind, payload = frame
                 if kind == Kind.DATA:
-                    records = decoders[index](payload)
+                    try:
+                        records = decoders[index](payload)
+                    except RecordError as exc:
+                        raise self._undecodable(index, exc) from exc
                     gate.release()
                     task.on_batch(records)
                 elif kind == Kind.DATA_WATERMARK:  # records, then the watermark after them
-                    records = decoders[index](memoryview(payload)[:-WATERMARK_SIZE])
+                    try:
+                        records = decoders[index](memoryview(payload)[:-WATERMARK_SIZE])
+                    except RecordError as exc:
+                        raise self._undecodable(index, exc) from exc
                     watermark = decode_watermark(payload[-WATERMARK_SIZE:])
                     gate.release()
                     task.on_batch(records)
@@ -435,6 +442,16 @@ class Worker:
             task.finish()
         finally:
             gate.close()
+
+    def _undecodable(self, index: int, exc: RecordError) -> RecordError:
+        """A batch from upstream that its edge's type cannot decode: the producer's fault."""
+        _, rtype, upstream = self.spec.inputs[index]
+        name = getattr(rtype, "__name__", repr(rtype))
+        return RecordError(
+            f"records from node {upstream} do not decode as its output type {name}, so it "
+            f"emitted records that are not {name}s (a field of another type, say): give that "
+            f"node the output_type its records have, or None to send them pickled ({exc})"
+        )
 
     # -- teardown -------------------------------------------------------------------------
 

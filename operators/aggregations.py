@@ -72,9 +72,13 @@ def _tuples(items: list[Any]) -> tuple[Any, ...]:
 
 
 class Aggregation:
-    """Base of aggregations; subclasses implement initial, add, merge and result."""
+    """Base of aggregations; subclasses implement initial, add, merge and result, and may
+    name the record fields ``add`` reads (``fields_read``) for validation to check."""
 
     output_type: Any = None
+
+    def fields_read(self) -> tuple[str, ...]:
+        return ()
 
     def initial(self) -> Any:
         raise NotImplementedError
@@ -173,6 +177,9 @@ class OHLCV(Aggregation):
     def __reduce__(self) -> tuple[Any, ...]:
         return (OHLCV, (self.price, self.size, self.time))
 
+    def fields_read(self) -> tuple[str, ...]:
+        return (self.price, self.size, self.time)
+
     def inline(self) -> tuple[tuple[str, ...], str]:
         return (self.time, self.price, self.size), _OHLCV_BODY
 
@@ -242,6 +249,9 @@ class Vwap(Aggregation):
         for what in ("price", "size"):
             identifier(getattr(self, what), f"Vwap {what}")
         object.__setattr__(self, "_get", attrgetter(self.price, self.size))
+
+    def fields_read(self) -> tuple[str, ...]:
+        return (self.price, self.size)
 
     def initial(self) -> list[float]:
         return [0.0, 0.0]

@@ -118,8 +118,10 @@ class WindowAggregate(Operator):
         return output == self.late_output
 
     def fields_read(self) -> tuple[str, ...]:
-        """The key's and time's fields (the aggregation's are its own business)."""
-        return (*key_fields(self.key), self.time)
+        """The key's and time's fields, and those the aggregation names."""
+        reads = getattr(type(self.aggregation), "fields_read", None)
+        own = reads(self.aggregation) if callable(reads) else ()
+        return tuple(dict.fromkeys((*key_fields(self.key), self.time, *own)))
 
     def state_key(self) -> Any:
         return self.key

@@ -415,3 +415,10 @@ class _ManyCountersLogic(OperatorLogic):
         for i in range(self.names):
             self.ctx.count(f"counter-{i:06d}")
         return batch
+
+
+def tick_with_a_tuple_symbol(record: Any) -> Any:
+    """A Map function whose Ticks break their type: a tuple where a str belongs."""
+    from engine.records import Tick
+
+    return Tick((record[0],), record[1], 1.0, 1.0)

@@ -180,7 +180,12 @@ def test_bad_command_line_is_refused_before_starting(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
-    [("--linger", "-1", "linger must be >= 0"), ("--metrics-port", "70000", "metrics_port")],
+    [
+        ("--linger", "-1", "linger must be >= 0"),
+        ("--metrics-port", "70000", "metrics_port"),
+        ("--setting", "slotz=4", "the settings are slots, slot_size"),
+        ("--setting", "heartbeat_timeout=0", "heartbeat_timeout must be > 0"),
+    ],
 )
 def test_bad_settings_on_the_command_line_are_a_bad_command_line(
     tmp_path, capsys, flag, value, message
@@ -204,6 +209,11 @@ def test_an_output_path_shared_with_another_or_the_input_is_refused(tmp_path, ca
     assert main(argv) == 2
     assert "give each node its own path" in capsys.readouterr().err
     assert src.read_text() == "symbol,ts,price,size\nA,1,10.0,1\n" and not out.exists()
+
+
+def test_a_file_name_for_run_is_answered_with_the_module_name(capsys):
+    assert main(["run", "examples/minimal.py:build", "--quiet"]) == 2
+    assert "name the module, not its file: examples.minimal" in capsys.readouterr().err
 
 
 def test_a_bad_param_for_run_is_refused(capsys):

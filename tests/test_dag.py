@@ -258,7 +258,9 @@ def test_records_without_the_fields_a_node_reads_are_refused(tmp_path):
         "o", Collect()
     )
     bars.side("late").sink("late", Collect())
-    _refused(dag, "'bars' -> 'again'", "WindowAggregate 'again' reads 'ts', which Bar records")
+    _refused(
+        dag, "'bars' -> 'again'", "WindowAggregate 'again' reads 'ts', 'price', 'size', which Bar"
+    )
     dag = Dag("t")
     bars = (
         dag.source("ticks", Generator(count=10))
@@ -509,3 +511,17 @@ def test_a_windows_late_records_have_its_inputs_type():
     windows.side("late").sink("late", Collect())
     dag.validate()
     assert _link_types(dag)[("count", "late")] is Quote
+
+
+def test_fields_an_aggregation_reads_are_checked_before_start():
+    dag = Dag("quotes")
+    dag.source("src", Quotes()).key_by("symbol").apply(
+        "bars", WindowAggregate(Tumbling(10), OHLCV(price="bid"))
+    ).sink("out", Collect())
+    with pytest.raises(DagError, match="size"):
+        dag.validate()
+    fine = Dag("quotes")
+    fine.source("src", Quotes()).key_by("symbol").apply(
+        "bars", WindowAggregate(Tumbling(10), Count())
+    ).sink("out", Collect())
+    fine.validate()

@@ -30,6 +30,7 @@ from jobs import (
     StartStamped,
     StubbornFile,
     odd_seq,
+    tick_with_a_tuple_symbol,
 )
 
 from engine import Dag, JobFailed, RingflowError, launch, run
@@ -165,6 +166,22 @@ def test_external_sigkill_is_detected_within_a_second():
     # Detection is by the process sentinel; the bound here leaves room for teardown.
     assert time.monotonic() - killed_at < 5.0
     _assert_gone([*pids, job.coordinator_pid])
+
+
+def test_records_that_break_their_edges_type_are_blamed_on_their_producer():
+    from engine.records import Tick
+    from operators import Map
+
+    dag = Dag("mistyped")
+    dag.source("src", Numbered(100)).apply(
+        "map", Map(tick_with_a_tuple_symbol, output_type=Tick)
+    ).sink("out", Collect())
+    with pytest.raises(JobFailed) as info:
+        run(dag, timeout=WAIT)
+    assert info.value.node == "out" and info.value.error == "RecordError"
+    assert "records from node 'map' replica 0 do not decode as its output type Tick" in str(
+        info.value
+    )
 
 
 def test_run_kills_a_job_still_running_at_its_timeout():

@@ -271,9 +271,32 @@ def test_a_taken_metrics_port_fails_the_job() -> None:
         dag = Dag("taken")
         dag.source("src", Numbered(1_000)).sink("out", Backlogged(pause=0.0))
         started = time.monotonic()
-        with pytest.raises(JobFailed, match=r"could not start: .*Address already in use"):
-            launch(dag, metrics_port=port).wait(WAIT)
+        job = launch(dag, metrics_port=port)
+        with pytest.raises(JobFailed) as info:
+            job.wait(WAIT)
+        assert f"could not start: cannot serve metrics on 127.0.0.1:{port}" in str(info.value)
+        assert "give launch(metrics_port=...) a free port" in str(info.value)
+        assert not job.pids  # refused before any worker was started
         assert time.monotonic() - started < WAIT
+
+
+def test_metrics_on_any_free_port_say_which() -> None:
+    dag = Dag("any-port")
+    dag.source("src", Numbered(0, forever=True, pause_every=1, pause=0.002)).sink(
+        "out", Backlogged(pause=0.0)
+    )
+    job = launch(dag, metrics_port=0)
+    try:
+        deadline = time.monotonic() + WAIT
+        while job.metrics_port is None:
+            assert time.monotonic() < deadline, "the job never said its port"
+            job.status(timeout=0.5)
+        assert job.metrics_port > 0
+        samples = scrape(job.metrics_port)
+        assert samples.get("ringflow_worker_up", node="src") == 1
+    finally:
+        job.stop()
+        job.wait(WAIT)
 
 
 @pytest.mark.parametrize("port", [-1, 65536, "9100", 1.5])

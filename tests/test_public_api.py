@@ -10,6 +10,9 @@ import engine
 import operators
 
 ENGINE = {
+    "ANY_KEY",
+    "ONE_STATE",
+    "STATELESS",
     "Bar",
     "ChannelClosed",
     "ChannelError",

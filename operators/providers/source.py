@@ -31,6 +31,7 @@ from typing import Any
 from engine.errors import DagError
 from engine.operator import Batch, Context, Source, SourceLogic, Watermark
 from engine.records import Tick
+from engine.validate import check_ints
 from operators.providers.breaker import Breaker
 from operators.providers.failover import FailoverRouter
 from operators.providers.overlap import OverlapFilter
@@ -84,6 +85,9 @@ class ProviderSource(Source):
         if self.symbols is not None:
             symbols = (self.symbols,) if isinstance(self.symbols, str) else self.symbols
             object.__setattr__(self, "symbols", tuple(symbols))
+        check_ints(
+            self, "batch lateness_ns max_ids prefetch", optional="dedupe_horizon_ns give_up_after"
+        )
         problems = []
         names = [getattr(p, "name", None) for p in self.providers]
         if not names:
