@@ -37,7 +37,7 @@ from typing import Any
 import msgspec
 
 from engine.errors import DagError
-from engine.operator import Context
+from engine.operator import Context, Files
 from operators.csvio import AtomicFile, replica_path
 
 __all__ = ["MemoryStore", "RateLimitedStore", "StoreHealth", "StoreReport"]
@@ -86,6 +86,7 @@ class RateLimitedStore:
         keep: bool = True,
         path: str | None = None,
         gate: str | None = None,
+        owner: str = "",
     ) -> None:
         _check(capacity, rate, batch_size)
         self.capacity = capacity
@@ -93,6 +94,7 @@ class RateLimitedStore:
         self.keep = keep
         self.path = path
         self.gate = gate
+        self.owner = owner  # the job its file's temporary is named for (AtomicFile)
         self.records: list[Any] = []
         self.stored = 0
         self._rate = rate
@@ -117,7 +119,7 @@ class RateLimitedStore:
         self._changed = asyncio.Event()
         self._refilled = time.monotonic()
         if self.path is not None:
-            self._file = AtomicFile(self.path)
+            self._file = AtomicFile(self.path, self.owner)
         self._task = asyncio.create_task(self._drain(), name="ringflow-memstore-drain")
 
     async def stop(self, drain: bool = True, timeout: float = 10.0) -> None:
@@ -309,4 +311,13 @@ class MemoryStore:
             keep=self.keep,
             path=path,
             gate=self.gate,
+            owner=ctx.job,
+        )
+
+    def declared_files(self, parallelism: int) -> Files:
+        """The file each of ``parallelism`` sink replicas writes (``StoreSink`` asks)."""
+        if self.path is None:
+            return Files()
+        return Files(
+            writes=tuple(replica_path(self.path, r, parallelism) for r in range(parallelism))
         )

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from engine.errors import DagError, StoreError
-from engine.operator import Batch, Context, Sink, SinkLogic
+from engine.operator import Batch, Context, Files, Sink, SinkLogic
 from engine.refs import import_ref
 from operators.basic import describe
 from operators.storeloop import StoreLoop
@@ -188,6 +188,15 @@ class StoreSink(Sink):
             f"StoreSink({shown}, high_watermark={self.high_watermark}, "
             f"low_watermark={self.low_watermark})"
         )
+
+    def declared_files(self, parallelism: int) -> Files:
+        """The files its store writes, where the store's factory declares them (as
+        ``MemoryStore`` does): validated as any sink's, and their temporaries removed
+        if a worker is killed."""
+        factory = self.coordinator
+        method = None if isinstance(factory, str) else getattr(factory, "declared_files", None)
+        files = method(parallelism) if callable(method) else None
+        return files if isinstance(files, Files) else Files()
 
     def build(self, ctx: Context) -> StoreSinkLogic:
         return StoreSinkLogic(self, resolve(self.coordinator, "StoreSink coordinator"), ctx)

@@ -358,6 +358,39 @@ def test_a_factory_that_returns_no_store_is_named():
     assert not store_threads()
 
 
+def test_a_store_file_is_validated_with_every_other_file():
+    from operators.sinks import JsonLinesBars
+
+    dag = Dag("clash")
+    src = dag.source("src", Numbered(10))
+    src.sink("store", StoreSink(MemoryStore(path="/tmp/same.jsonl"), 10, 1))
+    src.sink("file", JsonLinesBars("/tmp/same.jsonl"))
+    with pytest.raises(DagError, match="writes it too"):
+        dag.validate()
+
+
+def test_a_store_worker_killed_leaves_no_temporary(tmp_path):
+    # Its file was named for the worker's pid and declared nowhere, so nothing removed it.
+    import signal
+
+    gate = tmp_path / "gate"
+    store = StoreSink(
+        MemoryStore(capacity=200, gate=str(gate), path=str(tmp_path / "s.jsonl")), 100, 20
+    )
+    dag = Dag("killed_store")
+    dag.source("src", Numbered(0, forever=True, batch=50)).sink("store", store)
+    job = launch(dag, heartbeat_timeout=WAIT)
+    deadline = time.monotonic() + WAIT
+    while not any(r["node"] == "store" and r["pauses"] for r in job.status()):
+        assert time.monotonic() < deadline, "the store never paused"
+    [temporary] = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert job.id in temporary
+    os.kill(job.pids[-1], signal.SIGKILL)  # the store's worker
+    with pytest.raises(JobFailed, match="node 'store' replica 0 was killed by signal SIGKILL"):
+        job.wait(WAIT)
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
 # -- market_data_store ----------------------------------------------------------------------
 
 
