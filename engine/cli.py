@@ -31,9 +31,10 @@ _SELF_EXPLAINING = {cls.__name__ for cls in (DagError, RecordError)}
 
 
 def _parse_param(text: str) -> tuple[str, Any]:
+    """KEY=VALUE, the value a Python literal or else a plain string."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--param wants key=value, got {text!r}")
+        raise argparse.ArgumentTypeError(f"want KEY=VALUE, got {text!r}")
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):

@@ -64,7 +64,7 @@ from engine.stats import (
     State,
     StatsBlock,
 )
-from engine.tempfiles import remove_temporaries
+from engine.tempfiles import remove_temporaries, written_paths
 from engine.worker import OutputSpec, WorkerSpec, worker_main
 
 SEGMENT_PREFIX = "ringflow-"
@@ -94,15 +94,19 @@ class Settings:
 
     def check(self) -> None:
         """Raise ``SettingsError`` naming every bad setting."""
-        problems = geometry_problems(self.slots, self.slot_size)
-        if self.linger < 0:
-            problems.append(f"linger must be >= 0 seconds, got {self.linger}")
+        ints = [n for n in ("slots", "slot_size") if not _is(getattr(self, n), int)]
+        problems = [f"{n} must be an int, got {getattr(self, n)!r}" for n in ints]
+        if not ints:
+            problems += geometry_problems(self.slots, self.slot_size)
+        if not (_is(self.linger, float) and self.linger >= 0):
+            problems.append(f"linger must be >= 0 seconds, got {self.linger!r}")
         port = self.metrics_port
         if port is not None and (type(port) is not int or not 0 <= port <= 65535):
             problems.append(f"metrics_port must be an int in 0..65535, got {port!r}")
         for name in ("heartbeat_timeout", "startup_timeout", "stop_grace", "stop_timeout"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be > 0 seconds, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not (_is(value, float) and value > 0):
+                problems.append(f"{name} must be > 0 seconds, got {value!r}")
         if problems:
             raise SettingsError("bad engine settings: " + "; ".join(problems))
 
@@ -118,6 +122,12 @@ class Settings:
             ) from None
         made.check()
         return made
+
+
+def _is(value: Any, kind: type) -> bool:
+    """An int (``kind`` int) or a real number (``kind`` float), and not a bool."""
+    allowed = (int,) if kind is int else (int, float)
+    return isinstance(value, allowed) and not isinstance(value, bool)
 
 
 @dataclass
@@ -254,6 +264,7 @@ class Coordinator:
         self.job_id = job_id
         self.driver = driver  # the driver's requests
         self.outbox = outbox  # and this side's messages to it
+        self.writes = written_paths(dag)  # whose temporaries teardown removes
         self.plan = plan(dag)
         self.channels: list[Channel] = []
         self.workers: list[WorkerHandle] = []
@@ -606,7 +617,7 @@ class Coordinator:
             self.metrics.stop()
             self.metrics = None
         self.kill_workers()
-        remove_temporaries(self.dag, self.job_id)
+        remove_temporaries(self.writes, self.job_id)
         self.unlink_segments()
         remove_segments(self.job_id)
         for channel in self.channels:

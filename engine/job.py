@@ -35,7 +35,7 @@ from engine.plan import plan
 from engine.result import JobResult
 from engine.ring import SHM_DIR, segment_size
 from engine.stats import ROW_BYTES
-from engine.tempfiles import remove_temporaries
+from engine.tempfiles import remove_temporaries, written_paths
 
 WORKERS_GONE_S = 5.0  # how long, after the coordinator died, its workers may take to die
 
@@ -74,6 +74,7 @@ class Job:
         self._status: list[dict[str, Any]] = []
         self._status_asked = False  # a status request's answer is on its way
         self.pids: list[int] = []
+        self._writes = written_paths(dag)  # whose temporaries to remove if the coordinator dies
         # The port the job's metrics are served on, once started (the one bound, where the
         # settings gave 0); None without metrics.
         self.metrics_port: int | None = None
@@ -164,9 +165,7 @@ class Job:
         if self._process.sentinel in ready and self._outcome is None:
             self._process.join(5.0)
             remove_segments(self.id)
-            # Its workers die by PDEATHSIG (SIGKILL) and cannot abort their sinks.
-            _wait_gone(self.pids, WORKERS_GONE_S)
-            remove_temporaries(self.dag, self.id)
+            self._remove_temporaries()
             hint = ""
             if self._process.exitcode == 1 and not self.pids:
                 hint = (
@@ -179,6 +178,12 @@ class Job:
                 f"before reporting a result{hint}",
                 exitcode=self._process.exitcode,
             )
+
+    def _remove_temporaries(self) -> None:
+        """Once the coordinator is gone: its workers die by PDEATHSIG (SIGKILL) and cannot
+        abort their sinks, so their temporaries are removed here when they are dead."""
+        _wait_gone(self.pids, WORKERS_GONE_S)
+        remove_temporaries(self._writes, self.id)
 
     def _take(self, message: tuple[Any, ...]) -> None:
         tag = message[0]
@@ -222,6 +227,7 @@ class Job:
             self._process.kill()
             self._process.join(5.0)
         remove_segments(self.id)
+        self._remove_temporaries()  # (none, unless the coordinator's teardown was cut short)
         _abandon(self._requests, self._conn)
         outcome = self._outcome
         if isinstance(outcome, JobFailed):
@@ -239,8 +245,8 @@ class Job:
 
         One request at a time: a call made while an earlier call's answer is still on its
         way waits for that answer rather than asking again, so a caller that polls with a
-        short timeout never piles answers up in the pipe (the coordinator would block
-        writing them, and the driver asking, and the job would stand still)."""
+        short timeout never piles answers up (in the coordinator's outbox, which would grow
+        for as long as nobody read it)."""
         if not self._status_asked:
             self._status = []
             if not self._request(("status",)):

@@ -106,8 +106,11 @@ class SourceLogic:
 
     def close(self) -> None:
         """Called once the stream has ended well: run to its end, or cut short by a graceful
-        stop (what it yielded until then is the job's input). Commit what the source wrote
-        on the side (a dead-letter file). Optional, as ``abort`` is."""
+        stop (what it yielded until then is the job's input), before the stream's end
+        reaches downstream. Commit what the source wrote on the side (a dead-letter file).
+        Optional, as ``abort`` is. It runs even where ``batches()`` never started (a stop
+        before the start) or was abandoned still running (an async source that would not
+        stop)."""
 
     def abort(self) -> None:
         """Called instead of ``close`` when the job fails: discard what it would commit."""

@@ -21,9 +21,14 @@ def import_ref(ref: str, what: str, error: type[RingflowError] = DagError, hint:
         raise error(f"{what} must look like 'module:attribute', got {ref!r}")
     try:
         obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        if module_name.endswith(".py"):  # a file name, where a module name belongs
-            hint += f"; name the module, not its file: {module_name[:-3].replace('/', '.')}"
+    except (ImportError, TypeError) as exc:  # TypeError: a relative name, as in './x'
+        if module_name.endswith(".py") or "/" in module_name:  # a file, not a module
+            hint += (
+                "; give a module's dotted name, importable from here (run from its folder, "
+                "or put that folder on PYTHONPATH), not a file's path"
+            )
+            if not module_name.startswith((".", "/")):
+                hint += f": {module_name.removesuffix('.py').replace('/', '.')}"
         raise error(f"{what} {ref!r}: cannot import {module_name!r} ({exc}){hint}") from None
     for part in attr.split("."):
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+UNROUTED = "unrouted:"  # the counter of a side output's records that no edge consumed
+
 
 @dataclass
 class NodeReport:
@@ -66,7 +68,7 @@ class JobResult:
             f"job {self.job!r} {'stopped' if self.stopped else 'finished'} in {self.seconds:.2f} s"
         ]
         for name, node in self.nodes.items():
-            shown = sorted((k, v) for k, v in node.counters.items() if k[:9] != "unrouted:")
+            shown = sorted((k, v) for k, v in node.counters.items() if not k.startswith(UNROUTED))
             extra = "".join(f", {k}={v}" for k, v in shown)
             lines.append(f"  {name}: in={node.records_in} out={node.records_out}{extra}")
             for side, n in sorted(node.unrouted.items()):

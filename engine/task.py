@@ -22,6 +22,7 @@ from engine.batch import MIN_WATERMARK
 from engine.columns import Columns
 from engine.dag import MAIN, SINK
 from engine.operator import Batch, Context, OperatorLogic, SinkLogic, SourceLogic, Watermark
+from engine.result import UNROUTED
 from engine.runtime_async import Abandoned, StopAwaiting, anext_noting_wait
 
 MAX_WATERMARK = 2**63 - 1
@@ -49,9 +50,6 @@ class Output:
         senders = self.senders
         for replica, group in self.split(records):
             senders[replica].extend(group)
-
-
-UNROUTED = "unrouted:"  # the counter of a side output's records that no edge consumed
 
 
 class Emitter:
@@ -303,29 +301,32 @@ class SourceTask:
         self.finish()
 
     def finish(self) -> None:
-        """End the stream now (normally, or on a graceful stop): EOF on every output, then
-        the logic's ``close()``."""
+        """End the stream now (normally, or on a graceful stop): close it, then the logic's
+        ``close()``, then EOF on every output. The logic commits before anything downstream
+        can, so a commit that fails fails the job with nothing committed after it (and the
+        failure's ``abort`` runs the logic's ``abort()``)."""
         if self.finished:
             return
         self.finished = True
         self.emitter.emit([])
-        self.emitter.eof()
         self.close()
-        self._end("close")
+        close = getattr(self.logic, "close", None)
+        if not self._ended and close is not None:
+            close()
+        self._ended = True
+        self.emitter.eof()
 
     def abort(self) -> None:
-        """After a failure: close the stream, then the logic's ``abort()``."""
+        """After a failure: close the stream, then the logic's ``abort()`` (unless its
+        ``close()`` has run to its end)."""
         try:
             self.close()
         finally:
-            self._end("abort")
-
-    def _end(self, how: str) -> None:
-        if not self._ended:
-            self._ended = True
-            method = getattr(self.logic, how, None)
-            if method is not None:
-                method()
+            if not self._ended:
+                self._ended = True
+                abort = getattr(self.logic, "abort", None)
+                if abort is not None:
+                    abort()
 
     def close(self) -> None:
         items, self._items = self._items, None

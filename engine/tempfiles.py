@@ -19,7 +19,7 @@ import secrets
 from engine.dag import Dag
 from engine.validate import declared_writes
 
-__all__ = ["remove_temporaries", "temporary_path"]
+__all__ = ["remove_temporaries", "temporary_path", "written_paths"]
 
 
 def temporary_path(path: str, owner: str) -> str:
@@ -28,12 +28,18 @@ def temporary_path(path: str, owner: str) -> str:
     return os.path.join(head, f".{name}.{owner}.{secrets.token_hex(4)}.tmp")
 
 
-def remove_temporaries(dag: Dag, owner: str) -> list[str]:
-    """Remove the temporaries ``owner``'s writers left beside the files ``dag`` writes;
+def written_paths(dag: Dag) -> list[str]:
+    """The absolute paths of the files ``dag``'s nodes declare they write: taken at launch,
+    so a later change of folder does not move them."""
+    return [os.path.abspath(path) for path in declared_writes(dag)]
+
+
+def remove_temporaries(paths: list[str], owner: str) -> list[str]:
+    """Remove the temporaries ``owner``'s writers left beside ``paths`` (``written_paths``);
     the paths removed. Call it only once none of those writers can still be running."""
     removed = []
-    for path in declared_writes(dag):
-        head, name = os.path.split(os.path.abspath(path))
+    for path in paths:
+        head, name = os.path.split(path)
         pattern = os.path.join(glob.escape(head), glob.escape(f".{name}.{owner}.") + "*.tmp")
         for temp in glob.glob(pattern):
             try:

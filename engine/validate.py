@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import DagError
-from engine.operator import ANY_KEY, ONE_STATE, STATELESS, Operator, Sink, Source
+from engine.operator import ANY_KEY, ONE_STATE, STATELESS, Files, Operator, Sink, Source
 from partitioning import KeyHash
 
 if TYPE_CHECKING:
@@ -235,27 +235,32 @@ def _keeps_keys_together(dag: Dag, edge: Any, ours: set[str], seen: set[str]) ->
             yield from _keeps_keys_together(dag, before, ours, seen)
 
 
+def _declared(dag: Dag) -> list[tuple[str, Files]]:
+    """Each node's name and ``declared_files``."""
+    declared = [(n.name, _hook(n.config, "declared_files", n.parallelism)) for n in dag.nodes]
+    return [(name, files) for name, files in declared if files]
+
+
 def declared_writes(dag: Dag) -> list[str]:
     """Every path the nodes of ``dag`` declare they write (``declared_files``)."""
-    declared = (_hook(n.config, "declared_files", n.parallelism) for n in dag.nodes)
-    return [path for files in declared if files for path in files.writes]
+    return [path for _, files in _declared(dag) for path in files.writes]
 
 
 def _check_files(dag: Dag) -> None:
     """Inputs exist; no two writers, nor a writer and a reader, share a path (see
     ``engine.operator.Files``). Reads are compared with links followed; writes by their
     folder resolved (a rename replaces a link, not what it points to)."""
-    declared = [(n.name, _hook(n.config, "declared_files", n.parallelism)) for n in dag.nodes]
+    declared = _declared(dag)
     readers: dict[str, str] = {}
     for name, files in declared:
-        for path in files.reads if files else ():
+        for path in files.reads:
             if not os.path.isfile(path):
                 what = "is a folder" if os.path.isdir(path) else "does not exist"
                 raise DagError(f"node {name!r} reads {path!r}, which {what}; give a file")
             readers.setdefault(os.path.realpath(path), name)
     writers: dict[str, str] = {}
     for name, files in declared:
-        for path in files.writes if files else ():
+        for path in files.writes:
             folder, base = os.path.split(os.path.abspath(path))
             target = os.path.join(os.path.realpath(folder), base)
             if os.path.isdir(target):

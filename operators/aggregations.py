@@ -53,22 +53,18 @@ __all__ = ["OHLCV", "Aggregation", "Count", "Vwap", "WindowValue"]
 
 
 class WindowValue(msgspec.Struct, array_like=True, frozen=True):
-    """A single value computed over the window ``[window_start, window_end)`` of ``key``."""
+    """A single value computed over the window ``[window_start, window_end)`` of ``key``.
 
-    key: Any
+    ``key`` is typed so that it crosses a channel as it was: msgpack has one array type,
+    and a key tuple (``key=("symbol", "venue")``) must come back a hashable tuple, not a
+    list. A key is a str, int, float, bool, None, or a tuple of those (a tuple nested in
+    it arrives as a list).
+    """
+
+    key: str | int | float | bool | tuple[Any, ...] | None
     window_start: int
     window_end: int
     value: Any
-
-    def __post_init__(self) -> None:
-        # msgpack has one array type: a tuple key (key=("symbol", "venue")) crosses a
-        # channel as a list, and a key must stay a hashable tuple.
-        if type(self.key) is list:
-            msgspec.structs.force_setattr(self, "key", _tuples(self.key))
-
-
-def _tuples(items: list[Any]) -> tuple[Any, ...]:
-    return tuple(_tuples(x) if type(x) is list else x for x in items)
 
 
 class Aggregation:

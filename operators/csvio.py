@@ -28,6 +28,7 @@ __all__ = [
     "RangeReader",
     "count_newlines",
     "replica_path",
+    "replica_paths",
     "split_points",
 ]
 
@@ -92,6 +93,11 @@ def replica_path(path: str, replica: int, parallelism: int) -> str:
         return path
     root, ext = os.path.splitext(path)
     return f"{root}.{replica}{ext}"
+
+
+def replica_paths(path: str, parallelism: int) -> tuple[str, ...]:
+    """Every replica's ``replica_path``."""
+    return tuple(replica_path(path, r, parallelism) for r in range(parallelism))
 
 
 def split_points(size: int, n: int) -> list[int]:

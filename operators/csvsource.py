@@ -63,6 +63,7 @@ from operators.csvio import (
     RangeReader,
     count_newlines,
     replica_path,
+    replica_paths,
     split_points,
 )
 from operators.csvparse import diagnose, parse_block, parse_columns, parse_lines
@@ -116,11 +117,7 @@ class CsvTicks(Source):
 
     def declared_files(self, parallelism: int) -> Files:
         dead = self.dead_letter
-        writes = (
-            ()
-            if dead is None
-            else tuple(replica_path(dead, r, parallelism) for r in range(parallelism))
-        )
+        writes = () if dead is None else replica_paths(dead, parallelism)
         return Files(reads=(self.path,), writes=writes)
 
     def build(self, ctx: Context) -> CsvTicksLogic:

@@ -38,7 +38,7 @@ import msgspec
 
 from engine.errors import DagError
 from engine.operator import Context, Files
-from operators.csvio import AtomicFile, replica_path
+from operators.csvio import AtomicFile, replica_path, replica_paths
 
 __all__ = ["MemoryStore", "RateLimitedStore", "StoreHealth", "StoreReport"]
 
@@ -318,6 +318,4 @@ class MemoryStore:
         """The file each of ``parallelism`` sink replicas writes (``StoreSink`` asks)."""
         if self.path is None:
             return Files()
-        return Files(
-            writes=tuple(replica_path(self.path, r, parallelism) for r in range(parallelism))
-        )
+        return Files(writes=replica_paths(self.path, parallelism))

@@ -422,3 +422,14 @@ def tick_with_a_tuple_symbol(record: Any) -> Any:
     from engine.records import Tick
 
     return Tick((record[0],), record[1], 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class MarkBuilt(Sink):
+    """Touches the file ``marker`` when a worker builds it: whether any worker started."""
+
+    marker: str
+
+    def build(self, ctx: Context) -> SinkLogic:
+        open(self.marker, "w").close()
+        return _CollectLogic()

@@ -185,6 +185,7 @@ def test_bad_command_line_is_refused_before_starting(tmp_path, capsys):
         ("--metrics-port", "70000", "metrics_port"),
         ("--setting", "slotz=4", "the settings are slots, slot_size"),
         ("--setting", "heartbeat_timeout=0", "heartbeat_timeout must be > 0"),
+        ("--setting", "heartbeat_timeout=10s", "heartbeat_timeout must be > 0 seconds, got '10s'"),
     ],
 )
 def test_bad_settings_on_the_command_line_are_a_bad_command_line(
@@ -213,7 +214,13 @@ def test_an_output_path_shared_with_another_or_the_input_is_refused(tmp_path, ca
 
 def test_a_file_name_for_run_is_answered_with_the_module_name(capsys):
     assert main(["run", "examples/minimal.py:build", "--quiet"]) == 2
-    assert "name the module, not its file: examples.minimal" in capsys.readouterr().err
+    assert "not a file's path: examples.minimal" in capsys.readouterr().err
+    assert main(["run", "/abs/examples/minimal.py:build", "--quiet"]) == 2
+    assert "put that folder on PYTHONPATH), not a file's path\n" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # argparse's own way out
+        main(["run", "examples.minimal:build", "--setting", "slots", "--quiet"])
+    assert info.value.code == 2
+    assert "argument --setting: want KEY=VALUE, got 'slots'" in capsys.readouterr().err
 
 
 def test_a_bad_param_for_run_is_refused(capsys):

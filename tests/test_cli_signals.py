@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.cli import PROGRESS_EVERY_S
+from engine.cli import PROGRESS_EVERY_S, SAME_SIGTERM_S
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 60.0
@@ -145,6 +145,25 @@ def test_sigterm_twice_at_once_as_timeout_sends_it_is_one_graceful_stop(tmp_path
     assert proc.returncode == 0, err
     assert "bars stopped early" in out and "interrupted" not in err
     assert (tmp_path / "bars.csv").read_text().startswith("symbol,window_start")
+
+
+def test_a_second_sigterm_within_a_second_is_the_same_request(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    import engine.cli
+
+    now = [100.0]
+    monkeypatch.setattr(engine.cli.time, "monotonic", lambda: now[0])
+    calls: list[int] = []
+    job = SimpleNamespace(_on_sigint=lambda signum, frame: calls.append(signum))
+    handler = engine.cli._sigterm_as_ctrl_c(job)  # type: ignore[arg-type]
+    handler(signal.SIGTERM, None)
+    now[0] += 0.001  # timeout(1)'s second SIGTERM, to the group
+    handler(signal.SIGTERM, None)
+    assert calls == [signal.SIGTERM]  # one graceful stop
+    now[0] += SAME_SIGTERM_S
+    handler(signal.SIGTERM, None)  # a SIGTERM a second later asks again: a kill
+    assert calls == [signal.SIGTERM, signal.SIGTERM]
 
 
 def test_a_closed_stderr_changes_nothing(tmp_path: Path) -> None:

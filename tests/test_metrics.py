@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jobs import Numbered, RunningSum, Stall
+from jobs import MarkBuilt, Numbered, RunningSum, Stall
 from metrics_jobs import Backlogged
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -263,20 +263,21 @@ def test_operator_and_sink_counters_refresh_while_records_flow() -> None:
             job.wait(WAIT)
 
 
-def test_a_taken_metrics_port_fails_the_job() -> None:
+def test_a_taken_metrics_port_fails_the_job(tmp_path: Path) -> None:
+    marker = tmp_path / "built"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         dag = Dag("taken")
-        dag.source("src", Numbered(1_000)).sink("out", Backlogged(pause=0.0))
+        dag.source("src", Numbered(1_000)).sink("out", MarkBuilt(str(marker)))
         started = time.monotonic()
         job = launch(dag, metrics_port=port)
         with pytest.raises(JobFailed) as info:
             job.wait(WAIT)
         assert f"could not start: cannot serve metrics on 127.0.0.1:{port}" in str(info.value)
         assert "give launch(metrics_port=...) a free port" in str(info.value)
-        assert not job.pids  # refused before any worker was started
+        assert not marker.exists()  # refused before any worker was started
         assert time.monotonic() - started < WAIT
 
 

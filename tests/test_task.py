@@ -133,3 +133,41 @@ def test_an_error_in_an_async_source_is_raised_by_run():
         task.run(lambda: True)
     runner.close()
     assert recorder.got == [("records", [1])]
+
+
+class Committing(Items):
+    """Items whose ``close()`` commits (or fails to) and whose ``abort()`` discards."""
+
+    def __init__(self, fail: bool) -> None:
+        super().__init__(False)
+        self.fail = fail
+        self.calls: list[str] = []
+
+    def close(self) -> None:
+        self.calls.append("close")
+        if self.fail:
+            raise OSError("no space left on device")
+
+    def abort(self) -> None:
+        self.calls.append("abort")
+
+
+def test_the_source_commits_before_its_stream_ends_downstream():
+    logic = Committing(fail=False)
+    task, recorder, runner = source_task(logic)
+    task.run(lambda: True)
+    task.abort()  # as a failure elsewhere later would: nothing to undo
+    runner.close()
+    assert logic.calls == ["close"] and recorder.got[-1] == ("eof",)
+
+
+def test_a_source_commit_that_fails_ends_nothing_downstream_and_is_aborted():
+    # Downstream sinks commit on EOF: a source whose own commit fails must not let them.
+    logic = Committing(fail=True)
+    task, recorder, runner = source_task(logic)
+    with pytest.raises(OSError, match="no space"):
+        task.run(lambda: True)
+    task.abort()  # the worker's failure path
+    runner.close()
+    assert logic.calls == ["close", "abort"]
+    assert ("eof",) not in recorder.got

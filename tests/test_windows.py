@@ -698,7 +698,8 @@ def test_a_tuple_key_stays_a_tuple_across_a_channel() -> None:
     from engine.batch import codec_for
 
     codec = codec_for(WindowValue)
-    values = [WindowValue(("A", "X"), 0, 10, 3), WindowValue(("B", ("C", 1)), 0, 10, 4)]
+    values = [WindowValue(("A", "X"), 0, 10, 3), WindowValue("B", 0, 10, 4)]
+    values += [WindowValue(7, 0, 10, 5), WindowValue(None, 0, 10, 6)]
     decoded = codec.decode(codec.encode(values))
-    assert decoded == values and [type(v.key) for v in decoded] == [tuple, tuple]
-    assert {v.key: v.value for v in decoded} == {("A", "X"): 3, ("B", ("C", 1)): 4}
+    assert decoded == values and [type(v.key) for v in decoded] == [tuple, str, int, type(None)]
+    assert {v.key: v.value for v in decoded} == {("A", "X"): 3, "B": 4, 7: 5, None: 6}

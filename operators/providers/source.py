@@ -31,7 +31,6 @@ from typing import Any
 from engine.errors import DagError
 from engine.operator import Batch, Context, Source, SourceLogic, Watermark
 from engine.records import Tick
-from engine.validate import check_ints
 from operators.providers.breaker import Breaker
 from operators.providers.failover import FailoverRouter
 from operators.providers.overlap import OverlapFilter
@@ -43,6 +42,10 @@ __all__ = ["IDLE_S", "ProviderSource"]
 
 IDLE_S = 0.05  # longest step without a tick before the worker gets its turn
 ON_END = ("stop", "failover")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -85,10 +88,13 @@ class ProviderSource(Source):
         if self.symbols is not None:
             symbols = (self.symbols,) if isinstance(self.symbols, str) else self.symbols
             object.__setattr__(self, "symbols", tuple(symbols))
-        check_ints(
-            self, "batch lateness_ns max_ids prefetch", optional="dedupe_horizon_ns give_up_after"
-        )
         problems = []
+        for field_name in ("batch", "lateness_ns", "dedupe_horizon_ns", "max_ids", "prefetch"):
+            value = getattr(self, field_name)
+            if not (value is None and field_name == "dedupe_horizon_ns") and not _number(value):
+                problems.append(f"{field_name} must be a number, got {value!r}")
+        if problems:  # the comparisons below would fail on these
+            raise DagError(f"invalid ProviderSource: {'; '.join(problems)}")
         names = [getattr(p, "name", None) for p in self.providers]
         if not names:
             problems.append("it needs at least one provider")
