@@ -172,7 +172,8 @@ class StoreSink(Sink):
         if not self.drain_timeout > 0:
             problems.append(f"drain_timeout must be > 0 seconds, got {self.drain_timeout!r}")
         stall = self.stall_timeout
-        if stall is not None and not (isinstance(stall, (int, float)) and stall > 0):
+        number = isinstance(stall, int | float) and not isinstance(stall, bool)
+        if stall is not None and not (number and stall > 0):
             problems.append(f"stall_timeout must be > 0 seconds or None, got {stall!r}")
         if problems:
             raise DagError(f"invalid StoreSink config: {'; '.join(problems)}")

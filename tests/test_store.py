@@ -79,6 +79,7 @@ def not_a_store(ctx: Context) -> list[Any]:
         ({"high_watermark": 10, "low_watermark": 1, "poll_interval": 0}, "poll_interval"),
         ({"high_watermark": 10, "low_watermark": 1, "stall_timeout": 0}, "stall_timeout"),
         ({"high_watermark": 10, "low_watermark": 1, "stall_timeout": "1"}, "stall_timeout"),
+        ({"high_watermark": 10, "low_watermark": 1, "stall_timeout": True}, "stall_timeout"),
     ],
 )
 def test_bad_watermarks_are_refused_with_the_rule(kwargs, message):
