@@ -50,27 +50,37 @@ class Plan:
         return result
 
 
-def record_type(dag: Dag, node: Node, output: str) -> Any:
+def record_type(
+    dag: Dag, node: Node, output: str, known: dict[tuple[str, str], Any] | None = None
+) -> Any:
     """The record type of ``node``'s ``output`` (None: not known; records go pickled).
     An output of the input records themselves (``Operator.passes_input``) whose type is
-    not named has its inputs' type, when every input edge has the same one."""
+    not named has its inputs' type, when every input edge has the same one. ``known``
+    keeps the types found, by (node, output), for a caller asking of every edge."""
+    if known is not None and (node.name, output) in known:
+        return known[node.name, output]
     config = node.config
     if output == MAIN:
-        declared = getattr(config, "output_type", None)
+        found = getattr(config, "output_type", None)
     else:
-        declared = getattr(config, "side_types", {}).get(output)
+        found = getattr(config, "side_types", {}).get(output)
     passes = getattr(type(config), "passes_input", None)
-    if declared is not None or not (callable(passes) and passes(config, output)):
-        return declared
-    inputs = {record_type(dag, dag.node(e.upstream), e.output) for e in dag.inputs(node.name)}
-    return inputs.pop() if len(inputs) == 1 else None
+    if found is None and callable(passes) and passes(config, output):
+        inputs = {
+            record_type(dag, dag.node(e.upstream), e.output, known) for e in dag.inputs(node.name)
+        }
+        found = inputs.pop() if len(inputs) == 1 else None
+    if known is not None:
+        known[node.name, output] = found
+    return found
 
 
 def plan(dag: Dag) -> Plan:
     links: list[Link] = []
+    known: dict[tuple[str, str], Any] = {}
     for i, edge in enumerate(dag.edges):
         up, down = dag.node(edge.upstream), dag.node(edge.downstream)
-        rtype = record_type(dag, up, edge.output)
+        rtype = record_type(dag, up, edge.output, known)
         if dag.partitioner(edge).all_to_all:
             pairs = [(a, b) for a in range(up.parallelism) for b in range(down.parallelism)]
         else:

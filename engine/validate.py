@@ -116,13 +116,14 @@ def validate(dag: Dag) -> None:
                 )
     _check_cycles(dag)
     _check_reachable(dag)
+    known: dict[tuple[str, str], Any] = {}  # record types by (node, output)
     for edge in dag.edges:
         where = f"edge {edge.upstream!r} -> {edge.downstream!r}"
         part = dag.partitioner(edge)
         up, down = dag.node(edge.upstream), dag.node(edge.downstream)
         if isinstance(part, KeyHash) and not part.key:
             raise DagError(f"{where}: key_by needs a key, e.g. key_by('symbol')")
-        _check_fields(where, record_type(dag, up, edge.output), part, down)
+        _check_fields(where, record_type(dag, up, edge.output, known), part, down)
         _check_state_key(dag, edge, down)
         if not part.all_to_all and up.parallelism != down.parallelism:
             raise DagError(

@@ -525,3 +525,18 @@ def test_fields_an_aggregation_reads_are_checked_before_start():
         "bars", WindowAggregate(Tumbling(10), Count())
     ).sink("out", Collect())
     fine.validate()
+
+
+def test_types_pass_through_fan_in_and_out_of_filters():
+    dag = Dag("diamonds")
+    stream = dag.source("src", Generator(count=10))
+    for k in range(12):  # each stage: two filters of the one before, joined by a third
+        stream.apply(f"a{k}", Filter(_keep))
+        stream.apply(f"b{k}", Filter(_keep))
+        joined = dag.operator(f"j{k}", Filter(_keep))
+        dag.connect(f"a{k}", f"j{k}")
+        dag.connect(f"b{k}", f"j{k}")
+        stream = joined
+    stream.sink("out", Collect())
+    dag.validate()
+    assert set(_link_types(dag).values()) == {Tick}
