@@ -147,6 +147,14 @@ class SinkLogic:
         return None
 
 
+def hook(config: Any, name: str, *args: Any) -> Any:
+    """``config``'s optional hook ``name`` (``declared_files``, ``fields_read``, ...),
+    called; None when its class has none (a config need not subclass the bases, and a field
+    of that name on an instance is not a hook)."""
+    method = getattr(type(config), name, None)
+    return method(config, *args) if callable(method) else None
+
+
 @dataclass(frozen=True)
 class Files:
     """The files a node's replicas read and write, all together (see the module docstring)."""
@@ -212,6 +220,14 @@ class Operator:
         tell which key_by keeps a key's records together and accepts any: key_by that same
         function (or fields it reads all of), or one key's state splits across replicas."""
         return STATELESS
+
+
+class PassesInput:
+    """For an operator whose every output carries its input records (a filter, a router):
+    each is typed as the input, unless the operator names a type."""
+
+    def passes_input(self, output: str) -> bool:
+        return True
 
 
 class Sink:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.dag import MAIN, Dag, Edge, Node
+from engine.operator import hook
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,7 @@ def record_type(
         found = getattr(config, "output_type", None)
     else:
         found = getattr(config, "side_types", {}).get(output)
-    passes = getattr(type(config), "passes_input", None)
-    if found is None and callable(passes) and passes(config, output):
+    if found is None and hook(config, "passes_input", output):
         inputs = {
             record_type(dag, dag.node(e.upstream), e.output, known) for e in dag.inputs(node.name)
         }

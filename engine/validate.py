@@ -11,7 +11,16 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import DagError
-from engine.operator import ANY_KEY, ONE_STATE, STATELESS, Files, Operator, Sink, Source
+from engine.operator import (
+    ANY_KEY,
+    ONE_STATE,
+    STATELESS,
+    Files,
+    Operator,
+    Sink,
+    Source,
+    hook,
+)
 from partitioning import KeyHash
 
 if TYPE_CHECKING:
@@ -147,14 +156,6 @@ def key_fields(key: Any) -> tuple[str, ...]:
     return tuple(name.partition(".")[0] for name in names)
 
 
-def _hook(config: Any, name: str, *args: Any) -> Any:
-    """``config``'s validation hook ``name`` (engine.operator), called; None when its class
-    has none (a config need not subclass the bases' hooks, and a field of that name on an
-    instance is not a hook)."""
-    method = getattr(type(config), name, None)
-    return method(config, *args) if callable(method) else None
-
-
 def _field_names(record_type: Any) -> tuple[str, ...] | None:
     """The fields of a msgspec Struct, a dataclass or a named tuple; None for another type,
     whose fields cannot be known before a record exists."""
@@ -185,7 +186,7 @@ def _check_fields(where: str, sent: Any, part: Any, down: Any) -> None:
                 f"{where}: key_by({part.key!r}), but {sent.__name__} records have no field "
                 f"{field!r}; key by one of {list(fields)}"
             )
-    missing = [f for f in _hook(down.config, "fields_read") or () if lacks(f)]
+    missing = [f for f in hook(down.config, "fields_read") or () if lacks(f)]
     if missing:
         raise DagError(
             f"{where}: {type(down.config).__name__} {down.name!r} reads "
@@ -199,7 +200,7 @@ def _check_state_key(dag: Dag, edge: Any, down: Any) -> None:
     replica: its input is a key_by on fields of that key (see ``Operator.state_key``), or a
     forward edge from a node whose own inputs are such key_bys (a forward edge keeps each
     record on its replica's number, so the keys stay where the key_by put them)."""
-    key = _hook(down.config, "state_key") if down.parallelism > 1 else None
+    key = hook(down.config, "state_key") if down.parallelism > 1 else None
     if key is None or key is STATELESS:
         return
     kind, n = type(down.config).__name__, down.parallelism
@@ -238,7 +239,7 @@ def _keeps_keys_together(dag: Dag, edge: Any, ours: set[str], seen: set[str]) ->
 
 def _declared(dag: Dag) -> list[tuple[str, Files]]:
     """Each node's name and ``declared_files``."""
-    declared = [(n.name, _hook(n.config, "declared_files", n.parallelism)) for n in dag.nodes]
+    declared = [(n.name, hook(n.config, "declared_files", n.parallelism)) for n in dag.nodes]
     return [(name, files) for name, files in declared if files]
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import DagError
-from engine.operator import Batch, Context, Operator, OperatorLogic
+from engine.operator import Batch, Context, Operator, OperatorLogic, PassesInput
 
 __all__ = ["Filter", "FlatMap", "Map", "describe"]
 
@@ -60,7 +60,7 @@ class Map(Operator):
 
 
 @dataclass(frozen=True, repr=False)
-class Filter(Operator):
+class Filter(PassesInput, Operator):
     """Keep the records for which ``fn(record)`` is true. Its output has the input's record
     type (``passes_input``); ``output_type`` names one where the input edges have none."""
 
@@ -72,9 +72,6 @@ class Filter(Operator):
 
     def __repr__(self) -> str:
         return f"Filter({describe(self.fn)})"
-
-    def passes_input(self, output: str) -> bool:
-        return True
 
     def build(self, ctx: Context) -> OperatorLogic:
         return _FilterLogic(self.fn)

@@ -16,7 +16,7 @@ from operator import attrgetter
 from typing import Any, cast
 
 from engine.errors import DagError
-from engine.operator import ANY_KEY, ONE_STATE, Batch, Context, Operator, OperatorLogic
+from engine.operator import ANY_KEY, ONE_STATE, Batch, Context, Operator, OperatorLogic, PassesInput
 from operators.basic import check_function, describe
 from operators.durations import to_ns
 from operators.keys import KeySpec, check_key, key_fields, key_getter
@@ -30,15 +30,8 @@ def _side_name(name: Any, who: str) -> str:
     return name
 
 
-class _PassesInput:
-    """Every output carries input records: typed as the input unless output_type names one."""
-
-    def passes_input(self, output: str) -> bool:
-        return True
-
-
 @dataclass(frozen=True)
-class Dedupe(_PassesInput, Operator):
+class Dedupe(PassesInput, Operator):
     """Drop records whose identity was already seen within ``horizon_ns`` of event time.
 
     The identity is ``key`` of the record (a field name, a tuple of field names, a function;
@@ -177,7 +170,7 @@ def _count(times: Any) -> int:
 
 
 @dataclass(frozen=True)
-class Throttle(_PassesInput, Operator):
+class Throttle(PassesInput, Operator):
     """Pass at most ``max_records`` per key per interval of processing time.
 
     Intervals are ``interval_ns`` long and aligned to the clock's zero (``ctx.clock() //
@@ -254,7 +247,7 @@ class _ThrottleLogic(OperatorLogic):
 
 
 @dataclass(frozen=True, repr=False)
-class Router(_PassesInput, Operator):
+class Router(PassesInput, Operator):
     """Send each record to the side output of the first route whose predicate holds.
 
     ``routes`` maps side-output names to predicates (module-level functions of a record),

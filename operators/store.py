@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from engine.errors import DagError, StoreError
-from engine.operator import Batch, Context, Files, Sink, SinkLogic
+from engine.operator import Batch, Context, Files, Sink, SinkLogic, hook
 from engine.refs import import_ref
 from operators.basic import describe
 from operators.storeloop import StoreLoop
@@ -194,9 +194,7 @@ class StoreSink(Sink):
         """The files its store writes, where the store's factory declares them (as
         ``MemoryStore`` does): validated as any sink's, and their temporaries removed
         if a worker is killed."""
-        factory = self.coordinator
-        method = None if isinstance(factory, str) else getattr(factory, "declared_files", None)
-        files = method(parallelism) if callable(method) else None
+        files = hook(self.coordinator, "declared_files", parallelism)
         return files if isinstance(files, Files) else Files()
 
     def build(self, ctx: Context) -> StoreSinkLogic:

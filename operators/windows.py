@@ -52,7 +52,7 @@ import msgspec
 
 from engine.columns import Columns, field_names
 from engine.errors import DagError
-from engine.operator import Batch, Context, Operator, OperatorLogic
+from engine.operator import Batch, Context, Operator, OperatorLogic, hook
 from operators.aggregations import Aggregation
 from operators.assigners import Assigner, Session, Sliding, Tumbling
 from operators.codegen import identifier
@@ -119,8 +119,7 @@ class WindowAggregate(Operator):
 
     def fields_read(self) -> tuple[str, ...]:
         """The key's and time's fields, and those the aggregation names."""
-        reads = getattr(type(self.aggregation), "fields_read", None)
-        own = reads(self.aggregation) if callable(reads) else ()
+        own = hook(self.aggregation, "fields_read") or ()
         return tuple(dict.fromkeys((*key_fields(self.key), self.time, *own)))
 
     def state_key(self) -> Any:
