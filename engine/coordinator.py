@@ -65,6 +65,7 @@ from engine.stats import (
     StatsBlock,
 )
 from engine.tempfiles import remove_temporaries, written_paths
+from engine.validate import is_number
 from engine.worker import OutputSpec, WorkerSpec, worker_main
 
 SEGMENT_PREFIX = "ringflow-"
@@ -94,18 +95,18 @@ class Settings:
 
     def check(self) -> None:
         """Raise ``SettingsError`` naming every bad setting."""
-        ints = [n for n in ("slots", "slot_size") if not _is(getattr(self, n), int)]
+        ints = [n for n in ("slots", "slot_size") if not is_number(getattr(self, n), integer=True)]
         problems = [f"{n} must be an int, got {getattr(self, n)!r}" for n in ints]
         if not ints:
             problems += geometry_problems(self.slots, self.slot_size)
-        if not (_is(self.linger, float) and self.linger >= 0):
+        if not (is_number(self.linger) and self.linger >= 0):
             problems.append(f"linger must be >= 0 seconds, got {self.linger!r}")
         port = self.metrics_port
         if port is not None and (type(port) is not int or not 0 <= port <= 65535):
             problems.append(f"metrics_port must be an int in 0..65535, got {port!r}")
         for name in ("heartbeat_timeout", "startup_timeout", "stop_grace", "stop_timeout"):
             value = getattr(self, name)
-            if not (_is(value, float) and value > 0):
+            if not (is_number(value) and value > 0):
                 problems.append(f"{name} must be > 0 seconds, got {value!r}")
         if problems:
             raise SettingsError("bad engine settings: " + "; ".join(problems))
@@ -122,12 +123,6 @@ class Settings:
             ) from None
         made.check()
         return made
-
-
-def _is(value: Any, kind: type) -> bool:
-    """An int (``kind`` int) or a real number (``kind`` float), and not a bool."""
-    allowed = (int,) if kind is int else (int, float)
-    return isinstance(value, allowed) and not isinstance(value, bool)
 
 
 @dataclass

@@ -284,6 +284,12 @@ def _check_files(dag: Dag) -> None:
             )
 
 
+def is_number(value: Any, *, integer: bool = False) -> bool:
+    """A real number (an int with ``integer``), and not a bool."""
+    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
 def check_ints(config: object, names: str, *, optional: str = "") -> None:
     """Raise ``DagError`` naming ``config`` unless each field in ``names`` is an int (not a
     bool; an int subclass or anything with ``__index__``, numpy's say, is one) and each in

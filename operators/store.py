@@ -50,6 +50,7 @@ from typing import Any, Protocol, runtime_checkable
 from engine.errors import DagError, StoreError
 from engine.operator import Batch, Context, Files, Sink, SinkLogic, hook
 from engine.refs import import_ref
+from engine.validate import is_number
 from operators.basic import describe
 from operators.storeloop import StoreLoop
 
@@ -172,8 +173,7 @@ class StoreSink(Sink):
         if not self.drain_timeout > 0:
             problems.append(f"drain_timeout must be > 0 seconds, got {self.drain_timeout!r}")
         stall = self.stall_timeout
-        number = isinstance(stall, int | float) and not isinstance(stall, bool)
-        if stall is not None and not (number and stall > 0):
+        if stall is not None and not (is_number(stall) and stall > 0):
             problems.append(f"stall_timeout must be > 0 seconds or None, got {stall!r}")
         if problems:
             raise DagError(f"invalid StoreSink config: {'; '.join(problems)}")

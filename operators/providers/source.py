@@ -31,6 +31,7 @@ from typing import Any
 from engine.errors import DagError
 from engine.operator import Batch, Context, Source, SourceLogic, Watermark
 from engine.records import Tick
+from engine.validate import is_number
 from operators.providers.breaker import Breaker
 from operators.providers.failover import FailoverRouter
 from operators.providers.overlap import OverlapFilter
@@ -42,10 +43,6 @@ __all__ = ["IDLE_S", "ProviderSource"]
 
 IDLE_S = 0.05  # longest step without a tick before the worker gets its turn
 ON_END = ("stop", "failover")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -91,7 +88,7 @@ class ProviderSource(Source):
         problems = []
         for field_name in ("batch", "lateness_ns", "dedupe_horizon_ns", "max_ids", "prefetch"):
             value = getattr(self, field_name)
-            if not (value is None and field_name == "dedupe_horizon_ns") and not _number(value):
+            if not (value is None and field_name == "dedupe_horizon_ns") and not is_number(value):
                 problems.append(f"{field_name} must be a number, got {value!r}")
         if problems:  # the comparisons below would fail on these
             raise DagError(f"invalid ProviderSource: {'; '.join(problems)}")
