@@ -413,22 +413,18 @@ class Worker:
                         self.on_wait()
                         continue
                 index, kind, payload = frame
-                if kind == Kind.DATA:
+                if kind == Kind.DATA or kind == Kind.DATA_WATERMARK:
+                    marked = kind == Kind.DATA_WATERMARK  # records, then a watermark after them
+                    data = memoryview(payload)[:-WATERMARK_SIZE] if marked else payload
                     try:
-                        records = decoders[index](payload)
+                        records = decoders[index](data)
                     except RecordError as exc:
                         raise self._undecodable(index, exc) from exc
+                    watermark = decode_watermark(payload[-WATERMARK_SIZE:]) if marked else None
                     gate.release()
                     task.on_batch(records)
-                elif kind == Kind.DATA_WATERMARK:  # records, then the watermark after them
-                    try:
-                        records = decoders[index](memoryview(payload)[:-WATERMARK_SIZE])
-                    except RecordError as exc:
-                        raise self._undecodable(index, exc) from exc
-                    watermark = decode_watermark(payload[-WATERMARK_SIZE:])
-                    gate.release()
-                    task.on_batch(records)
-                    task.on_watermark(index, watermark)
+                    if watermark is not None:
+                        task.on_watermark(index, watermark)
                 elif kind == Kind.WATERMARK:
                     task.on_watermark(index, decode_watermark(payload))
                 elif kind == Kind.EOF:
