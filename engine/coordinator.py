@@ -356,7 +356,7 @@ class Coordinator:
                     ) from None
             self.start_workers()
         except BaseException as exc:
-            self._send(("failed", JobFailed(f"job {self.job_id}: could not start: {exc}")))
+            self.outbox.send(("failed", JobFailed(f"job {self.job_id}: could not start: {exc}")))
             if isinstance(exc, OSError):  # the machine's answer (no room, a port in use):
                 return  # the message says it all (teardown follows in coordinator_main)
             raise
@@ -375,10 +375,10 @@ class Coordinator:
             loop.remove_reader(self.driver.fileno())
         if isinstance(outcome, JobFailed):
             self.kill_workers()
-            self._send(("failed", outcome))
+            self.outbox.send(("failed", outcome))
         elif outcome is not None:
             self._reap()
-            self._send(("result", outcome))
+            self.outbox.send(("result", outcome))
 
     def _finish(self, outcome: Any) -> None:
         if self.outcome is not None and not self.outcome.done():
@@ -408,7 +408,7 @@ class Coordinator:
                 self.unlink_segments()
                 workers = [(x.node, x.replica, x.process.pid) for x in self.workers]
                 port = self.metrics.port if self.metrics is not None else None
-                self._send(("started", workers, port))
+                self.outbox.send(("started", workers, port))
         elif tag == "counters":
             w.counters, w.gauges = message[1], message[2]
         elif tag == "done":
@@ -467,7 +467,7 @@ class Coordinator:
         elif request == ("kill",):
             self._fail(f"job {self.job_id} was killed by the driver")
         elif request == ("status",):
-            self._send(("status", self.status()))
+            self.outbox.send(("status", self.status()))
 
     def request_stop(self) -> None:
         """Graceful stop: sources end their streams; everything downstream drains."""
@@ -582,9 +582,6 @@ class Coordinator:
             sinks,
             stopped or self.stopping,
         )
-
-    def _send(self, message: tuple[Any, ...]) -> None:
-        self.outbox.send(message)
 
     # -- teardown -------------------------------------------------------------------------
 
