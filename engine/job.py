@@ -164,8 +164,7 @@ class Job:
                 pass
         if self._process.sentinel in ready and self._outcome is None:
             self._process.join(5.0)
-            remove_segments(self.id)
-            self._remove_temporaries()
+            remove_segments(self.id)  # (its temporaries: once its workers are dead, in _finish)
             hint = ""
             if self._process.exitcode == 1 and not self.pids:
                 hint = (
@@ -178,12 +177,6 @@ class Job:
                 f"before reporting a result{hint}",
                 exitcode=self._process.exitcode,
             )
-
-    def _remove_temporaries(self) -> None:
-        """Once the coordinator is gone: its workers die by PDEATHSIG (SIGKILL) and cannot
-        abort their sinks, so their temporaries are removed here when they are dead."""
-        _wait_gone(self.pids, WORKERS_GONE_S)
-        remove_temporaries(self._writes, self.id)
 
     def _take(self, message: tuple[Any, ...]) -> None:
         tag = message[0]
@@ -227,7 +220,10 @@ class Job:
             self._process.kill()
             self._process.join(5.0)
         remove_segments(self.id)
-        self._remove_temporaries()  # (none, unless the coordinator's teardown was cut short)
+        # None are left unless the coordinator died or its teardown was cut short; then its
+        # workers die by PDEATHSIG (SIGKILL), and cannot abort their sinks.
+        _wait_gone(self.pids, WORKERS_GONE_S)
+        remove_temporaries(self._writes, self.id)
         _abandon(self._requests, self._conn)
         outcome = self._outcome
         if isinstance(outcome, JobFailed):
