@@ -47,12 +47,13 @@ def bars_dag(
 ) -> Dag:
     """Build the bars DAG (see the module docstring). Exactly one of input / generate."""
     from operators import OHLCV, Tumbling, WindowAggregate
+    from operators.durations import to_ns
     from operators.sinks import CsvBars, CsvTicksSink, JsonLinesBars
     from operators.sources import CsvTicks, Generator
 
     if (input is None) == (generate is None):
         raise DagError("bars: give an input CSV file or --generate COUNT (exactly one)")
-    lateness_ns = _ns(lateness, "--lateness")
+    lateness_ns = to_ns(lateness, "bars: --lateness")
     for what, path in (
         ("--output", output),
         ("--late-output", late_output),
@@ -69,7 +70,7 @@ def bars_dag(
     else:
         if dead_letter is not None:
             raise DagError("bars: --dead-letter applies to CSV input, not --generate")
-        disorder_ns = _ns(disorder, "--disorder")
+        disorder_ns = to_ns(disorder, "bars: --disorder")
         source = Generator(
             symbols=symbols,
             count=generate,
@@ -79,24 +80,12 @@ def bars_dag(
         )
     ticks = dag.source("ticks", source, parallelism=readers)
     bars = ticks.key_by("symbol").apply(
-        "bars", WindowAggregate(Tumbling(_ns(window, "--window")), OHLCV()), replicas
+        "bars", WindowAggregate(Tumbling(to_ns(window, "bars: --window")), OHLCV()), replicas
     )
     sink = JsonLinesBars(output) if output.endswith((".jsonl", ".ndjson")) else CsvBars(output)
     bars.sink("output", sink)
     bars.side("late").sink("late", CsvTicksSink(late_output or default_late_path(output)))
     return dag
-
-
-def _ns(value: str | int, flag: str) -> int:
-    """A duration given to ``flag``: an int of nanoseconds (from Python) or a string."""
-    from operators import parse_duration
-
-    if isinstance(value, int):
-        return value
-    try:
-        return parse_duration(value)
-    except DagError as exc:
-        raise DagError(f"bars: {flag}: {exc}") from None
 
 
 def summary(result: Any) -> str:

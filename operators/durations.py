@@ -65,5 +65,5 @@ def to_ns(value: int | str, what: str = "duration") -> int:
         try:
             return parse_duration(value)
         except DagError as exc:
-            raise DagError(f"{what}: {exc}; or pass an int of nanoseconds") from None
+            raise DagError(f"{what}: {exc}") from None
     return value
