@@ -233,25 +233,39 @@ class _CollectLogic(SinkLogic):
 
 @dataclass(frozen=True)
 class Stall(Sink):
-    """Never returns from its first write until the file `release` exists."""
+    """Counts what it receives; its first write (``hold="write"``), or its ``close()`` as
+    a slow commit would (``hold="close"``), does not return until the file ``release``
+    exists (at most ``STALL_LIMIT_S``)."""
 
     release: str
+    hold: str = "write"
 
     def build(self, ctx: Context) -> SinkLogic:
-        return _StallLogic(self.release)
+        return _StallLogic(self.release, self.hold)
+
+
+STALL_LIMIT_S = 120.0
 
 
 class _StallLogic(SinkLogic):
-    def __init__(self, release: str) -> None:
+    def __init__(self, release: str, hold: str) -> None:
         self.release = release
+        self.hold = hold
         self.n = 0
 
-    def write(self, batch: list[Any]) -> None:
-        while not os.path.exists(self.release):
+    def _held(self, step: str) -> None:
+        deadline = time.monotonic() + STALL_LIMIT_S
+        while self.hold == step and not os.path.exists(self.release):
+            if time.monotonic() > deadline:
+                return
             time.sleep(0.01)
+
+    def write(self, batch: list[Any]) -> None:
+        self._held("write")
         self.n += len(batch)
 
     def close(self) -> Any:
+        self._held("close")
         return self.n
 
 
@@ -367,32 +381,6 @@ class _StubbornFileLogic(SinkLogic):
 def odd_seq(record: Any) -> bool:
     """A Router predicate for Numbered records."""
     return bool(record[1] % 2)
-
-
-@dataclass(frozen=True)
-class HeldClose(Sink):
-    """Counts what it receives; its ``close()`` waits until the file ``release`` exists
-    (at most a minute), as a slow commit would."""
-
-    release: str
-
-    def build(self, ctx: Context) -> SinkLogic:
-        return _HeldCloseLogic(self.release)
-
-
-class _HeldCloseLogic(SinkLogic):
-    def __init__(self, release: str) -> None:
-        self.release = release
-        self.n = 0
-
-    def write(self, batch: list[Any]) -> None:
-        self.n += len(batch)
-
-    def close(self) -> Any:
-        deadline = time.monotonic() + 60
-        while not os.path.exists(self.release) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return self.n
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from jobs import (
     Collect,
     Explode,
     Fragile,
-    HeldClose,
     ManyCounters,
     Numbered,
     RunningSum,
@@ -349,7 +348,7 @@ def test_backpressure_holds_the_source_at_the_credit_limit(tmp_path):
 def test_status_counts_are_whole_while_a_sink_commits_and_busy_time_never_goes_back(tmp_path):
     release = tmp_path / "release"
     dag = Dag("held")
-    dag.source("src", Numbered(5_000, batch=7)).sink("out", HeldClose(str(release)))
+    dag.source("src", Numbered(5_000, batch=7)).sink("out", Stall(str(release), hold="close"))
     job = launch(dag, heartbeat_timeout=WAIT)
     busy: dict[tuple[str, int], float] = {}
     deadline = time.monotonic() + WAIT
