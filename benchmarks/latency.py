@@ -79,7 +79,8 @@ def latency_dag(
         out = keyed.apply("map", Map(identity, output_type=Tick), replicas)
     else:
         window = Tumbling(BARS_WINDOW_NS)
-        out = keyed.apply("bars", WindowAggregate(window, OHLCV()), replicas)
+        aggregate = WindowAggregate(window, OHLCV(), late_output=None)  # in order: none late
+        out = keyed.apply("bars", aggregate, replicas)
     out.sink("latency", LatencySink(mode), replicas)
     return dag
 

@@ -88,7 +88,7 @@ def peak_rss(work: Workload, replicas: int, sources: int) -> dict[str, Any]:
 def stall_dag(work: Workload, replicas: int, flag: str) -> Dag:
     dag = Dag("bench-stall")
     ticks = dag.source("ticks", Timed(work.generator(count=None)))
-    aggregate = WindowAggregate(Tumbling(work.window_ns), OHLCV())
+    aggregate = WindowAggregate(Tumbling(work.window_ns), OHLCV(), late_output=None)
     bars = ticks.key_by("symbol").apply("bars", aggregate, replicas)
     bars.sink("out", StallSink(flag), replicas)
     return dag

@@ -569,7 +569,6 @@ class Coordinator:
                 r.get("records_in", 0),
                 r.get("records_out", 0),
                 r.get("counters", {}),
-                r.get("unrouted", {}),
                 r.get("timing", {}),
             )
             stopped = stopped or bool(r.get("stopped"))

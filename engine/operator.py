@@ -195,7 +195,8 @@ ANY_KEY = StateKey("ANY_KEY")  # state per whole record: any key_by keeps equal 
 
 class Operator:
     """Config of an operator. ``side_outputs`` names what it may pass to ``emit_side``;
-    ``side_types`` gives their record types where known."""
+    ``side_types`` gives their record types where known. Validation refuses a DAG where
+    one of them has no consumer, since its records would be lost."""
 
     output_type: Any = None
     side_outputs: tuple[str, ...] = ()
@@ -206,6 +207,11 @@ class Operator:
 
     def fields_read(self) -> tuple[str, ...]:
         return ()
+
+    def without_side(self, output: str) -> str:
+        """The config change that does without side output ``output`` (for the message
+        that refuses a DAG where nothing consumes it), or "" if there is none."""
+        return ""
 
     def passes_input(self, output: str) -> bool:
         """Whether ``output`` carries the input records themselves (a filter's, a router's,

@@ -5,14 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-UNROUTED = "unrouted:"  # the counter of a side output's records that no edge consumed
-
 
 @dataclass
 class NodeReport:
-    """Totals over a node's replicas. ``counters`` are the logic's own (``late``, ...);
-    ``unrouted`` counts side-output records no edge consumed, by side output (also the
-    counters ``unrouted:<output>``, which status and metrics show while the job runs). ``timing``
+    """Totals over a node's replicas. ``counters`` are the logic's own (``late``, ...). ``timing``
     sums seconds over replicas: ``cpu_s`` (process CPU time after startup), ``busy_s``
     (wall time neither idle nor backpressured), ``logic_s`` (CPU time
     inside the node's own logic; cpu minus logic is the engine's cost), ``idle_s``,
@@ -21,7 +17,6 @@ class NodeReport:
     records_in: int = 0
     records_out: int = 0
     counters: dict[str, int] = field(default_factory=dict)
-    unrouted: dict[str, int] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
 
     def add(
@@ -29,15 +24,12 @@ class NodeReport:
         records_in: int,
         records_out: int,
         counters: dict[str, int],
-        unrouted: dict[str, int],
         timing: dict[str, float] | None = None,
     ) -> None:
         self.records_in += records_in
         self.records_out += records_out
         for name, n in counters.items():
             self.counters[name] = self.counters.get(name, 0) + n
-        for name, n in unrouted.items():
-            self.unrouted[name] = self.unrouted.get(name, 0) + n
         for name, seconds in (timing or {}).items():
             self.timing[name] = self.timing.get(name, 0.0) + seconds
 
@@ -68,12 +60,6 @@ class JobResult:
             f"job {self.job!r} {'stopped' if self.stopped else 'finished'} in {self.seconds:.2f} s"
         ]
         for name, node in self.nodes.items():
-            shown = sorted((k, v) for k, v in node.counters.items() if not k.startswith(UNROUTED))
-            extra = "".join(f", {k}={v}" for k, v in shown)
+            extra = "".join(f", {k}={v}" for k, v in sorted(node.counters.items()))
             lines.append(f"  {name}: in={node.records_in} out={node.records_out}{extra}")
-            for side, n in sorted(node.unrouted.items()):
-                lines.append(
-                    f"  {name}: {n} record(s) on side output {side!r} had no consumer; route "
-                    f"them with .side({side!r}).sink(...) to keep them"
-                )
         return "\n".join(lines)

@@ -11,6 +11,7 @@ the same settings, as any other DAG; there is no second runtime::
         CsvBars("bars.csv"),
         key="symbol",
         parallelism=3,
+        side_sinks={"late": CsvTicksSink("late.csv")},  # the window's late ticks
     )
     result = runtime.run_dag(dag)          # any DAG, same engine and settings
     job = runtime.launch_dag(dag)          # or launch_pipeline(...): a running Job
@@ -23,7 +24,7 @@ which describe channels and processes, then have nothing to apply to).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from engine.coordinator import Settings
@@ -45,6 +46,7 @@ def pipeline_dag(
     key: str | Callable[[Any], Any] | None = None,
     source_parallelism: int = 1,
     sink_parallelism: int = 1,
+    side_sinks: Mapping[str, Sink] | None = None,
     name: str = "pipeline",
 ) -> Dag:
     """The DAG ``source -> operators[0] -> ... -> sink``.
@@ -55,6 +57,10 @@ def pipeline_dag(
     operator's input is hash-partitioned on it, so each key's records meet in one replica
     (what keyed operators such as windows need); without it edges take the engine's default
     (forward between equal parallelisms, rebalance otherwise).
+
+    ``side_sinks`` maps a side output's name (``"late"``, ``"throttled"``) to the sink of
+    the operator that declares it, a node named ``<operator>_<output>``; validation refuses
+    a pipeline whose side output has no sink here (its records would be lost).
     """
     if isinstance(operators, Operator):
         operators = [operators]
@@ -67,6 +73,8 @@ def pipeline_dag(
     dag = Dag(name)
     stream: Stream = dag.source("source", source, source_parallelism)
     taken: dict[str, int] = {}
+    sides = dict(side_sinks or {})
+    unused = set(sides)
     for op in operators:
         base = type(op).__name__.lower()
         taken[base] = taken.get(base, 0) + 1
@@ -74,6 +82,15 @@ def pipeline_dag(
         if key is not None:
             stream = stream.key_by(key)
         stream = stream.apply(node, op, parallelism)
+        for output in op.side_outputs:
+            if output in sides:
+                stream.side(output).sink(f"{node}_{output}", sides[output], sink_parallelism)
+                unused.discard(output)
+    if unused:
+        raise DagError(
+            f"pipeline {name!r}: side_sinks names {sorted(unused)}, which no operator declares; "
+            "drop them, or give the name of an operator's side output (WindowAggregate: 'late')"
+        )
     stream.sink("sink", sink, sink_parallelism)
     return dag
 

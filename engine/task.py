@@ -21,8 +21,8 @@ from typing import Any, Protocol
 from engine.batch import MIN_WATERMARK
 from engine.columns import Columns
 from engine.dag import MAIN, SINK
+from engine.errors import DagError
 from engine.operator import Batch, Context, OperatorLogic, SinkLogic, SourceLogic, Watermark
-from engine.result import UNROUTED
 from engine.runtime_async import Abandoned, StopAwaiting, anext_noting_wait
 
 MAX_WATERMARK = 2**63 - 1
@@ -65,13 +65,6 @@ class Emitter:
         ]
         self.records_out = 0
 
-    @property
-    def unrouted(self) -> dict[str, int]:
-        """Side-output records no edge consumed, by side output. They are counted as the
-        logic counter ``unrouted:<output>``, so status and metrics show them as they go."""
-        counters = self.ctx.counters
-        return {k[len(UNROUTED) :]: n for k, n in counters.items() if k.startswith(UNROUTED)}
-
     def emit(self, records: list[Any] | Columns) -> None:
         if records:
             self.records_out += len(records)
@@ -80,9 +73,12 @@ class Emitter:
         if self.ctx.side:
             for name, side in self.ctx.take_side().items():
                 outs = self.outputs.get(name)
-                if not outs:
-                    self.ctx.count(UNROUTED + name, len(side))
-                    continue
+                if not outs:  # validation saw every declared side output consumed
+                    raise DagError(
+                        f"{len(side)} record(s) went to the side output {name!r}, which the "
+                        f"operator does not declare: add {name!r} to its side_outputs, and "
+                        f"connect it with .side({name!r})"
+                    )
                 self.records_out += len(side)
                 for out in outs:
                     out.emit(side)

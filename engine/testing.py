@@ -106,7 +106,6 @@ def _report(
             task.records_in,
             emitter.records_out,
             contexts[(name, replica)].counters,
-            emitter.unrouted,
             {"logic_s": task.logic_ns / 1e9},
         )
         if isinstance(task, Task) and task.is_sink:

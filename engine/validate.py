@@ -114,11 +114,9 @@ def validate(dag: Dag) -> None:
             )
         if node.kind == SOURCE and not outs:
             raise DagError(f"source {node.name!r} feeds nothing: connect it to an operator or sink")
+        declared = getattr(node.config, "side_outputs", ())
         for edge in outs:
-            if edge.output == MAIN:
-                continue
-            declared = getattr(node.config, "side_outputs", ())
-            if edge.output not in declared:
+            if edge.output != MAIN and edge.output not in declared:
                 raise DagError(
                     f"node {node.name!r} has no side output {edge.output!r} (it declares "
                     f"{list(declared)}); use one of those names"
@@ -144,9 +142,24 @@ def validate(dag: Dag) -> None:
         except DagError as exc:
             raise DagError(f"{where}: {exc}") from None
         check_pickles(f"{where}: partitioner {part.describe()}", part)
+    _check_side_outputs(dag)
     _check_files(dag)
     for node in dag.nodes:
         check_pickles(f"node {node.name!r}: its {type(node.config).__name__} config", node.config)
+
+
+def _check_side_outputs(dag: Dag) -> None:
+    """Every side output a node declares has a consumer: its records would be lost."""
+    for node in dag.nodes:
+        consumed = {edge.output for edge in dag.outputs(node.name)}
+        for side in getattr(node.config, "side_outputs", ()):
+            if side not in consumed:
+                instead = hook(node.config, "without_side", side)
+                raise DagError(
+                    f"node {node.name!r} sends records to its side output {side!r}, which "
+                    f"nothing consumes, so they would be lost: add .side({side!r}).sink(...)"
+                    + (f", or {instead}" if instead else "")
+                )
 
 
 def key_fields(key: Any) -> tuple[str, ...]:

@@ -371,7 +371,6 @@ class Worker:
             "records_in": self.task.records_in,
             "records_out": self.emitter.records_out,
             "counters": dict(self.ctx.counters),
-            "unrouted": dict(self.emitter.unrouted),
             "result": self.task.result if isinstance(self.task, Task) else None,
             "stopped": self.stop_requested,
         }

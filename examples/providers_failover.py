@@ -67,6 +67,7 @@ def build(
         .apply("bars", WindowAggregate(Tumbling(window), OHLCV()), 2)
     )
     bars.sink("out", Collect())
+    bars.side("late").sink("late", Collect())  # ticks a failover delivered too late
     return dag
 
 

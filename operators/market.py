@@ -175,7 +175,8 @@ class Throttle(PassesInput, Operator):
 
     Intervals are ``interval_ns`` long and aligned to the clock's zero (``ctx.clock() //
     interval_ns``); the clock is read once per batch. Records over the limit are counted as
-    ``throttled`` and sent, in arrival order, to the side output ``side_output``. ``key``:
+    ``throttled`` and sent, in arrival order, to the side output ``side_output`` (with
+    ``side_output=None``, only counted: dropped by choice). ``key``:
     a field name, a tuple of field names, a function, or None for one limit over all records.
     Memory: one count per key seen in the current interval.
 
@@ -186,7 +187,7 @@ class Throttle(PassesInput, Operator):
     key: KeySpec | None
     max_records: int
     interval_ns: int | str
-    side_output: str = "throttled"
+    side_output: str | None = "throttled"
     output_type: Any = None
 
     def __post_init__(self) -> None:
@@ -200,9 +201,14 @@ class Throttle(PassesInput, Operator):
         if interval <= 0:
             raise DagError(f"Throttle interval_ns must be positive, got {self.interval_ns!r}")
         object.__setattr__(self, "interval_ns", interval)
-        _side_name(self.side_output, "Throttle side_output")
-        object.__setattr__(self, "side_outputs", (self.side_output,))
-        object.__setattr__(self, "side_types", {self.side_output: self.output_type})
+        side = self.side_output
+        if side is not None:
+            _side_name(side, "Throttle side_output")
+        object.__setattr__(self, "side_outputs", () if side is None else (side,))
+        object.__setattr__(self, "side_types", {} if side is None else {side: self.output_type})
+
+    def without_side(self, output: str) -> str:
+        return "pass side_output=None to drop the records over the limit (still counted)"
 
     def fields_read(self) -> tuple[str, ...]:
         return key_fields(self.key)
@@ -242,7 +248,8 @@ class _ThrottleLogic(OperatorLogic):
                 over.append(record)
         if over:
             self._ctx.count("throttled", len(over))
-            self._ctx.emit_side(self._side, over)
+            if self._side is not None:
+                self._ctx.emit_side(self._side, over)
         return passed
 
 
@@ -278,6 +285,11 @@ class Router(PassesInput, Operator):
                 sides += (self.default,)
         object.__setattr__(self, "side_outputs", sides)
         object.__setattr__(self, "side_types", dict.fromkeys(sides, self.output_type))
+
+    def without_side(self, output: str) -> str:
+        if output == self.default and output not in self.routes:
+            return "leave default=None to send the records no route takes to the main output"
+        return f"remove the route {output!r}"
 
     def __hash__(self) -> int:
         return hash((tuple(self.routes.items()), self.default, self.output_type))

@@ -12,9 +12,11 @@ Semantics, per replica (keys are spread over replicas by the edge's key-hash par
 * **Late records.** A record is late for a window whose end is ``<=`` the watermark when the
   record arrives: that window has fired. A late record is counted (``ctx.count("late")``)
   and emitted, unchanged and in arrival order, to the side output ``late_output``, so nothing
-  is lost silently. Tumbling and session records are late or aggregated, never both. A
-  sliding record is late when it missed *any* of its windows (its earliest one has fired);
-  it is still added to those of its windows that are open, and goes to ``late_output`` once.
+  is lost silently: validation refuses a DAG where nothing consumes it. With
+  ``late_output=None`` late records are only counted, which the user has then chosen.
+  Tumbling and session records are late or aggregated, never both. A sliding record is
+  late when it missed *any* of its windows (its earliest one has fired); it is still added
+  to those of its windows that are open, and goes to ``late_output`` once.
   A session record is late when its own window ``[t, t + gap)`` has ended and it touches no
   open session of its key (it may extend an open session backwards).
 * **Firing.** ``on_watermark(wm)`` returns the result of every window with ``end <= wm`` and
@@ -79,14 +81,15 @@ class WindowAggregate(Operator):
     """Aggregate keyed records over event-time windows; see the module docstring.
 
     ``output_type`` is the aggregation's; the late side output carries the input records,
-    of ``input_type`` (None, the default: the input edges' type).
+    of ``input_type`` (None, the default: the input edges' type). ``late_output=None``
+    counts late records (``late``) without keeping them.
     """
 
     assigner: Assigner
     aggregation: Aggregation
     key: KeySpec = "symbol"
     time: str = "ts"
-    late_output: str = "late"
+    late_output: str | None = "late"
     input_type: Any = None
 
     def __post_init__(self) -> None:
@@ -105,14 +108,18 @@ class WindowAggregate(Operator):
             )
         check_key(self.key, "WindowAggregate")
         identifier(self.time, "WindowAggregate time")
-        if not isinstance(self.late_output, str) or self.late_output in ("", "main"):
+        late = self.late_output
+        if late is not None and (not isinstance(late, str) or late in ("", "main")):
             raise DagError(
-                "WindowAggregate late_output must name a side output other than 'main', "
-                f"got {self.late_output!r}"
+                "WindowAggregate late_output must name a side output other than 'main', or "
+                f"be None to count late records without keeping them, got {late!r}"
             )
         object.__setattr__(self, "output_type", getattr(self.aggregation, "output_type", None))
-        object.__setattr__(self, "side_outputs", (self.late_output,))
-        object.__setattr__(self, "side_types", {self.late_output: self.input_type})
+        object.__setattr__(self, "side_outputs", () if late is None else (late,))
+        object.__setattr__(self, "side_types", {} if late is None else {late: self.input_type})
+
+    def without_side(self, output: str) -> str:
+        return "pass late_output=None to count late records without keeping them"
 
     def passes_input(self, output: str) -> bool:
         return output == self.late_output
@@ -178,7 +185,8 @@ class _WindowLogic(OperatorLogic):
 
     def _late(self, records: list[Any]) -> None:
         self._ctx.count("late", len(records))
-        self._ctx.emit_side(self._late_output, records)
+        if self._late_output is not None:
+            self._ctx.emit_side(self._late_output, records)
 
     def _results(self, fired: list[tuple[int, Any, int, Any]]) -> Batch:
         result = self._agg.result

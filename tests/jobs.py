@@ -215,6 +215,25 @@ class _ExplodeLogic(OperatorLogic):
 
 
 @dataclass(frozen=True)
+class SetsAside(Operator):
+    """Sends every ``every``-th record to the side output "odd", which it does not declare."""
+
+    every: int = 2
+
+    def build(self, ctx: Context) -> OperatorLogic:
+        return _SetsAsideLogic(self.every, ctx)
+
+
+class _SetsAsideLogic(OperatorLogic):
+    def __init__(self, every: int, ctx: Context) -> None:
+        self.every, self.ctx = every, ctx
+
+    def process(self, batch: list[Any]) -> list[Any]:
+        self.ctx.emit_side("odd", batch[:: self.every])
+        return batch
+
+
+@dataclass(frozen=True)
 class Collect(Sink):
     def build(self, ctx: Context) -> SinkLogic:
         return _CollectLogic()
@@ -376,11 +395,6 @@ class _StubbornFileLogic(SinkLogic):
 
     def abort(self) -> None:
         self.inner.abort()
-
-
-def odd_seq(record: Any) -> bool:
-    """A Router predicate for Numbered records."""
-    return bool(record[1] % 2)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ import msgspec
 import pytest
 from jobs import Collect, Explode, Numbered, RunningSum
 
-from engine import Dag, DagError, Source, Tick
+from engine import Dag, DagError, Operator, Source, Tick
 from engine.dag import OPERATOR, Stream
+from engine.testing import run_inline
 from operators import (
     OHLCV,
     Count,
@@ -522,7 +523,7 @@ def test_fields_an_aggregation_reads_are_checked_before_start():
         dag.validate()
     fine = Dag("quotes")
     fine.source("src", Quotes()).key_by("symbol").apply(
-        "bars", WindowAggregate(Tumbling(10), Count())
+        "bars", WindowAggregate(Tumbling(10), Count(), late_output=None)
     ).sink("out", Collect())
     fine.validate()
 
@@ -540,3 +541,64 @@ def test_types_pass_through_fan_in_and_out_of_filters():
     stream.sink("out", Collect())
     dag.validate()
     assert set(_link_types(dag).values()) == {Tick}
+
+
+def _window_dag(window: WindowAggregate, late: bool) -> Dag:
+    dag = Dag("late")
+    source = Generator(count=5_000, symbols=5, late_fraction=0.05, seed=1)
+    bars = dag.source("ticks", source).key_by("symbol").apply("bars", window)
+    bars.sink("out", Collect())
+    if late:
+        bars.side("late").sink("late", Collect())
+    return dag
+
+
+def test_a_side_output_nothing_consumes_is_refused_with_the_way_to_keep_or_drop_it():
+    # Its records would be lost: nothing is dropped unless the config says so.
+    window = WindowAggregate(Tumbling("1s"), OHLCV())
+    _refused(
+        _window_dag(window, late=False),
+        "node 'bars' sends records to its side output 'late', which nothing consumes",
+        "add .side('late').sink(...), or pass late_output=None to count late records",
+    )
+    _window_dag(window, late=True).validate()
+    _window_dag(WindowAggregate(Tumbling("1s"), OHLCV(), late_output=None), late=False).validate()
+
+    dag = Dag("throttle")
+    ticks = dag.source("ticks", Generator(count=10)).key_by("symbol")
+    ticks.apply("slow", Throttle("symbol", 1, "1s")).sink("out", Collect())
+    _refused(dag, "side output 'throttled'", "or pass side_output=None to drop the records")
+
+    dag = Dag("router")
+    routed = dag.source("ticks", Generator(count=10)).apply("r", Router({"a": _is_a}, "rest"))
+    routed.sink("out", Collect())
+    routed.side("rest").sink("rest", Collect())
+    _refused(dag, "node 'r' sends records to its side output 'a'", "or remove the route 'a'")
+    routed.side("a").sink("a", Collect())
+    dag.validate()
+
+    dag = Dag("custom")
+    sides = dag.source("ticks", Generator(count=10)).apply("odd", _DeclaresOdd())
+    sides.sink("out", Collect())
+    message = _refused(dag, "its side output 'odd', which nothing consumes")
+    assert message.endswith("add .side('odd').sink(...)")  # no config change to offer
+
+
+def test_a_window_without_a_late_output_counts_late_records_and_keeps_none():
+    kept = run_inline(_window_dag(WindowAggregate(Tumbling("1s"), OHLCV()), late=True))
+    late = len(kept.collected("late"))
+    assert late > 0 and kept.counter("late") == late
+    dropped = run_inline(
+        _window_dag(WindowAggregate(Tumbling("1s"), OHLCV(), late_output=None), late=False)
+    )
+    assert dropped.counter("late") == late
+    assert dropped.collected("out") == kept.collected("out")
+    assert dropped.nodes["bars"].records_out == kept.nodes["bars"].records_out - late
+
+
+def _is_a(record: Any) -> bool:
+    return bool(record.symbol.startswith("A"))
+
+
+class _DeclaresOdd(Operator):
+    side_outputs = ("odd",)

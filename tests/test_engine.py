@@ -24,11 +24,11 @@ from jobs import (
     ManyCounters,
     Numbered,
     RunningSum,
+    SetsAside,
     SlowToOpen,
     Stall,
     StartStamped,
     StubbornFile,
-    odd_seq,
     tick_with_a_tuple_symbol,
 )
 
@@ -370,23 +370,19 @@ def test_status_counts_are_whole_while_a_sink_commits_and_busy_time_never_goes_b
     assert job.wait(WAIT).sinks["out"] == [5_000]
 
 
-def test_records_of_a_side_output_nobody_consumes_are_counted_while_the_job_runs():
-    from operators import Router
-
-    dag = Dag("unrouted")
+def test_records_sent_to_a_side_output_the_operator_does_not_declare_fail_the_job():
+    # Validation sees every declared side output consumed; one not declared has no edge,
+    # and its records would be lost, so the job fails naming it (it used to count them).
+    dag = Dag("undeclared")
     src = dag.source("src", Numbered(0, forever=True, pause_every=1, pause=0.002))
-    src.apply("router", Router({"odd": odd_seq})).sink("out", Collect())
-    job = launch(dag, heartbeat_timeout=WAIT)
-    deadline = time.monotonic() + WAIT
-    while not any(r["counters"].get("unrouted:odd", 0) > 100 for r in job.status()):
-        assert time.monotonic() < deadline, "no unrouted records in the status"
-    job.stop()
-    result = job.wait(WAIT)
-    router = result.nodes["router"]
-    assert router.unrouted == {"odd": router.counters["unrouted:odd"]}
-    assert router.records_in == router.records_out + router.unrouted["odd"]
-    summary = result.summary()
-    assert "side output 'odd' had no consumer" in summary and "unrouted:odd=" not in summary
+    src.apply("aside", SetsAside(every=2)).sink("out", Collect())
+    with pytest.raises(
+        JobFailed,
+        match=r"side output 'odd', which the operator does not "
+        r"declare: add 'odd' to its side_outputs",
+    ) as failed:
+        run(dag, timeout=WAIT)
+    assert (failed.value.node, failed.value.error) == ("aside", "DagError")
 
 
 def test_a_graceful_stop_keeps_the_bad_rows_read_until_then_in_the_dead_letter(tmp_path):

@@ -196,6 +196,14 @@ def test_throttle_of_zero_passes_nothing_and_loses_nothing() -> None:
     assert ctx.side == {"throttled": [tick(1), tick(2)]}
 
 
+def test_throttle_without_a_side_output_drops_what_is_over_the_limit_and_counts_it() -> None:
+    throttle = Throttle("symbol", 1, 10, side_output=None)
+    assert throttle.side_outputs == () and throttle.side_types == {}
+    ctx = Context(node="t", clock=ManualClock(0))
+    assert throttle.build(ctx).process([tick(1), tick(2), tick(3)]) == [tick(1)]
+    assert ctx.side == {} and ctx.counters == {"throttled": 2}
+
+
 # ---------------------------------------------------------------------------------------
 # Router
 

@@ -105,6 +105,7 @@ def bars_dag(src, name="bars"):
         .apply("bars", WindowAggregate(Tumbling("100ms"), OHLCV()), 2)
     )
     bars.sink("out", Collect())
+    bars.side("late").sink("late", Collect())
     return dag
 
 

@@ -69,6 +69,24 @@ def test_pipeline_dag_is_the_linear_dag_with_key_edges():
     dag.validate()
 
 
+def test_pipeline_side_outputs_go_to_side_sinks_and_are_never_left_unconsumed():
+    window = WindowAggregate(Tumbling("20ms"), OHLCV())
+    with pytest.raises(
+        DagError,
+        match=r"node 'windowaggregate' sends records to its side output "
+        r"'late', which nothing consumes.*late_output=None",
+    ):
+        pipeline_dag(source(), [window], CollectRecords(), key="symbol").validate()
+    dag = pipeline_dag(
+        source(), [window], CollectRecords(), key="symbol", side_sinks={"late": CollectRecords()}
+    )
+    late = [(e.upstream, e.downstream) for e in dag.edges if e.output == "late"]
+    assert late == [("windowaggregate", "windowaggregate_late")]
+    dag.validate()
+    with pytest.raises(DagError, match=r"side_sinks names \['throttled'\], which no operator"):
+        pipeline_dag(source(), [window], CollectRecords(), side_sinks={"throttled": Collect()})
+
+
 def test_pipeline_dag_names_what_is_not_an_operator():
     with pytest.raises(DagError, match=r"operators\[1\] is a Generator"):
         pipeline_dag(source(), [Map(symbol_of), source()], CollectRecords())
@@ -86,11 +104,12 @@ def test_settings_are_checked_when_the_runtime_is_made():
 def test_pipeline_and_dag_inline_and_across_processes_give_the_same_bars():
     inline = PipelineRuntime(inline=True)
     processes = PipelineRuntime(slots=4, linger=0.001)
-    shape = {"key": "symbol", "parallelism": 2}
+    shape = {"key": "symbol", "parallelism": 2, "side_sinks": {"late": CollectRecords()}}
     reference = inline.run_pipeline(source(), bars_operators(), CollectRecords(), **shape)
     bars = by_window(reference.collected("sink"))
     assert len(bars) > 100
     assert sum(b.count for b in bars) == reference.nodes["source"].records_out
+    assert reference.collected("windowaggregate_late") == []  # lateness covers the disorder
 
     across = processes.run_pipeline(
         source(), bars_operators(), CollectRecords(), timeout=WAIT, **shape
@@ -102,6 +121,7 @@ def test_pipeline_and_dag_inline_and_across_processes_give_the_same_bars():
     kept = ticks.key_by("symbol").apply("positive", Filter(positive), 2)
     windowed = kept.key_by("symbol").apply("bars", WindowAggregate(Tumbling("20ms"), OHLCV()), 2)
     windowed.sink("out", CollectRecords())
+    windowed.side("late").sink("late", CollectRecords())
     assert by_window(inline.run_dag(dag).collected("out")) == bars
 
 
