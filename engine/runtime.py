@@ -31,7 +31,7 @@ from engine.coordinator import Settings
 from engine.dag import Dag, Stream
 from engine.errors import DagError, RingflowError
 from engine.job import Job, launch
-from engine.operator import Operator, Sink, Source
+from engine.operator import Operator, Sink, Source, hook
 from engine.result import JobResult
 
 __all__ = ["PipelineRuntime", "pipeline_dag"]
@@ -58,9 +58,10 @@ def pipeline_dag(
     (what keyed operators such as windows need); without it edges take the engine's default
     (forward between equal parallelisms, rebalance otherwise).
 
-    ``side_sinks`` maps a side output's name (``"late"``, ``"throttled"``) to the sink of
-    the operator that declares it, a node named ``<operator>_<output>``; validation refuses
-    a pipeline whose side output has no sink here (its records would be lost).
+    ``side_sinks`` gives each operator's side outputs a sink, a node named
+    ``<operator>_<output>``: the key ``"late"`` serves every operator with that side output,
+    ``"windowaggregate.late"`` that one operator (it wins). A side output left without a
+    sink is refused, since its records would be lost.
     """
     if isinstance(operators, Operator):
         operators = [operators]
@@ -83,13 +84,20 @@ def pipeline_dag(
             stream = stream.key_by(key)
         stream = stream.apply(node, op, parallelism)
         for output in op.side_outputs:
-            if output in sides:
-                stream.side(output).sink(f"{node}_{output}", sides[output], sink_parallelism)
-                unused.discard(output)
+            key = f"{node}.{output}" if f"{node}.{output}" in sides else output
+            if key not in sides:
+                instead = hook(op, "without_side", output)
+                raise DagError(
+                    f"pipeline {name!r}: operator {node!r} sends records to its side output "
+                    f"{output!r}, which would be lost: pass side_sinks={{{output!r}: <a sink>}}"
+                    + (f", or {instead}" if instead else "")
+                )
+            stream.side(output).sink(f"{node}_{output}", sides[key], sink_parallelism)
+            unused.discard(key)
     if unused:
         raise DagError(
             f"pipeline {name!r}: side_sinks names {sorted(unused)}, which no operator declares; "
-            "drop them, or give the name of an operator's side output (WindowAggregate: 'late')"
+            "drop them, or name a side output ('late'), or an operator's ('windowaggregate.late')"
         )
     stream.sink("sink", sink, sink_parallelism)
     return dag

@@ -107,6 +107,13 @@ def validate(dag: Dag) -> None:
                 f"sink {node.name!r} has outputs to {[e.downstream for e in outs]}; sinks end "
                 "the DAG: use an operator to pass records on"
             )
+        declared = tuple(getattr(node.config, "side_outputs", None) or ())
+        if node.kind == SINK and declared:
+            raise DagError(
+                f"sink {node.name!r} declares side outputs {list(declared)}; "
+                "sinks end the DAG: write such records yourself, or route them with an "
+                "operator before the sink"
+            )
         if node.kind == OPERATOR and not any(e.output == MAIN for e in outs):
             raise DagError(
                 f"operator {node.name!r} has no downstream node, so its output would be lost: "
@@ -114,7 +121,6 @@ def validate(dag: Dag) -> None:
             )
         if node.kind == SOURCE and not outs:
             raise DagError(f"source {node.name!r} feeds nothing: connect it to an operator or sink")
-        declared = getattr(node.config, "side_outputs", ())
         for edge in outs:
             if edge.output != MAIN and edge.output not in declared:
                 raise DagError(

@@ -287,9 +287,11 @@ class Router(PassesInput, Operator):
         object.__setattr__(self, "side_types", dict.fromkeys(sides, self.output_type))
 
     def without_side(self, output: str) -> str:
-        if output == self.default and output not in self.routes:
+        if output not in self.routes:  # the default, a side output of its own
             return "leave default=None to send the records no route takes to the main output"
-        return f"remove the route {output!r}"
+        if len(self.routes) == 1:
+            return "to drop its records, use a Filter that keeps the others instead of the Router"
+        return f"remove the route {output!r}" + (" and default" if output == self.default else "")
 
     def __hash__(self) -> int:
         return hash((tuple(self.routes.items()), self.default, self.output_type))

@@ -352,7 +352,10 @@ class _TumblingLogic(_FixedLogic):
     def _take_late(self, batch: Columns, times: Any, open_from: int) -> Columns:
         """Send the records before ``open_from`` to the late output; return the rest."""
         late = [i for i, t in enumerate(times) if t < open_from]
-        self._late(batch.take(late).rows())
+        if self._late_output is None:
+            self._ctx.count("late", len(late))  # no records to build
+        else:
+            self._late(batch.take(late).rows())
         return batch.take([i for i, t in enumerate(times) if not t < open_from])
 
 

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from jobs import Collect, Explode, Numbered, RunningSum
 
-from engine import Dag, DagError, Operator, Source, Tick
+from engine import Dag, DagError, Operator, Sink, SinkLogic, Source, Tick
 from engine.dag import OPERATOR, Stream
 from engine.testing import run_inline
 from operators import (
@@ -572,16 +572,30 @@ def test_a_side_output_nothing_consumes_is_refused_with_the_way_to_keep_or_drop_
     dag = Dag("router")
     routed = dag.source("ticks", Generator(count=10)).apply("r", Router({"a": _is_a}, "rest"))
     routed.sink("out", Collect())
-    routed.side("rest").sink("rest", Collect())
-    _refused(dag, "node 'r' sends records to its side output 'a'", "or remove the route 'a'")
+    _refused(dag, "side output 'a'", "or to drop its records, use a Filter that keeps the others")
     routed.side("a").sink("a", Collect())
+    _refused(dag, "side output 'rest'", "or leave default=None to send the records no route")
+    routed.side("rest").sink("rest", Collect())
     dag.validate()
+    two = Router({"a": _is_a, "b": _is_a}, default="b")
+    assert two.without_side("a") == "remove the route 'a'"
+    assert two.without_side("b") == "remove the route 'b' and default"
 
     dag = Dag("custom")
     sides = dag.source("ticks", Generator(count=10)).apply("odd", _DeclaresOdd())
     sides.sink("out", Collect())
     message = _refused(dag, "its side output 'odd', which nothing consumes")
     assert message.endswith("add .side('odd').sink(...)")  # no config change to offer
+
+
+def test_a_sink_has_no_side_outputs_to_declare_or_send_to():
+    dag = Dag("sink")
+    dag.source("ticks", Generator(count=10)).sink("out", _SinkWithSides())
+    _refused(dag, "sink 'out' declares side outputs ['rejects']; sinks end the DAG")
+    dag = Dag("sink")
+    dag.source("ticks", Generator(count=10)).sink("out", _SinkSettingAside())
+    with pytest.raises(DagError, match=r"node 'out' sent 10 record\(s\) to the side output 'x'"):
+        run_inline(dag)
 
 
 def test_a_window_without_a_late_output_counts_late_records_and_keeps_none():
@@ -602,3 +616,21 @@ def _is_a(record: Any) -> bool:
 
 class _DeclaresOdd(Operator):
     side_outputs = ("odd",)
+
+
+class _SinkWithSides(Collect):
+    side_outputs = ("rejects",)
+
+
+@dataclass(frozen=True)
+class _SinkSettingAside(Sink):
+    def build(self, ctx: Any) -> SinkLogic:
+        return _SetAside(ctx)
+
+
+class _SetAside(SinkLogic):
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+
+    def write(self, batch: Any) -> None:
+        self.ctx.emit_side("x", list(batch))  # records a sink cannot pass on: an error

@@ -378,8 +378,8 @@ def test_records_sent_to_a_side_output_the_operator_does_not_declare_fail_the_jo
     src.apply("aside", SetsAside(every=2)).sink("out", Collect())
     with pytest.raises(
         JobFailed,
-        match=r"side output 'odd', which the operator does not "
-        r"declare: add 'odd' to its side_outputs",
+        match=r"node 'aside' sent \d+ record\(s\) to the side output 'odd', which it does "
+        r"not declare: add 'odd' to its config's side_outputs",
     ) as failed:
         run(dag, timeout=WAIT)
     assert (failed.value.node, failed.value.error) == ("aside", "DagError")

@@ -14,7 +14,7 @@ from jobs import Collect, Numbered
 from engine import Dag, DagError, RingflowError, SettingsError
 from engine.records import Bar
 from engine.runtime import PipelineRuntime, pipeline_dag
-from operators import OHLCV, Filter, Generator, Map, Tumbling, WindowAggregate
+from operators import OHLCV, Filter, Generator, Map, Throttle, Tumbling, WindowAggregate
 from operators import Collect as CollectRecords
 from partitioning import KeyHash
 
@@ -73,10 +73,11 @@ def test_pipeline_side_outputs_go_to_side_sinks_and_are_never_left_unconsumed():
     window = WindowAggregate(Tumbling("20ms"), OHLCV())
     with pytest.raises(
         DagError,
-        match=r"node 'windowaggregate' sends records to its side output "
-        r"'late', which nothing consumes.*late_output=None",
+        match=r"pipeline 'pipeline': operator 'windowaggregate' sends .*"
+        r"'late', which would be lost: pass side_sinks=\{'late': <a sink>\}, "
+        r"or pass late_output=None",
     ):
-        pipeline_dag(source(), [window], CollectRecords(), key="symbol").validate()
+        pipeline_dag(source(), [window], CollectRecords(), key="symbol")
     dag = pipeline_dag(
         source(), [window], CollectRecords(), key="symbol", side_sinks={"late": CollectRecords()}
     )
@@ -84,7 +85,21 @@ def test_pipeline_side_outputs_go_to_side_sinks_and_are_never_left_unconsumed():
     assert late == [("windowaggregate", "windowaggregate_late")]
     dag.validate()
     with pytest.raises(DagError, match=r"side_sinks names \['throttled'\], which no operator"):
-        pipeline_dag(source(), [window], CollectRecords(), side_sinks={"throttled": Collect()})
+        sides = {"late": CollectRecords(), "throttled": Collect()}
+        pipeline_dag(source(), [window], CollectRecords(), side_sinks=sides)
+
+    # One sink per operator where they share an output's name: "<operator>.<output>".
+    first, second, shared = CollectRecords(), Collect(), CollectRecords()
+    throttles = [Throttle("symbol", 1, "1s"), Throttle("symbol", 2, "1s")]
+    sides = {"throttled": shared, "throttle_2.throttled": second}
+    dag = pipeline_dag(source(), throttles, CollectRecords(), key="symbol", side_sinks=sides)
+    assert {n.name: n.config for n in dag.nodes if n.name.endswith("_throttled")} == {
+        "throttle_throttled": shared,
+        "throttle_2_throttled": second,
+    }
+    sides = {"throttle.throttled": first, "throttle_2.throttled": second, "throttled": shared}
+    with pytest.raises(DagError, match=r"side_sinks names \['throttled'\]"):
+        pipeline_dag(source(), throttles, CollectRecords(), key="symbol", side_sinks=sides)
 
 
 def test_pipeline_dag_names_what_is_not_an_operator():
