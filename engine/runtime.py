@@ -84,16 +84,16 @@ def pipeline_dag(
             stream = stream.key_by(key)
         stream = stream.apply(node, op, parallelism)
         for output in op.side_outputs:
-            key = f"{node}.{output}" if f"{node}.{output}" in sides else output
-            if key not in sides:
+            named = f"{node}.{output}" if f"{node}.{output}" in sides else output
+            if named not in sides:
                 instead = hook(op, "without_side", output)
                 raise DagError(
                     f"pipeline {name!r}: operator {node!r} sends records to its side output "
                     f"{output!r}, which would be lost: pass side_sinks={{{output!r}: <a sink>}}"
                     + (f", or {instead}" if instead else "")
                 )
-            stream.side(output).sink(f"{node}_{output}", sides[key], sink_parallelism)
-            unused.discard(key)
+            stream.side(output).sink(f"{node}_{output}", sides[named], sink_parallelism)
+            unused.discard(named)
     if unused:
         raise DagError(
             f"pipeline {name!r}: side_sinks names {sorted(unused)}, which no operator declares; "

@@ -97,6 +97,11 @@ def test_pipeline_side_outputs_go_to_side_sinks_and_are_never_left_unconsumed():
         "throttle_throttled": shared,
         "throttle_2_throttled": second,
     }
+    assert [e.partitioner.key for e in dag.edges if e.downstream in ("throttle", "throttle_2")] == [
+        "symbol",
+        "symbol",
+    ]
+    dag.validate()
     sides = {"throttle.throttled": first, "throttle_2.throttled": second, "throttled": shared}
     with pytest.raises(DagError, match=r"side_sinks names \['throttled'\]"):
         pipeline_dag(source(), throttles, CollectRecords(), key="symbol", side_sinks=sides)
