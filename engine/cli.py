@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import inspect
 import signal
 import sys
@@ -113,6 +114,11 @@ def execute(dag: Dag, settings: dict[str, Any], *, quiet: bool = False) -> JobRe
     job = launch(dag, **settings)
     signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c(job))
     try:
+        if settings.get("metrics_port") is not None and not quiet and sys.stderr is not None:
+            port = job.metrics_port  # the one bound, where --metrics-port 0 let it choose
+            if port is not None:
+                with contextlib.suppress(OSError):
+                    print(f"metrics: http://127.0.0.1:{port}/metrics", file=sys.stderr)
         return supervise(job, quiet=quiet)
     finally:
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)

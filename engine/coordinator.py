@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import uvloop
@@ -136,11 +136,17 @@ class WorkerHandle:
     ready: bool = False
     done: bool = False
     secondary: bool = False  # failed only because a channel peer went away
-    exited: bool = False  # set by the event loop when the process's sentinel fires
+    exited: bool = False  # the process is gone (its sentinel fired, or teardown reaped it)
+    exited_ns: int = 0  # when that was seen (monotonic): a killed worker's busy time ends
     counters: dict[str, int] = field(default_factory=dict)  # the logic's, as last reported
     gauges: dict[str, float] = field(default_factory=dict)
     report: dict[str, Any] | None = None
     busy_ns: int = 0  # the highest busy time reported yet
+
+    def mark_exited(self) -> None:
+        if not self.exited:
+            self.exited_ns = time.monotonic_ns()
+            self.exited = True
 
 
 def segment_prefix(job_id: str) -> str:
@@ -354,6 +360,7 @@ class Coordinator:
                         f"cannot serve metrics on 127.0.0.1:{port} ({exc.strerror or exc}); "
                         "give launch(metrics_port=...) a free port, or 0 for any"
                     ) from None
+                self.outbox.send(("metrics", self.metrics.port))  # job.metrics_port
             self.start_workers()
         except BaseException as exc:
             self.outbox.send(("failed", JobFailed(f"job {self.job_id}: could not start: {exc}")))
@@ -407,14 +414,14 @@ class Coordinator:
                             x.control.send(("go",))
                 self.unlink_segments()
                 workers = [(x.node, x.replica, x.process.pid) for x in self.workers]
-                port = self.metrics.port if self.metrics is not None else None
-                self.outbox.send(("started", workers, port))
+                self.outbox.send(("started", workers))
         elif tag == "counters":
             w.counters, w.gauges = message[1], message[2]
         elif tag == "done":
             w.done = True
             w.report = message[1]
             w.counters = dict(message[1].get("counters", {}))
+            w.gauges = dict(message[1].get("gauges", {}))
         elif tag == "error":
             _, error, text, tb = message
             failure = JobFailed(
@@ -435,7 +442,7 @@ class Coordinator:
     def _on_exit(self, w: WorkerHandle) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(w.process.sentinel)
-        w.exited = True
+        w.mark_exited()
         # The sentinel turns readable when the child closes its files, a moment before the
         # kernel lets us reap it; wait for the exit status (bounded).
         w.process.join(EXIT_STATUS_WAIT_S)
@@ -553,7 +560,7 @@ class Coordinator:
         started = get(index, STARTED)
         if not started:
             return 0
-        end = get(index, FINISHED) or now
+        end = get(index, FINISHED) or w.exited_ns or now  # a killed worker finishes nothing
         busy = end - started - get(index, IDLE_NS) - get(index, BACKPRESSURED_NS)
         with self._busy_lock:  # status() is called on the loop and by metrics scrapes
             w.busy_ns = max(w.busy_ns, busy)
@@ -585,18 +592,25 @@ class Coordinator:
     # -- teardown -------------------------------------------------------------------------
 
     def kill_workers(self) -> None:
-        """SIGTERM every live worker, SIGKILL those still alive after the grace period."""
-        live = [w.process for w in self.workers if w.process.exitcode is None]
-        for p in live:
+        """SIGTERM every live worker, SIGKILL those still alive after the grace period.
+        Each is marked exited as it goes (its metrics say so at once)."""
+        for w in self.workers:
+            if w.process.exitcode is not None:
+                w.mark_exited()
+        live = {w.process.sentinel: w for w in self.workers if not w.exited}
+        for w in live.values():
             with contextlib.suppress(OSError):
-                p.terminate()
+                w.process.terminate()
         deadline = time.monotonic() + self.settings.stop_grace
-        for p in live:
-            p.join(max(0.0, deadline - time.monotonic()))
-        for p in live:
-            if p.exitcode is None:
-                p.kill()
-                p.join(5.0)
+        while live and (left := deadline - time.monotonic()) > 0:
+            for sentinel in wait(list(live), left):
+                w = live.pop(sentinel)
+                w.process.join(EXIT_STATUS_WAIT_S)
+                w.mark_exited()
+        for w in live.values():
+            w.process.kill()
+            w.process.join(5.0)
+            w.mark_exited()
 
     def _reap(self) -> None:
         for w in self.workers:

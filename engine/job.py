@@ -75,9 +75,7 @@ class Job:
         self._status_asked = False  # a status request's answer is on its way
         self.pids: list[int] = []
         self._writes = written_paths(dag)  # whose temporaries to remove if the coordinator dies
-        # The port the job's metrics are served on, once started (the one bound, where the
-        # settings gave 0); None without metrics.
-        self.metrics_port: int | None = None
+        self._metrics_port: int | None = None  # as the coordinator bound it
         self.interrupted = False  # a Ctrl-C already asked for a graceful stop
         # Ctrl-C never cuts a message to or from the coordinator in half: while one is on
         # the pipe, the handler only notes what to do, and it is done once the message is.
@@ -180,9 +178,10 @@ class Job:
 
     def _take(self, message: tuple[Any, ...]) -> None:
         tag = message[0]
-        if tag == "started":
+        if tag == "metrics":
+            self._metrics_port = message[1]
+        elif tag == "started":
             self.pids = [pid for _, _, pid in message[1]]
-            self.metrics_port = message[2]
         elif tag == "status":
             self._status = message[1]
             self._status_asked = False
@@ -230,6 +229,19 @@ class Job:
             raise outcome
         assert outcome is not None
         return outcome
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port the job's metrics are served on (the one bound, where the settings gave
+        0); None without metrics, or if the job failed before binding it. Read right after
+        ``launch``, it waits (up to ``startup_timeout``) for the coordinator to bind it."""
+        if self.settings.metrics_port is not None and self._metrics_port is None:
+            deadline = time.monotonic() + self.settings.startup_timeout
+            while self._metrics_port is None and self._outcome is None:
+                if time.monotonic() >= deadline:
+                    break
+                self._pump(0.05)
+        return self._metrics_port
 
     def done(self) -> bool:
         self._pump(0)

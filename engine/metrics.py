@@ -182,7 +182,8 @@ class JobCollector(Collector):
             labels=[*LABELS, "upstream"],
         )
         c = self.coordinator
-        for link, channel in zip(c.plan.links, c.channels, strict=True):
+        # While the job starts, its channels are being made: those that exist so far.
+        for link, channel in zip(c.plan.links, list(c.channels), strict=False):
             stats = read_stats(channel.ring)
             slots.add_metric(
                 [job, link.down, str(link.down_replica), f"{link.up}[{link.up_replica}]"],

@@ -371,6 +371,7 @@ class Worker:
             "records_in": self.task.records_in,
             "records_out": self.emitter.records_out,
             "counters": dict(self.ctx.counters),
+            "gauges": dict(self.ctx.gauges),
             "result": self.task.result if isinstance(self.task, Task) else None,
             "stopped": self.stop_requested,
         }

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from engine.operator import Context, Sink, SinkLogic
@@ -40,3 +42,24 @@ class _BackloggedLogic(SinkLogic):
 
     def close(self) -> Any:
         return self.records
+
+
+@dataclass(frozen=True)
+class Deaf(Sink):
+    """A sink whose first write ignores SIGTERM, touches ``marker`` and then hangs (for up to
+    a minute), so a teardown waits out its grace."""
+
+    marker: str
+
+    def build(self, ctx: Context) -> SinkLogic:
+        return _DeafLogic(self.marker)
+
+
+class _DeafLogic(SinkLogic):
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def write(self, batch: list[Any]) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        Path(self.marker).touch()
+        time.sleep(60)

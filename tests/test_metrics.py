@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import re
 import signal
 import socket
@@ -21,11 +22,13 @@ from typing import Any
 
 import pytest
 from jobs import MarkBuilt, Numbered, RunningSum, Stall
-from metrics_jobs import Backlogged
+from metrics_jobs import Backlogged, Deaf
 from prometheus_client.parser import text_string_to_metric_families
 
 import engine.metrics
 from engine import Dag, JobFailed, RingflowError, launch
+from engine.coordinator import Coordinator, Settings, WorkerHandle
+from engine.metrics import JobCollector
 
 WAIT = 30.0  # bound for a loaded 2-core machine; the tests finish far sooner
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +92,8 @@ def scrape(port: int) -> Scrape:
 
 def poll(port: int, until: Any, what: str, within: float = WAIT) -> tuple[Scrape, list[Scrape]]:
     """Scrape until ``until(scrape)``; the matching scrape and every scrape taken. Refused
-    connections count as not yet (the server starts once the workers are spawned)."""
+    connections, and scrapes before the workers are in them (the server starts before
+    the workers do), count as not yet."""
     deadline = time.monotonic() + within
     seen: list[Scrape] = []
     while True:
@@ -97,7 +101,7 @@ def poll(port: int, until: Any, what: str, within: float = WAIT) -> tuple[Scrape
             s = scrape(port)
         except (ConnectionError, urllib.error.URLError):
             s = None
-        if s is not None:
+        if s is not None and s.families["ringflow_worker_up"].samples:
             seen.append(s)
             if until(s):
                 return s, seen
@@ -256,8 +260,7 @@ def test_operator_and_sink_counters_refresh_while_records_flow() -> None:
                     and s.get("ringflow_sink_queue_depth", node="out") > 0
                 ),
                 "the operator's bytes out and the sink's queue depth",
-                within=0.5,
-            )
+            )  # (the job runs until stopped below: they refresh while records flow)
         finally:
             job.stop()
             job.wait(WAIT)
@@ -288,13 +291,10 @@ def test_metrics_on_any_free_port_say_which() -> None:
     )
     job = launch(dag, metrics_port=0)
     try:
-        deadline = time.monotonic() + WAIT
-        while job.metrics_port is None:
-            assert time.monotonic() < deadline, "the job never said its port"
-            job.status(timeout=0.5)
-        assert job.metrics_port > 0
-        samples = scrape(job.metrics_port)
-        assert samples.get("ringflow_worker_up", node="src") == 1
+        port = job.metrics_port  # known as soon as the coordinator bound it
+        assert port is not None and port > 0
+        scrape(port)  # answers at once, workers or not (an HTTP error would raise)
+        poll(port, lambda s: s.get("ringflow_worker_up", node="src") == 1, "the source up")
     finally:
         job.stop()
         job.wait(WAIT)
@@ -371,3 +371,72 @@ def test_cli_metrics_port(tmp_path: Path) -> None:
     assert "stopped early" in out, out
     assert output.exists()
     assert_port_closed(port)
+
+
+def test_a_scrape_before_the_channels_exist_answers() -> None:
+    # The server starts before the channels are made: a scrape then raised (HTTP 500).
+    dag = Dag("early")
+    dag.source("src", Numbered(10), 2).rebalance().apply("sum", RunningSum(), 2).sink(
+        "out", Backlogged(pause=0.0)
+    )
+    coordinator = Coordinator(dag, Settings(), "early", None, None)  # type: ignore[arg-type]
+    families = {f.name for f in JobCollector(coordinator).collect()}
+    assert "ringflow_channel_slots_in_use" in families and "ringflow_job_state" in families
+
+
+def test_a_worker_reports_its_final_gauges_with_its_counters() -> None:
+    # The last "counters" message may predate the last write; "done" carries both.
+    coordinator = Coordinator(Dag("g"), Settings(), "g", None, None)  # type: ignore[arg-type]
+    w = WorkerHandle("out", 0, 0, "sink", process=None, control=None)  # type: ignore[arg-type]
+    w.gauges = {"queue_depth": 241.0}
+    report = {"counters": {"pauses": 300}, "gauges": {"queue_depth": 300.0}}
+    coordinator._handle(w, ("done", report))
+    assert (w.counters, w.gauges) == ({"pauses": 300}, {"queue_depth": 300.0})
+
+
+def test_dead_workers_read_as_down_and_stop_adding_busy_time_while_teardown_waits(
+    tmp_path: Path,
+) -> None:
+    # A worker SIGKILLed fails the job; teardown then waits out the grace of a sink deaf to
+    # SIGTERM. The source, gone at its SIGTERM, read as up all that time, and the killed
+    # worker's busy time kept growing (it never wrote its finish time).
+    dag = Dag("teardown")
+    src = dag.source("src", Numbered(0, forever=True, pause_every=1, pause=0.002))
+    deaf = tmp_path / "deaf"
+    src.apply("victim", RunningSum()).sink("deaf", Deaf(str(deaf)))
+    job = launch(dag, metrics_port=0, stop_grace=10.0, heartbeat_timeout=WAIT)
+    try:
+        port = job.metrics_port
+        assert port is not None
+        deadline = time.monotonic() + WAIT
+        while not deaf.exists():
+            assert time.monotonic() < deadline, "the sink never began its write"
+            time.sleep(0.05)
+        victim = next(r["pid"] for r in job.status() if r["node"] == "victim")
+        os.kill(victim, signal.SIGKILL)
+
+        def down(s: Scrape) -> bool:
+            up = {n: s.get("ringflow_worker_up", node=n) for n in ("src", "victim", "deaf")}
+            return up == {"src": 0, "victim": 0, "deaf": 1}
+
+        before, _ = poll(port, down, "the source and the killed worker down, the sink not")
+        time.sleep(0.3)  # busy time would grow by this much
+        after = scrape(port)
+        busy = "ringflow_busy_seconds_total"
+        assert after.get(busy, node="victim") == before.get(busy, node="victim")
+        assert after.get("ringflow_worker_up", node="deaf") == 1  # still in its grace
+    finally:
+        job.kill()
+    with pytest.raises(JobFailed, match="victim"):
+        job.wait(WAIT)
+    assert_port_closed(port)
+
+
+def test_the_cli_says_where_its_metrics_are(tmp_path: Path) -> None:
+    # --metrics-port 0 lets the machine choose: the command names the port it chose.
+    command = [sys.executable, "-m", "engine", "bars", "--generate", "20000", "--replicas", "1"]
+    command += ["--output", str(tmp_path / "bars.csv"), "--metrics-port", "0"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    found = re.search(r"^metrics: http://127\.0\.0\.1:(\d+)/metrics$", done.stderr, re.M)
+    assert found is not None and int(found.group(1)) > 0, done.stderr
