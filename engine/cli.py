@@ -114,7 +114,7 @@ def execute(dag: Dag, settings: dict[str, Any], *, quiet: bool = False) -> JobRe
     job = launch(dag, **settings)
     signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c(job))
     try:
-        if settings.get("metrics_port") is not None and not quiet and sys.stderr is not None:
+        if settings.get("metrics_port") is not None and sys.stderr is not None:  # quiet too
             port = job.metrics_port  # the one bound, where --metrics-port 0 let it choose
             if port is not None:
                 with contextlib.suppress(OSError):

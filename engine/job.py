@@ -76,6 +76,7 @@ class Job:
         self.pids: list[int] = []
         self._writes = written_paths(dag)  # whose temporaries to remove if the coordinator dies
         self._metrics_port: int | None = None  # as the coordinator bound it
+        self._thread = threading.get_ident()  # the one that may read the pipe
         self.interrupted = False  # a Ctrl-C already asked for a graceful stop
         # Ctrl-C never cuts a message to or from the coordinator in half: while one is on
         # the pipe, the handler only notes what to do, and it is done once the message is.
@@ -98,7 +99,10 @@ class Job:
             self._previous_sigint = signal.signal(signal.SIGINT, _weak_handler(self))
 
     def _restore_sigint(self) -> None:
-        if self._previous_sigint is not None:
+        if (
+            self._previous_sigint is not None
+            and threading.current_thread() is threading.main_thread()
+        ):
             signal.signal(signal.SIGINT, self._previous_sigint)
             self._previous_sigint = None
 
@@ -234,8 +238,10 @@ class Job:
     def metrics_port(self) -> int | None:
         """The port the job's metrics are served on (the one bound, where the settings gave
         0); None without metrics, or if the job failed before binding it. Read right after
-        ``launch``, it waits (up to ``startup_timeout``) for the coordinator to bind it."""
-        if self.settings.metrics_port is not None and self._metrics_port is None:
+        ``launch``, it waits (up to ``startup_timeout``) for the coordinator to bind it; from
+        another thread it only says what the launching thread has read."""
+        mine = threading.get_ident() == self._thread
+        if mine and self.settings.metrics_port is not None and self._metrics_port is None:
             deadline = time.monotonic() + self.settings.startup_timeout
             while self._metrics_port is None and self._outcome is None:
                 if time.monotonic() >= deadline:

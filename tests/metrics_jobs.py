@@ -63,3 +63,22 @@ class _DeafLogic(SinkLogic):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         Path(self.marker).touch()
         time.sleep(60)
+
+
+@dataclass(frozen=True)
+class GaugeOnClose(Sink):
+    """A sink that sets the gauge ``closed`` to 1 in its close()."""
+
+    def build(self, ctx: Context) -> SinkLogic:
+        return _GaugeOnCloseLogic(ctx)
+
+
+class _GaugeOnCloseLogic(SinkLogic):
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def write(self, batch: list[Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        self.ctx.gauges["closed"] = 1.0

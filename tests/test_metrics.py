@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from jobs import MarkBuilt, Numbered, RunningSum, Stall
-from metrics_jobs import Backlogged, Deaf
+from metrics_jobs import Backlogged, Deaf, GaugeOnClose
 from prometheus_client.parser import text_string_to_metric_families
 
 import engine.metrics
@@ -384,6 +384,26 @@ def test_a_scrape_before_the_channels_exist_answers() -> None:
     assert "ringflow_channel_slots_in_use" in families and "ringflow_job_state" in families
 
 
+def test_a_finished_worker_shows_the_gauges_its_close_set() -> None:
+    # The last periodic report comes before close(); the done report carries the gauges.
+    dag = Dag("gauges")
+    dag.source("once", Numbered(10)).sink("closing", GaugeOnClose())
+    dag.source("on", Numbered(0, forever=True, pause_every=1, pause=0.002)).sink(
+        "out", Backlogged(pause=0.0)
+    )
+    with launch(dag, heartbeat_timeout=WAIT) as job:
+        deadline = time.monotonic() + WAIT
+        while True:
+            row = next((r for r in job.status() if r["node"] == "closing"), None)
+            if row is not None and row["state"] == "done" and not row["alive"]:
+                break
+            assert time.monotonic() < deadline, f"the closing sink never finished: {row}"
+            time.sleep(0.05)
+        assert row["gauges"] == {"closed": 1.0}
+        job.stop()
+        job.wait(WAIT)
+
+
 def test_a_worker_reports_its_final_gauges_with_its_counters() -> None:
     # The last "counters" message may predate the last write; "done" carries both.
     coordinator = Coordinator(Dag("g"), Settings(), "g", None, None)  # type: ignore[arg-type]
@@ -427,8 +447,8 @@ def test_dead_workers_read_as_down_and_stop_adding_busy_time_while_teardown_wait
         assert after.get("ringflow_worker_up", node="deaf") == 1  # still in its grace
     finally:
         job.kill()
-    with pytest.raises(JobFailed, match="victim"):
-        job.wait(WAIT)
+        with pytest.raises(JobFailed, match="victim"):
+            job.wait(WAIT)  # (in the finally: a failed assertion leaves nothing running)
     assert_port_closed(port)
 
 
