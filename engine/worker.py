@@ -100,8 +100,12 @@ class Stopped(BaseException):
     """SIGTERM arrived: unwind, abort sinks, exit."""
 
 
+_failing = [False]  # set first thing when the worker fails: a SIGTERM then raises nothing
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Stopped()
+    if not _failing[0]:
+        raise Stopped()
 
 
 def _die_with_parent() -> None:
@@ -153,6 +157,8 @@ def worker_main(spec: WorkerSpec) -> None:
     except BaseException as exc:
         # From here on the worker is failing anyway: a SIGTERM from the coordinator's
         # teardown must not cut the report or the sink's abort short (SIGKILL still bounds it).
+        # The flag first: one landing before signal.signal() returns is ignored too.
+        _failing[0] = True
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         row[STATE] = State.FAILED
         if not isinstance(exc, Stopped):

@@ -99,7 +99,7 @@ def poll(port: int, until: Any, what: str, within: float = WAIT) -> tuple[Scrape
     while True:
         try:
             s = scrape(port)
-        except (ConnectionError, urllib.error.URLError):
+        except (ConnectionError, TimeoutError, urllib.error.URLError):
             s = None
         if s is not None and s.families["ringflow_worker_up"].samples:
             seen.append(s)
