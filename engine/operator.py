@@ -34,6 +34,7 @@ from typing import Any
 
 from engine.batch import MIN_WATERMARK
 from engine.columns import Columns
+from engine.errors import DagError
 
 Batch = list[Any]
 
@@ -57,7 +58,8 @@ class Context:
     ``pauses`` (a sink held back by its destination) as metrics of their own too.
     ``gauges`` hold last values (the metrics export ``queue_depth``). ``watermark`` is the
     current input watermark. ``job`` is the job's id (``Job.id``; empty where no job
-    launched it, as in ``run_inline``).
+    launched it, as in ``run_inline``). ``side_outputs`` are those the node declares, which
+    ``emit_side`` holds it to (None, in a context made by hand: any).
     """
 
     node: str
@@ -69,10 +71,19 @@ class Context:
     gauges: dict[str, float] = field(default_factory=dict)
     side: dict[str, list[Any]] = field(default_factory=dict)
     job: str = ""
+    side_outputs: tuple[str, ...] | None = None
 
     def emit_side(self, name: str, records: list[Any]) -> None:
-        """Send records to the side output ``name`` (flushed by the engine after each call)."""
+        """Send records to the side output ``name`` (flushed by the engine after each call).
+        One the node does not declare has no edge, so its records would be lost: that
+        raises ``DagError`` (validation saw every declared one consumed)."""
         if records:
+            if self.side_outputs is not None and name not in self.side_outputs:
+                raise DagError(
+                    f"node {self.node!r} sent {len(records)} record(s) to the side output "
+                    f"{name!r}, which it does not declare: add {name!r} to its config's "
+                    f"side_outputs, and connect it with .side({name!r})"
+                )
             bucket = self.side.get(name)
             if bucket is None:
                 self.side[name] = list(records)
@@ -153,6 +164,11 @@ def hook(config: Any, name: str, *args: Any) -> Any:
     of that name on an instance is not a hook)."""
     method = getattr(type(config), name, None)
     return method(config, *args) if callable(method) else None
+
+
+def side_outputs(config: Any) -> tuple[str, ...]:
+    """The side outputs a node's config declares (none, for one that says nothing)."""
+    return tuple(getattr(config, "side_outputs", None) or ())
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from engine.columns import Columns
 from engine.dag import SOURCE, Dag
-from engine.operator import Context
+from engine.operator import Context, side_outputs
 from engine.plan import plan
 from engine.result import JobResult, NodeReport
 from engine.runtime_async import AsyncRunner
@@ -54,7 +54,7 @@ def run_inline(dag: Dag, *, clock: Any = None) -> JobResult:
     emitters: dict[tuple[str, int], Emitter] = {}
     # Build downstream first so every sender has its task to call.
     for node, replica in reversed(wiring.replicas):
-        ctx = Context(node.name, replica, node.parallelism)
+        ctx = Context(node.name, replica, node.parallelism, side_outputs=side_outputs(node.config))
         if clock is not None:
             ctx.clock = clock
         outputs: dict[str, list[Output]] = {}

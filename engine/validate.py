@@ -20,6 +20,7 @@ from engine.operator import (
     Sink,
     Source,
     hook,
+    side_outputs,
 )
 from partitioning import KeyHash
 
@@ -107,7 +108,7 @@ def validate(dag: Dag) -> None:
                 f"sink {node.name!r} has outputs to {[e.downstream for e in outs]}; sinks end "
                 "the DAG: use an operator to pass records on"
             )
-        declared = tuple(getattr(node.config, "side_outputs", None) or ())
+        declared = side_outputs(node.config)
         if node.kind == SINK and declared:
             raise DagError(
                 f"sink {node.name!r} declares side outputs {list(declared)}; "
@@ -158,7 +159,7 @@ def _check_side_outputs(dag: Dag) -> None:
     """Every side output a node declares has a consumer: its records would be lost."""
     for node in dag.nodes:
         consumed = {edge.output for edge in dag.outputs(node.name)}
-        for side in getattr(node.config, "side_outputs", ()):
+        for side in side_outputs(node.config):
             if side not in consumed:
                 instead = hook(node.config, "without_side", side)
                 raise DagError(

@@ -38,7 +38,7 @@ from engine.batch import WATERMARK_SIZE, BatchBuilder, codec_for, decode_waterma
 from engine.channel import InputGate, RxEnd, TxEnd, Writer
 from engine.dag import SOURCE, Node
 from engine.errors import RecordError
-from engine.operator import Context
+from engine.operator import Context, side_outputs
 from engine.ring import P_BLOCKED_NS, Kind
 from engine.runtime_async import TICK_S, AsyncRunner
 from engine.stats import (
@@ -193,7 +193,13 @@ class Worker:
         self._waiting_since = 0  # monotonic ns when its current wait began; 0: none
         self._counters_sent: tuple[dict[str, int], dict[str, float]] = ({}, {})
         node = spec.node
-        self.ctx = Context(node.name, spec.replica, node.parallelism, job=spec.job)
+        self.ctx = Context(
+            node.name,
+            spec.replica,
+            node.parallelism,
+            job=spec.job,
+            side_outputs=side_outputs(node.config),
+        )
         self.readers = [end.open() for end, _, _ in spec.inputs]
         self.decoders = [codec_for(rtype).decode for _, rtype, _ in spec.inputs]
         self.writers: list[Writer] = []
