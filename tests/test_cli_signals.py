@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.cli import PROGRESS_EVERY_S, SAME_SIGTERM_S
+from engine.cli import PROGRESS_EVERY_S, SAME_SIGTERM_S, supervise
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 60.0
@@ -196,9 +196,67 @@ def test_stderr_closed_by_the_program_itself_cannot_jam_the_job(tmp_path: Path) 
     assert "bars done: ticks in 3,000,000" in out
 
 
+class _Job:
+    """What ``supervise`` reads of a Job: ``wait`` times out ``waits`` times, then returns."""
+
+    def __init__(self, waits: int) -> None:
+        self.waits = waits
+        self.status_calls = 0
+
+    def wait(self, timeout: float | None = None) -> str:
+        if self.waits:
+            self.waits -= 1
+            raise TimeoutError
+        return "the result"
+
+    def status(self, timeout: float | None = None) -> list[dict[str, object]]:
+        self.status_calls += 1
+        return [{"node": "bars", "records_in": 1_000 * self.status_calls}]
+
+
+class _GoneReader:
+    """A stderr whose reader went away: every write is a BrokenPipeError."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        pass
+
+
+def test_supervise_stops_progress_lines_when_their_reader_is_gone(monkeypatch) -> None:
+    """The first progress line that cannot be written ends the progress lines, not the wait:
+    the job's result still comes back, and no further line (or status request) is tried."""
+    stderr = _GoneReader()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    job = _Job(waits=4)
+    assert supervise(job) == "the result"  # type: ignore[arg-type]
+    assert (stderr.writes, job.status_calls) == (1, 1)
+
+
+def test_supervise_prints_a_progress_line_per_timed_out_wait(monkeypatch, capsys) -> None:
+    job = _Job(waits=3)
+    assert supervise(job) == "the result"  # type: ignore[arg-type]
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        "records in: bars=1,000",
+        "records in: bars=2,000",
+        "records in: bars=3,000",
+    ]
+    assert supervise(_Job(waits=3), quiet=True) == "the result"  # type: ignore[arg-type]
+    assert capsys.readouterr().err == ""
+
+
 def test_a_progress_reader_that_goes_away_leaves_the_job_running(tmp_path: Path) -> None:
     """``... 2>&1 >out | head -1``: progress lines stop, the job goes on (it used to die of
-    BrokenPipeError at the next line); then a Ctrl-C stops it gracefully."""
+    BrokenPipeError at the next line); then a Ctrl-C stops it gracefully. End to end, so
+    on a loaded machine the driver may not reach a progress line in the time given;
+    ``test_supervise_stops_progress_lines_when_their_reader_is_gone`` holds that path
+    deterministically."""
     proc = _bars(tmp_path, 10**9, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for_ticks(proc)
