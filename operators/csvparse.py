@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable
+from decimal import Decimal
 from operator import attrgetter
 from typing import TypeAlias
 
@@ -56,6 +57,8 @@ _PRICE = attrgetter("price")
 _SIZE = attrgetter("size")
 _TS = attrgetter("ts")
 TS_MIN, TS_MAX = -(1 << 63), (1 << 63) - 1  # a ts is an int64 (ns since the epoch)
+_BEYOND_INT64_DIGITS = 19  # 10**19 > TS_MAX
+_BEYOND_INT64 = 10**_BEYOND_INT64_DIGITS
 
 
 def _native_parse() -> Callable[[bytes], TickColumns | None] | None:
@@ -78,14 +81,22 @@ def parse_columns(data: bytes) -> TickColumns | None:
 
 
 def parse_int(text: str) -> int:
-    """``int(text)``, or msgspec's lax reading of an integral decimal; else ValueError."""
+    """``int(text)``, or the value of a decimal that is exactly an integer (``17e17``,
+    ``1700000000000000000.0``), read as a decimal, never through a float; else ValueError.
+    A magnitude of 10**19 or more (outside int64 either way) comes back as +-10**19, so a
+    huge exponent costs no huge int."""
     try:
         return int(text)
     except ValueError:
         try:
-            return msgspec.convert(text, int, strict=False)
-        except msgspec.ValidationError:
+            value = Decimal(text)
+        except ArithmeticError:  # decimal.InvalidOperation: not a number at all
             raise ValueError(text) from None
+        if not value.is_finite() or value != value.to_integral_value():
+            raise ValueError(text) from None
+        if value and value.adjusted() >= _BEYOND_INT64_DIGITS:
+            return -_BEYOND_INT64 if value < 0 else _BEYOND_INT64
+        return int(value)
 
 
 def parse_float(text: str) -> float:
@@ -184,13 +195,7 @@ def diagnose(line: str) -> str:
     try:
         t = parse_int(ts)
     except ValueError:
-        try:
-            whole = float(ts).is_integer()  # 9.3e18: an integer, too large for int64
-        except ValueError:
-            whole = False
-        if not whole:
-            return f"ts {ts!r} is not an integer (ns since the epoch)"
-        t = int(float(ts))
+        return f"ts {ts!r} is not an integer (ns since the epoch)"
     if not TS_MIN <= t <= TS_MAX:
         return f"ts {ts!r} is outside the int64 range of ns since the epoch"
     for name, text in (("price", price), ("size", size)):

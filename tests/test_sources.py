@@ -7,6 +7,7 @@ import itertools
 import os
 import pickle
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from engine.errors import DagError, RecordError
 from engine.operator import Context, Watermark
 from engine.records import Tick
 from operators.csvio import RangeReader, split_points
-from operators.csvparse import parse_block, parse_lines
+from operators.csvparse import parse_block, parse_int, parse_lines
 from operators.sources import CsvTicks, Generator, generate
 
 # --- helpers ---------------------------------------------------------------------------
@@ -250,6 +251,54 @@ def test_csv_accepts_crlf_bom_and_a_last_line_without_newline(tmp_path):
     text = "\ufeffsymbol,ts,price,size\r\nA,1,2.5,3\r\nB,2,1e2,4.0\r\nC,3,0.1,1"
     batches, *_ = drain(CsvTicks(write(tmp_path / "t.csv", text)))
     assert batches == [[Tick("A", 1, 2.5, 3.0), Tick("B", 2, 100.0, 4.0), Tick("C", 3, 0.1, 1.0)]]
+
+
+def test_csv_reads_a_ts_written_as_an_integral_decimal_exactly(tmp_path):
+    """``17e17`` and ``1700000000000000000.0`` are the integer they spell, beyond 2**53
+    too (a float would round them); a fraction is not a ts."""
+    rows = ["A,17e17,1,1", "B,1700000000000000001.0,1,1", "C,9223372036854775807e0,1,1"]
+    path = write(tmp_path / "t.csv", HEADER + "\n".join(rows) + "\nD,1.5,1,1\n")
+    batches, _, _, counters = drain(CsvTicks(path, dead_letter=str(tmp_path / "dead.csv")))
+    assert [(t.symbol, t.ts) for b in batches for t in b] == [
+        ("A", 17 * 10**17),
+        ("B", 17 * 10**17 + 1),
+        ("C", 2**63 - 1),
+    ]
+    dead = list(csv.reader((tmp_path / "dead.csv").open()))[1:]
+    assert dead == [["5", "D,1.5,1,1", "ts '1.5' is not an integer (ns since the epoch)"]]
+    assert counters["bad_rows"] == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(-(10**25), 10**25),
+    st.integers(-30, 30),
+    st.sampled_from(["e", "E"]),
+    st.booleans(),
+)
+def test_parse_int_reads_integral_decimals_as_the_integer_they_spell(n, k, e, point):
+    """``n`` times ten to ``k``, written ``{n}e{k}`` or ``{n}.0e{k}``: the integer when it
+    is one (clamped to +-10**19 from 10**19 on), else ValueError; as Fraction reads it."""
+    text = f"{n}{'.0' if point else ''}{e}{k}"
+    exact = Fraction(n) * Fraction(10) ** k
+    if exact.denominator != 1:
+        with pytest.raises(ValueError):
+            parse_int(text)
+    else:
+        bound = 10**19
+        assert parse_int(text) == max(-bound, min(bound, int(exact)))
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-Infinity", "sNaN", "1.5", "x", "", "1e-9999"])
+def test_parse_int_refuses_what_is_not_an_integer(text):
+    with pytest.raises(ValueError):
+        parse_int(text)
+
+
+def test_parse_int_does_not_build_the_int_of_a_huge_exponent():
+    assert parse_int("1e999999999") == 10**19  # 10**999999999 would take minutes
+    assert parse_int("-1e999999999") == -(10**19)
+    assert parse_int("0e999999999") == 0
 
 
 def test_csv_header_only(tmp_path):
