@@ -16,7 +16,9 @@ Formats:
   integers as integers, floats by ``repr`` (``float()`` reads back the exact value,
   ``nan``/``inf`` included).
 * ``CsvTicksSink``: the ``CsvTicks`` input format, header ``symbol,ts,price,size``: late
-  ticks written here can be read back by ``CsvTicks``.
+  ticks written here can be read back by ``CsvTicks``, with the same values. A tick that
+  could not (an empty symbol, a price that is not finite, a size not above 0, a ts outside
+  int64) is refused with ``RecordError`` naming it and the reason.
 * ``JsonLinesBars``: one JSON object per line with the field names (any msgspec Struct works);
   finite floats round-trip exactly, ``nan``/``inf`` become ``null`` (JSON has no such numbers).
 
@@ -42,6 +44,7 @@ from engine.errors import DagError, RecordError
 from engine.operator import Batch, Context, Files, Sink, SinkLogic, Watermark
 from engine.records import Bar, Tick
 from operators.csvio import BAR_HEADER, TICK_HEADER, AtomicFile
+from operators.csvparse import diagnose, parse_lines
 
 __all__ = [
     "Collect",
@@ -174,8 +177,19 @@ class CsvTicksSink(_FileSink):
         return Tick.__struct_fields__
 
     def format(self, batch: Batch) -> str:
-        text = "".join([f"{t.symbol},{t.ts},{t.price!r},{t.size!r}\n" for t in batch])
-        return _check_csv(self, text, batch, 3)
+        lines = [f"{t.symbol},{t.ts},{t.price!r},{t.size!r}\n" for t in batch]
+        text = _check_csv(self, "".join(lines), batch, 3)
+        good: list[Tick] = []
+        bad: list[str] = []
+        parse_lines([line[:-1] for line in lines], good, bad)  # what CsvTicks would read
+        if bad:
+            line = bad[0]
+            culprit = batch[lines.index(line + "\n")]
+            raise RecordError(
+                f"{self!r} cannot write {culprit!r}: {diagnose(line)}, so CsvTicks could "
+                "not read it back"
+            )
+        return text
 
 
 _JSON = msgspec.json.Encoder()

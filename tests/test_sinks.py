@@ -192,6 +192,28 @@ def test_csv_refuses_symbols_it_cannot_carry(tmp_path):
     bars.abort()
 
 
+@pytest.mark.parametrize(
+    "tick,reason",
+    [
+        (Tick("", 1, 1.0, 1.0), "empty symbol"),
+        (Tick("A", 1, math.nan, 1.0), "price 'nan' is not finite"),
+        (Tick("A", 1, 1.0, -math.inf), "size '-inf' is not finite"),
+        (Tick("A", 1, 1.0, 0.0), "size '0.0' is not positive"),
+        (Tick("A", 2**63, 1.0, 1.0), "ts '9223372036854775808' is outside the int64 range"),
+    ],
+)
+def test_tick_sink_refuses_a_tick_csv_ticks_would_not_read_back(tmp_path, tick, reason):
+    """Nothing lost at the read-back: the job stops, naming the tick and why."""
+    sink = CsvTicksSink(tmp_path / "t.csv").build(CTX)
+    sink.write([Tick("ok", 1, 1.0, 1.0)])
+    with pytest.raises(RecordError) as info:
+        sink.write([Tick("ok", 2, 1.0, 1.0), tick])
+    assert f"cannot write {tick!r}: {reason}" in str(info.value)
+    assert "CsvTicks could not read it back" in str(info.value)
+    sink.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_collect_and_count():
     collect = Collect().build(CTX)
     collect.write([1, 2])
