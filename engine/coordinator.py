@@ -485,7 +485,9 @@ class Coordinator:
                     w.control.send(("stop",))
 
     async def _watch(self) -> None:
-        """Heartbeats and startup: a worker silent for too long is hung."""
+        """Heartbeats and startup: a worker silent for too long is hung. A worker is watched
+        for heartbeats from its "ready" on (a source waiting for "go" beats too); before
+        that, its set-up is bounded by startup_timeout."""
         s = self.settings
         assert self.stats is not None
         while True:
@@ -495,7 +497,8 @@ class Coordinator:
             for w in self.workers:
                 state = self.stats.get(w.index, STATE)
                 beat = self.stats.get(w.index, HEARTBEAT)
-                if state == State.RUNNING and beat and now - beat > age_limit:
+                watched = state == State.RUNNING or (state == State.STARTING and w.ready)
+                if watched and beat and now - beat > age_limit:
                     self._fail(
                         f"node {w.node!r} replica {w.replica} is hung: no heartbeat for "
                         f"{(now - beat) / 1e9:.1f} s (limit {s.heartbeat_timeout} s); a call "

@@ -144,10 +144,13 @@ def worker_main(spec: WorkerSpec) -> None:
         # keeps the collector's full passes (which the hot path's allocations trigger) from
         # walking them again and again.
         gc.freeze()
+        # Fresh heartbeats from here: a ready worker is watched for them (set-up before
+        # this, however long, is startup_timeout's to bound).
+        row[HEARTBEAT] = time.monotonic_ns()
         control.send(("ready",))
         if spec.node.kind == SOURCE:
             worker.await_start()
-        row[STARTED] = time.monotonic_ns()
+        row[STARTED] = row[HEARTBEAT] = time.monotonic_ns()
         row[STATE] = State.RUNNING
         result = worker.run()
         worker.close()

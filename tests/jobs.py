@@ -35,6 +35,7 @@ class Numbered(Source):
     pause_every: int = 0  # sleep `pause` seconds every this many batches (0: never)
     pause: float = 0.0
     forever: bool = False
+    first_after: float = 0.0  # seconds before the first batch (a feed slow to speak)
 
     def build(self, ctx: Context) -> SourceLogic:
         return _NumberedLogic(self, ctx)
@@ -49,6 +50,7 @@ class _NumberedLogic(SourceLogic):
         cfg, r, p = self.cfg, self.ctx.replica, self.ctx.parallelism
         seq = r
         n = 0
+        time.sleep(cfg.first_after)
         while cfg.forever or seq < cfg.count:
             batch = []
             while len(batch) < cfg.batch and (cfg.forever or seq < cfg.count):

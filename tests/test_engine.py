@@ -218,6 +218,35 @@ def test_hung_worker_fails_on_heartbeat_timeout():
     _assert_gone([*job.pids, job.coordinator_pid])
 
 
+def test_a_set_up_longer_than_the_heartbeat_timeout_is_not_taken_for_hung():
+    """A sink slow to open (a connection) is startup_timeout's to bound: once ready it is
+    watched with a fresh heartbeat, even when its input then stays quiet a while."""
+    dag = Dag("slow-open")
+    dag.source("src", Numbered(100, first_after=0.5)).sink("out", SlowToOpen(2.0))
+    result = run(dag, timeout=WAIT, heartbeat_timeout=1.0)
+    assert len(result.sinks["out"][0][1]) == 100
+
+
+def test_a_ready_source_that_stops_before_go_fails_on_heartbeat_timeout():
+    """Between "ready" and "go" (another worker still setting up) a source is watched for
+    heartbeats too; it used to fall between the start-up and the heartbeat checks."""
+    dag = Dag("stopped-before-go")
+    dag.source("src", Numbered(100)).sink("out", SlowToOpen(WAIT))
+    job = launch(dag, heartbeat_timeout=1.0, stop_grace=0.5, startup_timeout=2 * WAIT)
+    deadline = time.monotonic() + WAIT
+    beats: list[float] = []
+    while not beats or beats[-1] - beats[0] < 0.15:  # beating (0.25 s apart): awaits "go"
+        assert time.monotonic() < deadline, "the source never became ready"
+        (src,) = [r for r in job.status() if r["node"] == "src"]
+        if src["pid"] and src["heartbeat_age_s"] is not None:
+            beats.append(time.monotonic() - src["heartbeat_age_s"])
+        time.sleep(0.05)
+    os.kill(src["pid"], signal.SIGSTOP)
+    with pytest.raises(JobFailed, match=r"node 'src' replica 0 is hung: no heartbeat"):
+        job.wait(WAIT)
+    _assert_gone([*job.pids, job.coordinator_pid])
+
+
 def test_graceful_stop_drains_what_was_produced():
     job = launch(keyed_dag(0, forever=True, pause_every=1, pause=0.002))
     _wait_started(job)
