@@ -193,6 +193,11 @@ class Source:
     def declared_files(self, parallelism: int) -> Files:
         return NO_FILES
 
+    def parallelism_problem(self, parallelism: int) -> str:
+        """Why this source cannot run ``parallelism`` replicas (validation refuses the DAG
+        with it, naming the node), or "" when it can."""
+        return ""
+
 
 class StateKey:
     """A marker ``Operator.state_key`` returns; its name says what it means."""

@@ -74,6 +74,9 @@ def validate(dag: Dag) -> None:
                 f"node {node.name!r}: {type(node.config).__name__} supports at most "
                 f"{limit} replica(s), got parallelism={node.parallelism}; lower it"
             )
+        problem = hook(node.config, "parallelism_problem", node.parallelism)
+        if problem:
+            raise DagError(f"node {node.name!r}: {problem}")
     workers = sum(n.parallelism for n in dag.nodes)
     if workers > MAX_WORKERS:
         widest = max(dag.nodes, key=lambda n: n.parallelism)

@@ -182,6 +182,29 @@ def test_bad_configs_are_refused_with_reasons():
         source(Replay("a", GEN)).build(Context("ticks", 0, 2))
 
 
+@pytest.mark.parametrize(
+    "symbols,parallelism,message",
+    [
+        (None, 2, r"a ProviderSource with 2 replicas needs symbols=\(\.\.\.\) to share out"),
+        (("S0",), 2, r"its 1 symbol\(s\) out .* 1 of its 2 would have none .* parallelism=1"),
+        (("S0", "S1", "S0"), 3, r"its 2 symbol\(s\) .* parallelism=2 at most, or more symbols"),
+    ],
+)
+def test_a_replica_without_symbols_of_its_own_is_refused_before_start(
+    symbols, parallelism, message
+):
+    """A replica with no symbols would subscribe to no instruments, which providers read as
+    all of them: every tick again, and symbols nobody asked for."""
+    dag = Dag("shares")
+    config = source(Replay("a", GEN), symbols=symbols)
+    dag.source("ticks", config, parallelism=parallelism).sink("out", Collect())
+    with pytest.raises(DagError, match=f"node 'ticks': .*{message}"):
+        dag.validate()
+    dag = Dag("shares")
+    dag.source("ticks", config, parallelism=parallelism - 1).sink("out", Collect())
+    dag.validate()
+
+
 # --- provider records ------------------------------------------------------------------
 
 

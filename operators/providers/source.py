@@ -14,8 +14,10 @@ is the plain adapter. Resent ticks after a switch are dropped by identity within
 larger of ``lateness_ns`` and one second.
 
 Replicas: replica ``r`` of ``P`` subscribes to ``sorted(symbols)[r::P]``; with ``P > 1``
-``symbols`` must be given. ``symbols=None`` with one replica asks providers for everything
-they have (an empty instrument list; the in-repo ``Replay`` sends every symbol then).
+``symbols`` must be given, at least ``P`` distinct ones (validation refuses fewer: a
+replica with none would subscribe to no instruments, which providers read as all).
+``symbols=None`` with one replica asks providers for everything they have (an empty
+instrument list; the in-repo ``Replay`` sends every symbol then).
 
 Timing (processing time): ``timing`` (default ``REAL_TIME``; ``VirtualTime`` in tests)
 drives linger, stall timeouts, breaker cooldowns, budget waits and replay pacing alike.
@@ -129,15 +131,32 @@ class ProviderSource(Source):
             return self.dedupe_horizon_ns
         return max(self.lateness_ns, 1_000_000_000)
 
-    def replica_symbols(self, replica: int, parallelism: int) -> list[str]:
+    def parallelism_problem(self, parallelism: int) -> str:
+        """Each replica needs symbols of its own: one with none would subscribe to no
+        instruments, which a provider reads as all of them (every tick again, and those
+        not asked for)."""
+        if parallelism == 1:
+            return ""
         if self.symbols is None:
-            if parallelism > 1:
-                raise DagError(
-                    f"a ProviderSource with {parallelism} replicas needs symbols=(...) to "
-                    "share out; give the symbols, or use one replica"
-                )
-            return []
-        return sorted(set(self.symbols))[replica::parallelism]
+            return (
+                f"a ProviderSource with {parallelism} replicas needs symbols=(...) to share "
+                "out; give the symbols, or use one replica"
+            )
+        distinct = len(set(self.symbols))
+        if parallelism > distinct:
+            return (
+                f"a ProviderSource shares its {distinct} symbol(s) out over its replicas, so "
+                f"{parallelism - distinct} of its {parallelism} would have none (and a "
+                "provider reads no instruments as all of them): give it "
+                f"parallelism={distinct} at most, or more symbols"
+            )
+        return ""
+
+    def replica_symbols(self, replica: int, parallelism: int) -> list[str]:
+        problem = self.parallelism_problem(parallelism)
+        if problem:
+            raise DagError(problem)
+        return [] if self.symbols is None else sorted(set(self.symbols))[replica::parallelism]
 
     def build(self, ctx: Context) -> ProviderSourceLogic:
         return ProviderSourceLogic(self, ctx)
