@@ -86,21 +86,26 @@ class ChannelStats:
 
     @property
     def in_use(self) -> int:
-        """Slots published and not yet released: the credits the producer is missing."""
-        return self.sent_slots - self.taken_slots
+        """Slots published and not yet released: the credits the producer is missing.
+        Within [0, slots]: the counters are read while both ends move."""
+        return max(0, min(self.slots, self.sent_slots - self.taken_slots))
 
 
 def read_stats(ring: Ring) -> ChannelStats:
+    """The channel's counters as both ends left them a moment ago. The consumer's are read
+    first: the producer's count, read after, is never below it (a reader paused between
+    the two reads once saw the consumer pass the producer's older count)."""
     c = ring.counters
+    taken, taken_bytes, idle_ns = c[C_SLOTS], c[C_BYTES], c[C_IDLE_NS]
     return ChannelStats(
         ring.slots,
         ring.slot_size,
         c[P_SLOTS],
         c[P_BYTES],
         c[P_BLOCKED_NS],
-        c[C_SLOTS],
-        c[C_BYTES],
-        c[C_IDLE_NS],
+        taken,
+        taken_bytes,
+        idle_ns,
     )
 
 

@@ -24,6 +24,7 @@ import random
 import struct
 import threading
 import time
+import types
 from array import array
 from collections.abc import Callable, Iterator
 from multiprocessing import reduction
@@ -35,9 +36,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.channel import Channel, InputGate, Reader, RxEnd, TxEnd
+from engine.channel import Channel, InputGate, Reader, RxEnd, TxEnd, read_stats
 from engine.errors import ChannelClosed, ChannelError, ChannelTimeout, FrameTooLarge
-from engine.ring import HEADER_SIZE, SLOT_HEADER_SIZE, Kind, segment_path
+from engine.ring import C_SLOTS, HEADER_SIZE, P_SLOTS, SLOT_HEADER_SIZE, Kind, segment_path
 
 TIMEOUT = 10.0  # bound on any single wait; only reached when something is broken
 HANG_S = 60.0  # how long a child "hangs" before giving up on its own; tests kill it first
@@ -630,3 +631,26 @@ def test_owner_reads_stats_while_peers_run(spawn: SpawnContext) -> None:
     assert end.sent_slots == end.taken_slots == total + 1  # + EOF
     assert end.sent_bytes == end.taken_bytes == total * 8
     assert end.idle_ns > paused.idle_ns
+
+
+class _MovingCounters:
+    """A ring's counters while both ends move: after every read the producer publishes a
+    slot and the consumer takes one (so in truth one slot at most is ever in use)."""
+
+    def __init__(self) -> None:
+        self.values = {P_SLOTS: 5, C_SLOTS: 5}
+
+    def __getitem__(self, index: int) -> int:
+        value = self.values.get(index, 0)
+        self.values[P_SLOTS] += 1
+        self.values[C_SLOTS] += 1
+        return value
+
+
+def test_stats_read_while_both_ends_move_stay_within_the_slots() -> None:
+    """The consumer's count is read before the producer's: read the other way round, a
+    reader paused between the two reads saw the consumer pass the producer (in_use < 0)."""
+    ring = types.SimpleNamespace(slots=4, slot_size=1024, counters=_MovingCounters())
+    stats = read_stats(ring)  # type: ignore[arg-type]
+    assert stats.sent_slots >= stats.taken_slots
+    assert 0 <= stats.in_use <= stats.slots
