@@ -28,9 +28,11 @@ result and the Prometheus metrics (``ringflow_sink_pauses_total``,
 ``ringflow_sink_paused_seconds_total``, ``ringflow_sink_queue_depth``), and the time the
 upstream spends blocked as ``backpressured_s`` / ``ringflow_backpressured_ratio``.
 
-Time blocked inside ``submit_many`` (a store whose capacity is reached before
-``high_watermark``) is not counted as paused: the sink refuses a ``high_watermark`` above the
-store's capacity, so that happens only when one batch is larger than the gap between the two.
+A batch larger than the room left in the store's queue is submitted in parts, each no
+larger than the room, with a pause (as in 3.) whenever the queue is full: the sink never
+blocks inside ``submit_many`` (where a store that stopped taking records would hold it,
+unwatched, for ever), and ``stall_timeout`` bounds every wait. A store whose ``health()``
+gives no ``capacity`` gets each batch whole.
 
 ``close()`` stops the store with ``drain=True`` and returns a ``StoreResult``; a store still
 holding records after ``drain_timeout`` seconds fails the job with ``StoreError`` rather than
@@ -213,6 +215,8 @@ class StoreSinkLogic(SinkLogic):
         self.records = 0
         self.max_depth = 0
         self._store: StoreLoop | None = None
+        self._capacity: int | None = None  # the store's, when its health says
+        self._depth = 0  # the queue depth last seen
 
     # -- on the worker's loop -------------------------------------------------------------
 
@@ -221,11 +225,22 @@ class StoreSinkLogic(SinkLogic):
         if store is None:
             store = self._store = StoreLoop(f"ringflow-store:{self.ctx.node}[{self.ctx.replica}]")
             await store.call(self._start())
-        depth, _ = await store.call(self._submit(batch))
-        self.records += len(batch)
-        self._report(depth)
-        if depth >= self.config.high_watermark:
-            await self._pause(store, depth)
+        capacity, n, sent = self._capacity, len(batch), 0
+        while sent < n:  # never more than fits: a submit blocked on a full queue is unwatched
+            room = n - sent if capacity is None else capacity - self._depth
+            if capacity is not None and room <= 0:
+                depth, _ = await store.call(self._probe())  # (the last depth seen is stale)
+                self._report(depth)
+                if capacity - depth <= 0:
+                    await self._pause(store, depth)
+                continue
+            part = batch if sent == 0 and room >= n else batch[sent : sent + room]
+            depth, _ = await store.call(self._submit(part))
+            sent += len(part)
+            self.records += len(part)
+            self._report(depth)
+        if self._depth >= self.config.high_watermark:
+            await self._pause(store, self._depth)
 
     async def _pause(self, store: StoreLoop, depth: int) -> None:
         ctx, cfg = self.ctx, self.config
@@ -233,7 +248,6 @@ class StoreSinkLogic(SinkLogic):
         ctx.count("pauses")
         last = clock()
         lowest, since = depth, last  # the queue's progress: its lowest depth, and when
-        stall_ns = None if cfg.stall_timeout is None else cfg.stall_timeout * 1e9
         while depth > cfg.low_watermark:
             await asyncio.sleep(cfg.poll_interval)
             depth, alive = await store.call(self._probe())
@@ -249,7 +263,7 @@ class StoreSinkLogic(SinkLogic):
                 )
             if depth < lowest:
                 lowest, since = depth, now
-            elif stall_ns is not None and now - since >= stall_ns:
+            elif cfg.stall_timeout is not None and now - since >= cfg.stall_timeout * 1e9:
                 raise StoreError(
                     f"sink {ctx.node!r} replica {ctx.replica}: the store's queue has not gone "
                     f"down from {lowest} record(s) in {cfg.stall_timeout} s of a pause (it "
@@ -259,6 +273,7 @@ class StoreSinkLogic(SinkLogic):
                 )
 
     def _report(self, depth: int) -> None:
+        self._depth = depth
         self.ctx.gauge("queue_depth", depth)
         if depth > self.max_depth:
             self.max_depth = depth
@@ -320,6 +335,8 @@ class StoreSinkLogic(SinkLogic):
         self.coordinator = coordinator
         await coordinator.start()
         capacity = getattr(coordinator.health(), "capacity", None)
+        if isinstance(capacity, int):
+            self._capacity = capacity
         if isinstance(capacity, int) and cfg.high_watermark > capacity:
             raise StoreError(
                 f"sink {ctx.node!r}: high_watermark {cfg.high_watermark} is above the store's "

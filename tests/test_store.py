@@ -289,6 +289,42 @@ def test_a_store_that_drains_slowly_resets_the_stall_timeout_each_time_it_takes_
     assert result.store.records == list(range(6))
 
 
+def test_a_batch_larger_than_the_room_left_is_submitted_in_parts_with_a_pause_between():
+    """15 records into a queue of 10 that takes nothing: 10 go in, then the sink pauses
+    (it used to block inside submit_many, where no stall_timeout watched it, for ever)."""
+    sink = StoreSink(MemoryStore(capacity=10, rate=0), 10, 1, poll_interval=0.001, stall_timeout=5)
+    logic, ctx = logic_for(sink)
+    ctx.clock = clock = SecondPerCall()
+    with pytest.raises(StoreError, match=r"not gone down from 10 record\(s\) in 5 s of a pause"):
+        asyncio.run(logic.write(list(range(15))))
+    assert 5 <= clock.now / 1e9 <= 7
+    assert (ctx.gauges["queue_depth"], ctx.counters["pauses"], logic.records) == (10, 1, 10)
+    logic.abort()
+    assert not store_threads()
+
+
+def test_a_batch_submitted_in_parts_reaches_a_slow_store_whole_and_in_order():
+    sink = StoreSink(MemoryStore(capacity=10, rate=0), 10, 1, poll_interval=0.001, stall_timeout=3)
+    logic, ctx = logic_for(sink)
+    ctx.clock = clock = SecondPerCall()
+
+    async def release_one_every_two_seconds() -> None:
+        await until(lambda: ctx.counters.get("pauses") == 1, "the pause")
+        for _ in range(9):  # from 10 down to the low watermark, 1
+            due = clock.now + 2_000_000_000
+            await until(lambda due=due: clock.now >= due, "two seconds of the clock")
+            store_of(logic).release(1)
+
+    async def scenario() -> StoreResult:
+        await asyncio.gather(logic.write(list(range(15))), release_one_every_two_seconds())
+        store_of(logic).set_rate(None)
+        return await logic.close()
+
+    result = asyncio.run(scenario())
+    assert result.store.records == list(range(15))
+    assert (result.records, result.pauses) == (15, 1)
+
+
 def test_a_graceful_stop_behind_a_store_that_takes_nothing_fails_instead_of_hanging():
     dag = Dag("stalled_store")
     store = StoreSink(MemoryStore(capacity=200, rate=0), 100, 20, stall_timeout=1.0)
