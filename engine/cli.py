@@ -86,23 +86,40 @@ def supervise(job: Job, *, quiet: bool = False) -> JobResult:
                     quiet = True
 
 
+_last_sigterm = [-SAME_SIGTERM_S]  # monotonic time of the last SIGTERM taken
+
+
+def _repeated_sigterm() -> bool:
+    """Whether a SIGTERM now repeats one taken within ``SAME_SIGTERM_S``; else it is taken."""
+    now = time.monotonic()
+    if now - _last_sigterm[0] < SAME_SIGTERM_S:
+        return True
+    _last_sigterm[0] = now
+    return False
+
+
 def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    if not _repeated_sigterm():
+        raise KeyboardInterrupt
 
 
 def _sigterm_as_ctrl_c(job: Job) -> Callable[[int, Any], None]:
     """SIGTERM to the Job's own Ctrl-C handler (also where SIGINT is ignored: a job started
     with `&`), save one that repeats another within ``SAME_SIGTERM_S``."""
-    last = -SAME_SIGTERM_S
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        nonlocal last
-        now = time.monotonic()
-        if now - last >= SAME_SIGTERM_S:
-            last = now
+        if not _repeated_sigterm():
             job._on_sigint(signum, frame)
 
     return on_sigterm
+
+
+def _ignore_a_pending_repeat() -> None:
+    """On the way out: a SIGTERM taken within ``SAME_SIGTERM_S`` may still have its twin
+    coming (``timeout`` sends two), and the interpreter, shutting down, puts SIGTERM back to
+    its default (death). An ignore survives that."""
+    if time.monotonic() - _last_sigterm[0] < SAME_SIGTERM_S:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def execute(dag: Dag, settings: dict[str, Any], *, quiet: bool = False) -> JobResult:
@@ -218,3 +235,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        _ignore_a_pending_repeat()

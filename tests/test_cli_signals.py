@@ -16,6 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from engine import cli
 from engine.cli import PROGRESS_EVERY_S, SAME_SIGTERM_S, supervise
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -270,3 +273,32 @@ def test_a_progress_reader_that_goes_away_leaves_the_job_running(tmp_path: Path)
         proc.kill()
     assert proc.returncode == 0
     assert "bars stopped early" in out
+
+
+def test_the_twin_of_a_sigterm_taken_at_the_end_cannot_kill_the_exiting_driver(
+    monkeypatch,
+) -> None:
+    """``timeout`` sends SIGTERM twice: a twin arriving after the graceful stop finished
+    must neither interrupt the summary nor, once the interpreter shuts down (which puts
+    SIGTERM back to its default), kill the driver: exit status -15 for a stop that went
+    well. Within SAME_SIGTERM_S of the first it is ignored; later ones act again."""
+    clock = [100.0]
+    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(cli, "_last_sigterm", [-SAME_SIGTERM_S])
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(KeyboardInterrupt):  # the first: taken
+            cli._sigterm_as_interrupt(signal.SIGTERM, None)
+        clock[0] += SAME_SIGTERM_S / 2
+        cli._sigterm_as_interrupt(signal.SIGTERM, None)  # its twin: ignored
+        cli._ignore_a_pending_repeat()
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # survives shutdown
+        signal.signal(signal.SIGTERM, previous)
+        clock[0] += SAME_SIGTERM_S
+        with pytest.raises(KeyboardInterrupt):  # a later one is a new request
+            cli._sigterm_as_interrupt(signal.SIGTERM, None)
+        clock[0] += 2 * SAME_SIGTERM_S
+        cli._ignore_a_pending_repeat()
+        assert signal.getsignal(signal.SIGTERM) == previous  # none pending: left as it was
+    finally:
+        signal.signal(signal.SIGTERM, previous)
