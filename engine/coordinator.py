@@ -237,6 +237,7 @@ def coordinator_main(
     dag: Dag, settings: Settings, job_id: str, requests: Connection, replies: Connection
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what Ctrl-C means
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # (blocked while it booted)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwind through teardown
     # A process group of its own, which the workers inherit: a signal to the driver's group
     # (Ctrl-C, `kill -- -PGID`, `timeout`, a terminal's SIGHUP) reaches the driver alone, and

@@ -24,6 +24,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from multiprocessing.util import Finalize
 from typing import Any
@@ -48,28 +49,6 @@ class Job:
         self.settings = settings
         # Segment names start with the driver's pid, so leftovers are traceable to their run.
         self.id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        ctx = multiprocessing.get_context("spawn")
-        # Two one-way pipes: requests to the coordinator, and its messages here.
-        requests, self._requests = ctx.Pipe(duplex=False)
-        self._conn, replies = ctx.Pipe(duplex=False)
-        self._process = ctx.Process(
-            target=coordinator_main,
-            args=(dag, settings, self.id, requests, replies),
-            name=f"ringflow:coordinator:{dag.name}",
-        )
-        # Ignore Ctrl-C while the coordinator boots (it inherits the disposition, and ignores
-        # SIGINT itself once running): the terminal sends it to the whole process group, and
-        # this process's handler decides what it means.
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            self._process.start()
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-        requests.close()
-        replies.close()
         self._outcome: JobResult | JobFailed | None = None
         self._status: list[dict[str, Any]] = []
         self._status_asked = False  # a status request's answer is on its way
@@ -83,12 +62,39 @@ class Job:
         self._in_pipe = False
         self._deferred: str | None = None  # "stop" or "kill", noted during a pipe operation
         self._previous_sigint: Any = None
-        self._install_sigint()
-        # If this process exits without waiting, close the pipe first: the coordinator sees
-        # it, tears the job down and exits, so the interpreter's join on it returns.
-        self._finalizer = Finalize(
-            self, _abandon, args=(self._requests, self._conn), exitpriority=100
+        ctx = multiprocessing.get_context("spawn")
+        # Two one-way pipes: requests to the coordinator, and its messages here.
+        requests, self._requests = ctx.Pipe(duplex=False)
+        self._conn, replies = ctx.Pipe(duplex=False)
+        self._process = ctx.Process(
+            target=coordinator_main,
+            args=(dag, settings, self.id, requests, replies),
+            name=f"ringflow:coordinator:{dag.name}",
         )
+        # Ctrl-C is held back (blocked, not ignored: one pressed now is not lost) while the
+        # coordinator starts. The coordinator inherits the block, so one sent to the whole
+        # process group (a terminal's) cannot kill it as it boots; it ignores SIGINT, then
+        # unblocks it. Here it is unblocked once the Job's own handler is in place: a Ctrl-C
+        # pressed meanwhile is then the graceful stop it asked for.
+        held = threading.current_thread() is threading.main_thread()
+        if held:
+            # multiprocessing's resource tracker first: starting it unblocks SIGINT (its own
+            # mask, bpo-33613), which would undo ours halfway through the start.
+            resource_tracker.ensure_running()
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self._process.start()
+            requests.close()
+            replies.close()
+            self._install_sigint()
+            # If this process exits without waiting, close the pipe first: the coordinator
+            # sees it, tears the job down and exits, so the interpreter's join on it returns.
+            self._finalizer = Finalize(
+                self, _abandon, args=(self._requests, self._conn), exitpriority=100
+            )
+        finally:
+            if held:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     def _install_sigint(self) -> None:
         """Own Ctrl-C while the job runs, unless the program has its own handler."""

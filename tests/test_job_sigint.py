@@ -138,3 +138,30 @@ def test_ctrl_c_outside_the_pipe_acts_at_once(job):
     with pytest.raises(KeyboardInterrupt):
         job._on_sigint(signal.SIGINT, None)
     assert job._conn.sent == [("stop",), ("kill",)]
+
+
+def test_a_ctrl_c_while_the_coordinator_starts_is_held_then_stops_the_job(monkeypatch, capsys):
+    """It is blocked while the coordinator process starts, not ignored (it used to be
+    lost: the job ran to its end), then taken by the Job's handler as a graceful stop."""
+    import multiprocessing.context
+
+    from jobs import Collect, Numbered
+
+    from engine import Dag, launch
+
+    start = multiprocessing.context.SpawnProcess.start
+
+    def start_and_press_ctrl_c(process: Any) -> None:
+        start(process)
+        os.kill(os.getpid(), signal.SIGINT)  # lands mid-launch
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", start_and_press_ctrl_c)
+    dag = Dag("ctrl-c-at-start")
+    dag.source("src", Numbered(0, forever=True, pause_every=1, pause=0.001)).sink("out", Collect())
+    with launch(dag) as job:
+        assert job.interrupted
+        result = job.wait(60.0)
+    assert result.stopped
+    assert "stopping job 'ctrl-c-at-start' gracefully" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
