@@ -265,28 +265,41 @@ def test_a_store_that_takes_nothing_more_fails_the_sink_after_the_stall_timeout(
     assert not store_threads()
 
 
-def test_a_store_that_drains_slowly_resets_the_stall_timeout_each_time_it_takes_one():
+@pytest.mark.parametrize(
+    "capacity,high,records,releases",
+    [
+        (20, 5, 6, 5),  # one pause, from 6 down to the low watermark
+        (10, 10, 15, 9),  # a batch larger than the queue: 10 go in, a pause, then 5
+    ],
+)
+def test_a_store_that_drains_slowly_resets_the_stall_timeout_each_time_it_takes_one(
+    capacity, high, records, releases
+):
     # One record every 2 s of the clock, against a 3 s stall timeout: the pause lasts
-    # longer than the timeout in all, and still ends well.
-    sink = StoreSink(MemoryStore(capacity=20, rate=0), 5, 1, poll_interval=0.001, stall_timeout=3)
+    # longer than the timeout in all, and still ends well, every record stored in order.
+    sink = StoreSink(
+        MemoryStore(capacity=capacity, rate=0), high, 1, poll_interval=0.001, stall_timeout=3
+    )
     logic, ctx = logic_for(sink)
     ctx.clock = clock = SecondPerCall()
 
     async def release_one_every_two_seconds() -> None:
         await until(lambda: ctx.counters.get("pauses") == 1, "the pause")
-        for _ in range(5):
+        for _ in range(releases):  # down to the low watermark, 1
             due = clock.now + 2_000_000_000
             await until(lambda due=due: clock.now >= due, "two seconds of the clock")
             store_of(logic).release(1)
 
     async def scenario() -> StoreResult:
-        await asyncio.gather(logic.write(list(range(6))), release_one_every_two_seconds())
+        batch = list(range(records))
+        await asyncio.gather(logic.write(batch), release_one_every_two_seconds())
         store_of(logic).set_rate(None)
         return await logic.close()
 
     result = asyncio.run(scenario())
     assert result.paused_s >= 8  # over twice the stall timeout, paused throughout
-    assert result.store.records == list(range(6))
+    assert result.store.records == list(range(records))
+    assert (result.records, result.pauses) == (records, 1)
 
 
 def test_a_batch_larger_than_the_room_left_is_submitted_in_parts_with_a_pause_between():
@@ -301,28 +314,6 @@ def test_a_batch_larger_than_the_room_left_is_submitted_in_parts_with_a_pause_be
     assert (ctx.gauges["queue_depth"], ctx.counters["pauses"], logic.records) == (10, 1, 10)
     logic.abort()
     assert not store_threads()
-
-
-def test_a_batch_submitted_in_parts_reaches_a_slow_store_whole_and_in_order():
-    sink = StoreSink(MemoryStore(capacity=10, rate=0), 10, 1, poll_interval=0.001, stall_timeout=3)
-    logic, ctx = logic_for(sink)
-    ctx.clock = clock = SecondPerCall()
-
-    async def release_one_every_two_seconds() -> None:
-        await until(lambda: ctx.counters.get("pauses") == 1, "the pause")
-        for _ in range(9):  # from 10 down to the low watermark, 1
-            due = clock.now + 2_000_000_000
-            await until(lambda due=due: clock.now >= due, "two seconds of the clock")
-            store_of(logic).release(1)
-
-    async def scenario() -> StoreResult:
-        await asyncio.gather(logic.write(list(range(15))), release_one_every_two_seconds())
-        store_of(logic).set_rate(None)
-        return await logic.close()
-
-    result = asyncio.run(scenario())
-    assert result.store.records == list(range(15))
-    assert (result.records, result.pauses) == (15, 1)
 
 
 def test_a_graceful_stop_behind_a_store_that_takes_nothing_fails_instead_of_hanging():
