@@ -17,8 +17,10 @@ whitespace around a number is allowed). A trailing ``\\r`` (CRLF files) is ignor
 * ``parse_block`` (fast path): turns a block of lines into JSON with two C-level
   ``bytes.replace`` calls (every field quoted) and decodes it with msgspec straight into
   ``Tick`` structs, coercing the quoted numbers (``strict=False``); byte scans rule out JSON
-  escapes and empty symbols, a comma count rules out extra fields, and one pass over prices
-  and sizes rules out non-finite values and sizes <= 0. It returns ``None`` when anything
+  escapes, one regular expression rules out empty symbols and any ``ts`` that is not a plain
+  integer (msgspec would read ``1.00000000000000001`` or ``1e-400`` through a float), a
+  comma count rules out extra fields, and one pass over prices and sizes rules out
+  non-finite values and sizes <= 0. It returns ``None`` when anything
   might be wrong, and accepts only rows that ``parse_lines`` accepts, with the same values
   (except that a price written ``-0`` may read as ``0.0``). Refused blocks cost a little
   extra, then go to the reference path.
@@ -29,6 +31,7 @@ whitespace around a number is allowed). A trailing ``\\r`` (CRLF files) is ignor
 
 from __future__ import annotations
 
+import re
 from array import array
 from collections.abc import Callable
 from decimal import Decimal
@@ -59,6 +62,10 @@ _TS = attrgetter("ts")
 TS_MIN, TS_MAX = -(1 << 63), (1 << 63) - 1  # a ts is an int64 (ns since the epoch)
 _BEYOND_INT64_DIGITS = 19  # 10**19 > TS_MAX
 _BEYOND_INT64 = 10**_BEYOND_INT64_DIGITS
+# Lines with a non-empty symbol and a ts of plain digits, as parse_block takes them (possessive
+# quantifiers: a failing block costs one pass, not backtracking).
+_LINE = rb"[^,\n]++,-?+[0-9]++,[^\n]*+"
+_PLAIN_TS_LINES = re.compile(_LINE + rb"(?:\n" + _LINE + rb")*+")
 
 
 def _native_parse() -> Callable[[bytes], TickColumns | None] | None:
@@ -120,11 +127,11 @@ def parse_block(data: bytes) -> list[Tick] | None:
     elif not data:
         return []
     if (
-        not data  # one empty line
-        or b"\\" in data  # a JSON escape
+        b"\\" in data  # a JSON escape
         or b'"' in data
-        or data.startswith(b",")  # an empty symbol: every other comma opens a number
-        or b"\n," in data
+        # an empty line or symbol (every other comma would open a number), or a ts that
+        # msgspec would read through a float (a fraction or an exponent)
+        or _PLAIN_TS_LINES.fullmatch(data) is None
     ):
         return None
     try:

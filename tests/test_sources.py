@@ -531,6 +531,26 @@ def test_fast_path_accepts_only_what_the_reference_accepts(lines):
         assert fast == good
 
 
+@pytest.mark.parametrize(
+    ("ts", "exact"),
+    [
+        ("1e-400", None),
+        ("1.00000000000000001", None),
+        ("4503599627370497.5", None),
+        ("9007199254740993.0", 9007199254740993),
+        ("17e17", 1700000000000000000),
+    ],
+)
+def test_fast_path_leaves_a_time_with_a_fraction_or_exponent_to_the_reference(ts, exact):
+    # msgspec would read these through a float (1e-400 as 0, 9007199254740993.0 as ...992);
+    # the reference reads an integral value exactly and reports any other row
+    assert parse_block(f"A,1,1,1\nA,{ts},1,1\n".encode()) is None
+    good: list[Tick] = []
+    bad: list[str] = []
+    parse_lines([f"A,{ts},1,1"], good, bad)
+    assert ([t.ts for t in good], bad) == (([exact], []) if exact else ([], [f"A,{ts},1,1"]))
+
+
 @pytest.mark.parametrize("ts", [2**63, 2**64 - 1, 2**64, -(2**63) - 1])
 def test_fast_path_refuses_a_time_outside_int64(ts):
     # msgspec reads a quoted integer of any size; the reference reports such a row
