@@ -61,6 +61,7 @@ class Job:
         # the pipe, the handler only notes what to do, and it is done once the message is.
         self._in_pipe = False
         self._deferred: str | None = None  # "stop" or "kill", noted during a pipe operation
+        self._starting = False  # the coordinator is being started: a Ctrl-C is only noted
         self._previous_sigint: Any = None
         ctx = multiprocessing.get_context("spawn")
         # Two one-way pipes: requests to the coordinator, and its messages here.
@@ -71,30 +72,42 @@ class Job:
             args=(dag, settings, self.id, requests, replies),
             name=f"ringflow:coordinator:{dag.name}",
         )
-        # Ctrl-C is held back (blocked, not ignored: one pressed now is not lost) while the
-        # coordinator starts. The coordinator inherits the block, so one sent to the whole
-        # process group (a terminal's) cannot kill it as it boots; it ignores SIGINT, then
-        # unblocks it. Here it is unblocked once the Job's own handler is in place: a Ctrl-C
-        # pressed meanwhile is then the graceful stop it asked for.
+        # Ctrl-C is held back while the coordinator starts. It is blocked here (not ignored)
+        # so that the coordinator inherits the block and one sent to the whole process group
+        # (a terminal's) cannot kill it as it boots; it ignores SIGINT, then unblocks it.
+        # The Job's handler is in place from the start and only notes a Ctrl-C meanwhile (one
+        # another thread takes, as it may while this one blocks it): it is acted on, as the
+        # graceful stop it asked for, once the coordinator runs.
         held = threading.current_thread() is threading.main_thread()
         if held:
             # multiprocessing's resource tracker first: starting it unblocks SIGINT (its own
             # mask, bpo-33613), which would undo ours halfway through the start.
             resource_tracker.ensure_running()
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        self._starting = True
+        self._install_sigint()
         try:
             self._process.start()
             requests.close()
             replies.close()
-            self._install_sigint()
             # If this process exits without waiting, close the pipe first: the coordinator
             # sees it, tears the job down and exits, so the interpreter's join on it returns.
             self._finalizer = Finalize(
                 self, _abandon, args=(self._requests, self._conn), exitpriority=100
             )
+        except BaseException:
+            self._restore_sigint()
+            raise
         finally:
+            self._starting = False
             if held:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the program's own, as it was
+        if self._deferred is not None:
+            try:
+                self._act()
+            except KeyboardInterrupt:  # a second Ctrl-C: killed, and no Job to wait on
+                self._restore_sigint()
+                raise
 
     def _install_sigint(self) -> None:
         """Own Ctrl-C while the job runs, unless the program has its own handler."""
@@ -129,7 +142,7 @@ class Job:
                 # through sending it): end the coordinator without touching the pipe; its
                 # end closes, the read ends, and the kill is carried out after it.
                 self._process.terminate()
-        if not self._in_pipe:
+        if not (self._in_pipe or self._starting):
             self._act()
 
     def _act(self) -> None:

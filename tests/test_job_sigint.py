@@ -81,6 +81,7 @@ def job():
     job.interrupted = False
     job._in_pipe = False
     job._deferred = None
+    job._starting = False
     job._previous_sigint = None
     job._process = FakeCoordinator(never_r)
     job._conn = job._requests = conn = MidMessageConn(job)
@@ -140,28 +141,111 @@ def test_ctrl_c_outside_the_pipe_acts_at_once(job):
     assert job._conn.sent == [("stop",), ("kill",)]
 
 
-def test_a_ctrl_c_while_the_coordinator_starts_is_held_then_stops_the_job(monkeypatch, capsys):
-    """It is blocked while the coordinator process starts, not ignored (it used to be
-    lost: the job ran to its end), then taken by the Job's handler as a graceful stop."""
+def _ctrl_c_during_start(monkeypatch, taken_by_another_thread: bool) -> None:
+    """Make a Ctrl-C (process-directed, as a terminal's is) land just after the coordinator
+    process is spawned, while launch is still starting it. Where another thread takes it,
+    the start goes on once the main thread has run a handler for it."""
     import multiprocessing.context
-
-    from jobs import Collect, Numbered
-
-    from engine import Dag, launch
+    import time
 
     start = multiprocessing.context.SpawnProcess.start
+    taken = []
+    on_sigint = Job._on_sigint
+
+    def noting(job: Job, signum: int, frame: Any) -> None:
+        taken.append(signum)
+        on_sigint(job, signum, frame)
 
     def start_and_press_ctrl_c(process: Any) -> None:
         start(process)
-        os.kill(os.getpid(), signal.SIGINT)  # lands mid-launch
+        os.kill(os.getpid(), signal.SIGINT)
+        deadline = time.monotonic() + 10.0
+        while taken_by_another_thread and not taken and time.monotonic() < deadline:
+            time.sleep(0.001)  # returns to the interpreter, which runs a pending handler
 
+    monkeypatch.setattr(Job, "_on_sigint", noting)
     monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", start_and_press_ctrl_c)
-    dag = Dag("ctrl-c-at-start")
+
+
+def _endless(name: str) -> Any:
+    from jobs import Collect, Numbered
+
+    from engine import Dag
+
+    dag = Dag(name)
     dag.source("src", Numbered(0, forever=True, pause_every=1, pause=0.001)).sink("out", Collect())
-    with launch(dag) as job:
-        assert job.interrupted
-        result = job.wait(60.0)
+    return dag
+
+
+@pytest.mark.parametrize("other_thread", [False, True])
+def test_a_ctrl_c_while_the_coordinator_starts_is_held_then_stops_the_job(
+    monkeypatch, capsys, other_thread
+):
+    """It used to be lost (the job ran to its end). With another thread in the driver (a
+    metrics server, say), the kernel hands a process-directed Ctrl-C to that thread while
+    this one blocks it: it used to reach Python's default handler and escape ``launch`` as
+    KeyboardInterrupt. Either way it is now a graceful stop once the coordinator runs."""
+    import threading
+
+    from engine import launch
+
+    _ctrl_c_during_start(monkeypatch, other_thread)
+    done = threading.Event()
+    other = threading.Thread(target=done.wait, args=(60.0,))
+    if other_thread:
+        other.start()
+    try:
+        with launch(_endless("ctrl-c-at-start")) as job:
+            assert job.interrupted
+            result = job.wait(60.0)
+    finally:
+        done.set()
+        if other_thread:
+            other.join(5.0)
     assert result.stopped
     assert "stopping job 'ctrl-c-at-start' gracefully" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_a_second_ctrl_c_while_the_coordinator_starts_kills_the_job(monkeypatch):
+    """Two presses the handler takes during the start (while this thread blocks SIGINT, two
+    presses in quick succession coalesce into one pending signal; another thread takes
+    each): the job is killed once the coordinator runs, and launch raises."""
+    import multiprocessing.context
+
+    from engine import launch
+
+    start = multiprocessing.context.SpawnProcess.start
+    started: list[Any] = []
+
+    def start_and_take_two_ctrl_c(process: Any) -> None:
+        start(process)
+        started.append(process)
+        for _ in range(2):  # what Python does with each press another thread takes
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", start_and_take_two_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        launch(_endless("two-ctrl-c-at-start"))
+    (coordinator,) = started
+    coordinator.join(30.0)  # it tears the job down (segments, workers) and exits
+    assert coordinator.exitcode is not None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_launch_leaves_a_blocked_sigint_blocked():
+    """The program's signal mask is its own: launch restores it rather than unblocking."""
+    from jobs import Collect, Numbered
+
+    from engine import Dag, launch
+
+    dag = Dag("sigint-blocked")
+    dag.source("src", Numbered(100)).sink("out", Collect())
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with launch(dag) as job:
+            assert signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            assert len(job.wait(60.0).collected("out")) == 100
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
