@@ -12,7 +12,7 @@ cannot be pickled, so each sink replica calls ``factory(ctx)`` in its worker to 
 (on the store's event loop, see ``operators.storeloop``) and starts it on the first batch.
 Each ``write(batch)``:
 
-1. submits the batch (waiting, if the store's queue is at capacity);
+1. submits the batch;
 2. reads the queue depth into the ``queue_depth`` gauge;
 3. if the depth is at or above ``high_watermark``, *pauses*: counts one ``pauses``, then polls
    the depth every ``poll_interval`` seconds until it is at or below ``low_watermark``,
@@ -28,8 +28,10 @@ result and the Prometheus metrics (``ringflow_sink_pauses_total``,
 ``ringflow_sink_paused_seconds_total``, ``ringflow_sink_queue_depth``), and the time the
 upstream spends blocked as ``backpressured_s`` / ``ringflow_backpressured_ratio``.
 
-A batch larger than the room left in the store's queue is submitted in parts, each no
-larger than the room, with a pause (as in 3.) whenever the queue is full: the sink never
+A batch larger than the room left in the store's queue (its ``capacity`` less the depth) is
+submitted in parts, each no larger than the room. The queue is then full, so after each part
+but the last the sink pauses as in 3. (down to ``low_watermark``), and the parts are about
+``capacity - low_watermark`` records each, not a trickle as the queue drains. The sink never
 blocks inside ``submit_many`` (where a store that stopped taking records would hold it,
 unwatched, for ever), and ``stall_timeout`` bounds every wait. A store whose ``health()``
 gives no ``capacity`` gets each batch whole.
@@ -225,22 +227,20 @@ class StoreSinkLogic(SinkLogic):
         if store is None:
             store = self._store = StoreLoop(f"ringflow-store:{self.ctx.node}[{self.ctx.replica}]")
             await store.call(self._start())
-        capacity, n, sent = self._capacity, len(batch), 0
-        while sent < n:  # never more than fits: a submit blocked on a full queue is unwatched
+        # Each part fits in the room left (a submit blocked on a full queue is unwatched). A
+        # part that left some of the batch behind filled the queue: wait for it to come down
+        # to low_watermark before the next, as at high_watermark. So the depth is below
+        # high_watermark (<= capacity, checked at the start) whenever a part is cut.
+        cfg, capacity, n, sent = self.config, self._capacity, len(batch), 0
+        while sent < n:
             room = n - sent if capacity is None else capacity - self._depth
-            if capacity is not None and room <= 0:
-                depth, _ = await store.call(self._probe())  # (the last depth seen is stale)
-                self._report(depth)
-                if capacity - depth <= 0:
-                    await self._pause(store, depth)
-                continue
             part = batch if sent == 0 and room >= n else batch[sent : sent + room]
             depth, _ = await store.call(self._submit(part))
             sent += len(part)
             self.records += len(part)
             self._report(depth)
-        if self._depth >= self.config.high_watermark:
-            await self._pause(store, self._depth)
+            if depth >= cfg.high_watermark or (sent < n and depth > cfg.low_watermark):
+                await self._pause(store, depth)
 
     async def _pause(self, store: StoreLoop, depth: int) -> None:
         ctx, cfg = self.ctx, self.config

@@ -316,6 +316,35 @@ def test_a_batch_larger_than_the_room_left_is_submitted_in_parts_with_a_pause_be
     assert not store_threads()
 
 
+def test_a_large_batch_into_a_draining_queue_goes_in_full_parts_with_a_pause_between():
+    """5,000 records into a queue of 100 that drains as they go in: after each part that
+    filled the queue, the sink waits for the low watermark, so the parts after the first are
+    of capacity - low_watermark records or more, whatever the timing. (It used to top the
+    queue up as it drained: thousands of submits of a record or two, and no pause counted.)"""
+    capacity, low, records = 100, 10, 5_000
+    store = MemoryStore(capacity=capacity, rate=20_000, batch_size=1)
+    logic, _ = logic_for(StoreSink(store, capacity, low, poll_interval=0.001))
+    parts: list[int] = []
+    submit = logic._submit
+
+    async def counting(batch: list[int]) -> tuple[int, int | None]:
+        parts.append(len(batch))
+        return await submit(batch)
+
+    logic._submit = counting
+
+    async def scenario() -> StoreResult:
+        await logic.write(list(range(records)))
+        return await logic.close()
+
+    result = asyncio.run(scenario())
+    assert result.store.records == list(range(records))
+    assert sum(parts) == records
+    assert parts[0] == capacity and min(parts[1:-1]) >= capacity - low
+    assert len(parts) <= 2 + (records - capacity) // (capacity - low)
+    assert result.pauses >= 1
+
+
 def test_a_graceful_stop_behind_a_store_that_takes_nothing_fails_instead_of_hanging():
     dag = Dag("stalled_store")
     store = StoreSink(MemoryStore(capacity=200, rate=0), 100, 20, stall_timeout=1.0)
