@@ -180,6 +180,10 @@ def test_bad_configs_are_refused_with_reasons():
         RateBudget("b", rate=0)
     with pytest.raises(DagError, match="needs symbols"):
         source(Replay("a", GEN)).build(Context("ticks", 0, 2))
+    with pytest.raises(DagError, match=r"symbols=\(\) names none .* symbols=None for everything"):
+        ProviderSource(Replay("a", GEN), symbols=())  # it read as every symbol
+    with pytest.raises(DagError, match=r"symbols must be non-empty strings, got \[''\]"):
+        ProviderSource(Replay("a", GEN), symbols=("S0", ""))
 
 
 @pytest.mark.parametrize(

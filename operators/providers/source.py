@@ -17,7 +17,8 @@ Replicas: replica ``r`` of ``P`` subscribes to ``sorted(symbols)[r::P]``; with `
 ``symbols`` must be given, at least ``P`` distinct ones (validation refuses fewer: a
 replica with none would subscribe to no instruments, which providers read as all).
 ``symbols=None`` with one replica asks providers for everything they have (an empty
-instrument list; the in-repo ``Replay`` sends every symbol then).
+instrument list; the in-repo ``Replay`` sends every symbol then); ``symbols=()`` is refused,
+as it would ask for the same.
 
 Timing (processing time): ``timing`` (default ``REAL_TIME``; ``VirtualTime`` in tests)
 drives linger, stall timeouts, breaker cooldowns, budget waits and replay pacing alike.
@@ -121,6 +122,15 @@ class ProviderSource(Source):
             problems.append(f"on_end must be one of {ON_END}, got {self.on_end!r}")
         if self.prefetch < 1:
             problems.append(f"prefetch must be >= 1, got {self.prefetch}")
+        if self.symbols is not None:
+            if not self.symbols:  # an empty instrument list reads as all of them
+                problems.append(
+                    "symbols=() names none (a provider would send every symbol it has); name "
+                    "at least one, or give symbols=None for everything"
+                )
+            odd = [s for s in self.symbols if not (isinstance(s, str) and s)]
+            if odd:
+                problems.append(f"symbols must be non-empty strings, got {odd!r}")
         if problems:
             raise DagError(f"invalid ProviderSource: {'; '.join(problems)}")
 
