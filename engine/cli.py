@@ -86,12 +86,13 @@ def supervise(job: Job, *, quiet: bool = False) -> JobResult:
                     quiet = True
 
 
-_last_sigterm = [-SAME_SIGTERM_S]  # monotonic time of the last SIGTERM taken
+_last_sigterm = [-SAME_SIGTERM_S]  # _sigterm_clock() time of the last SIGTERM taken
+_sigterm_clock = time.monotonic  # (a test's to replace)
 
 
 def _repeated_sigterm() -> bool:
     """Whether a SIGTERM now repeats one taken within ``SAME_SIGTERM_S``; else it is taken."""
-    now = time.monotonic()
+    now = _sigterm_clock()
     if now - _last_sigterm[0] < SAME_SIGTERM_S:
         return True
     _last_sigterm[0] = now
@@ -114,12 +115,15 @@ def _sigterm_as_ctrl_c(job: Job) -> Callable[[int, Any], None]:
     return on_sigterm
 
 
-def _ignore_a_pending_repeat() -> None:
-    """On the way out: a SIGTERM taken within ``SAME_SIGTERM_S`` may still have its twin
-    coming (``timeout`` sends two), and the interpreter, shutting down, puts SIGTERM back to
-    its default (death). An ignore survives that."""
-    if time.monotonic() - _last_sigterm[0] < SAME_SIGTERM_S:
+def _restore_sigterm(previous: Any, exiting: bool) -> None:
+    """On the way out of ``main``: SIGTERM's handler as ``main`` found it, except in a
+    process about to exit that took a SIGTERM within ``SAME_SIGTERM_S``. Its twin may still
+    be coming (``timeout`` sends two), and the interpreter, shutting down, puts SIGTERM back
+    to its default (death); there it is ignored, which survives that."""
+    if exiting and _sigterm_clock() - _last_sigterm[0] < SAME_SIGTERM_S:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elif previous is not None:  # (None: set outside Python, so not ours to put back)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def execute(dag: Dag, settings: dict[str, Any], *, quiet: bool = False) -> JobResult:
@@ -212,9 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, exiting: bool = False) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit status.
+    ``exiting``: the process exits when this returns (``python -m engine``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         code: int = args.handler(args)
         return code
@@ -236,4 +243,4 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        _ignore_a_pending_repeat()
+        _restore_sigterm(previous_sigterm, exiting)

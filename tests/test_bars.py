@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import random
+import signal
 import subprocess
 import sys
 from collections import defaultdict
@@ -143,7 +144,9 @@ def test_bars_inline_equals_multiprocess(tmp_path):
     src = tmp_path / "ticks.csv"
     _write_ticks(src, rows)
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    sigterm = signal.getsignal(signal.SIGTERM)
     assert main(["bars", str(src), "--output", str(a), "--replicas", "3", "--quiet"]) == 0
+    assert signal.getsignal(signal.SIGTERM) == sigterm  # main leaves its caller's as it was
     run_inline(bars_dag(str(b), input=str(src), replicas=3))
     assert _read_bars(a) == _read_bars(b)
 

@@ -156,7 +156,7 @@ def test_a_second_sigterm_within_a_second_is_the_same_request(monkeypatch) -> No
     import engine.cli
 
     now = [100.0]
-    monkeypatch.setattr(engine.cli.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(engine.cli, "_sigterm_clock", lambda: now[0])
     calls: list[int] = []
     job = SimpleNamespace(_on_sigint=lambda signum, frame: calls.append(signum))
     handler = engine.cli._sigterm_as_ctrl_c(job)  # type: ignore[arg-type]
@@ -283,7 +283,7 @@ def test_the_twin_of_a_sigterm_taken_at_the_end_cannot_kill_the_exiting_driver(
     SIGTERM back to its default), kill the driver: exit status -15 for a stop that went
     well. Within SAME_SIGTERM_S of the first it is ignored; later ones act again."""
     clock = [100.0]
-    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(cli, "_sigterm_clock", lambda: clock[0])
     monkeypatch.setattr(cli, "_last_sigterm", [-SAME_SIGTERM_S])
     previous = signal.getsignal(signal.SIGTERM)
     try:
@@ -291,14 +291,17 @@ def test_the_twin_of_a_sigterm_taken_at_the_end_cannot_kill_the_exiting_driver(
             cli._sigterm_as_interrupt(signal.SIGTERM, None)
         clock[0] += SAME_SIGTERM_S / 2
         cli._sigterm_as_interrupt(signal.SIGTERM, None)  # its twin: ignored
-        cli._ignore_a_pending_repeat()
+        cli._restore_sigterm(previous, exiting=False)
+        assert signal.getsignal(signal.SIGTERM) == previous  # main called in a program
+        cli._restore_sigterm(previous, exiting=True)
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # survives shutdown
         signal.signal(signal.SIGTERM, previous)
         clock[0] += SAME_SIGTERM_S
         with pytest.raises(KeyboardInterrupt):  # a later one is a new request
             cli._sigterm_as_interrupt(signal.SIGTERM, None)
         clock[0] += 2 * SAME_SIGTERM_S
-        cli._ignore_a_pending_repeat()
-        assert signal.getsignal(signal.SIGTERM) == previous  # none pending: left as it was
+        signal.signal(signal.SIGTERM, cli._sigterm_as_interrupt)  # as main leaves it
+        cli._restore_sigterm(previous, exiting=True)
+        assert signal.getsignal(signal.SIGTERM) == previous  # none pending: as it was
     finally:
         signal.signal(signal.SIGTERM, previous)
