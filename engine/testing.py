@@ -4,14 +4,15 @@ watermark rules as the worker processes, with channels replaced by direct calls.
 ``run_inline(dag)`` steps the source replicas in turn, one item each, and pushes each
 batch depth-first through the DAG, so a run is deterministic. Its output equals a
 multi-process run's whenever the result does not depend on how records and watermarks
-from different upstream replicas interleave. With one replica per source, per-key
-results behind key-hash edges never do. With several source replicas, which records are
-late does, even when each key comes from one replica: a task's watermark is the minimum
-over its inputs, so a replica whose watermarks arrive later keeps the others' records on
-time longer. The two runs then agree when no record is late in any order (each source's
-lateness covers its disorder) or nothing keeps time per key (a Map, a Filter). Records are
-handed on as they are, never encoded: one that its edge's declared type cannot carry (a
-tuple where the type has a str) passes here and fails across processes.
+from different upstream replicas interleave. With one source of one replica, per-key
+results behind key-hash edges never do. With several source replicas (or a task fed by
+several sources), which records are late does, even when each key comes from one
+replica: a task's watermark is the minimum over its inputs, so a replica whose watermarks
+arrive later keeps the others' records on time longer. The two runs then agree when no
+record is late in any order (each source's lateness covers its disorder) or nothing keeps
+time per key (a Map, a Filter). Records are handed on as they are, never encoded: one
+that its edge's declared type cannot carry (a tuple where the type has a str) passes here
+and fails across processes.
 """
 
 from __future__ import annotations

@@ -222,8 +222,8 @@ def test_a_set_up_longer_than_the_heartbeat_timeout_is_not_taken_for_hung():
     """A sink slow to open (a connection) is startup_timeout's to bound: once ready it is
     watched with a fresh heartbeat, even when its input then stays quiet a while."""
     dag = Dag("slow-open")
-    dag.source("src", Numbered(100, first_after=0.5)).sink("out", SlowToOpen(2.0))
-    result = run(dag, timeout=WAIT, heartbeat_timeout=1.0)
+    dag.source("src", Numbered(100, first_after=0.5)).sink("out", SlowToOpen(4.0))
+    result = run(dag, timeout=WAIT, heartbeat_timeout=2.0)  # > first_after, with margin
     assert len(result.sinks["out"][0][1]) == 100
 
 
