@@ -122,7 +122,9 @@ def _restore_sigterm(previous: Any, exiting: bool) -> None:
     to its default (death); there it is ignored, which survives that."""
     if exiting and _sigterm_clock() - _last_sigterm[0] < SAME_SIGTERM_S:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    elif previous is not None:  # (None: set outside Python, so not ours to put back)
+    elif previous is not None and signal.getsignal(signal.SIGTERM) is not previous:
+        # (None: set outside Python, not ours to put back; unchanged: main ran no job, and
+        # may run off the main thread, where signal.signal raises)
         signal.signal(signal.SIGTERM, previous)
 
 

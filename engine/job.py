@@ -72,42 +72,45 @@ class Job:
             args=(dag, settings, self.id, requests, replies),
             name=f"ringflow:coordinator:{dag.name}",
         )
-        # Ctrl-C is held back while the coordinator starts. It is blocked here (not ignored)
-        # so that the coordinator inherits the block and one sent to the whole process group
-        # (a terminal's) cannot kill it as it boots; it ignores SIGINT, then unblocks it.
-        # The Job's handler is in place from the start and only notes a Ctrl-C meanwhile (one
-        # another thread takes, as it may while this one blocks it): it is acted on, as the
-        # graceful stop it asked for, once the coordinator runs.
-        held = threading.current_thread() is threading.main_thread()
-        if held:
-            # multiprocessing's resource tracker first: starting it unblocks SIGINT (its own
-            # mask, bpo-33613), which would undo ours halfway through the start.
-            resource_tracker.ensure_running()
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        # Ctrl-C is held back while the coordinator starts. The Job's handler goes in first,
+        # before anything starts, and only notes a Ctrl-C until the coordinator runs; then it
+        # is acted on (once: a graceful stop; twice: a kill, and launch raises). SIGINT is
+        # also blocked here (not ignored), so that the coordinator inherits the block and one
+        # sent to the whole process group (a terminal's) cannot kill it as it boots; it
+        # ignores SIGINT, then unblocks it. Another thread may take a Ctrl-C meanwhile: the
+        # handler, running in this one, notes it all the same.
         self._starting = True
         self._install_sigint()
+        mask: set[int | signal.Signals] | None = None
         try:
-            self._process.start()
-            requests.close()
-            replies.close()
-            # If this process exits without waiting, close the pipe first: the coordinator
-            # sees it, tears the job down and exits, so the interpreter's join on it returns.
-            self._finalizer = Finalize(
-                self, _abandon, args=(self._requests, self._conn), exitpriority=100
-            )
-        except BaseException:
-            self._restore_sigint()
-            raise
-        finally:
-            self._starting = False
-            if held:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the program's own, as it was
-        if self._deferred is not None:
             try:
+                if threading.current_thread() is threading.main_thread():
+                    # multiprocessing's resource tracker first: starting it unblocks SIGINT
+                    # (its own mask, bpo-33613), which would undo ours halfway through.
+                    resource_tracker.ensure_running()
+                    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                self._process.start()
+                requests.close()
+                replies.close()
+                # If this process exits without waiting, close the pipe first: the
+                # coordinator sees it, tears the job down and exits, so the interpreter's
+                # join on it returns.
+                self._finalizer = Finalize(
+                    self, _abandon, args=(self._requests, self._conn), exitpriority=100
+                )
+            finally:
+                self._starting = False
+                if mask is not None:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the program's, as it was
+            if self._deferred is not None:
                 self._act()
-            except KeyboardInterrupt:  # a second Ctrl-C: killed, and no Job to wait on
-                self._restore_sigint()
-                raise
+        except BaseException:  # the start failed, or a second Ctrl-C: no Job to wait on
+            self._restore_sigint()
+            if self._process.pid is not None:
+                self.kill()
+                with contextlib.suppress(RingflowError, TimeoutError):
+                    self.wait(timeout=30)
+            raise
 
     def _install_sigint(self) -> None:
         """Own Ctrl-C while the job runs, unless the program has its own handler."""

@@ -305,3 +305,22 @@ def test_the_twin_of_a_sigterm_taken_at_the_end_cannot_kill_the_exiting_driver(
         assert signal.getsignal(signal.SIGTERM) == previous  # none pending: as it was
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_main_off_the_main_thread_returns_its_status_for_a_command_that_starts_no_job() -> None:
+    """It used to put SIGTERM's handler back unconditionally, which raises ValueError off
+    the main thread and replaced the exit status 2."""
+    import threading
+
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(cli.main(["run", "no_such_module:dag", "--quiet"]))
+        except BaseException as exc:  # what escaped is the finding
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(WAIT)
+    assert out == [2]

@@ -229,9 +229,23 @@ def test_a_second_ctrl_c_while_the_coordinator_starts_kills_the_job(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         launch(_endless("two-ctrl-c-at-start"))
     (coordinator,) = started
-    coordinator.join(30.0)  # it tears the job down (segments, workers) and exits
-    assert coordinator.exitcode is not None
+    assert coordinator.exitcode is not None  # launch waited for the teardown
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_start_that_fails_leaves_sigint_as_it_was(monkeypatch):
+    import multiprocessing.context
+
+    from engine import launch
+
+    def fail(process: Any) -> None:
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", fail)
+    with pytest.raises(OSError, match="no more processes"):
+        launch(_endless("start-fails"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
 def test_launch_leaves_a_blocked_sigint_blocked():
