@@ -234,6 +234,12 @@ class StoreSinkLogic(SinkLogic):
         cfg, capacity, n, sent = self.config, self._capacity, len(batch), 0
         while sent < n:
             room = n - sent if capacity is None else capacity - self._depth
+            if room <= 0:  # (a write cut short, by a cancel, can leave the depth seen that high)
+                depth, _ = await store.call(self._probe())
+                self._report(depth)
+                if depth > cfg.low_watermark:
+                    await self._pause(store, depth)
+                continue
             part = batch if sent == 0 and room >= n else batch[sent : sent + room]
             depth, _ = await store.call(self._submit(part))
             sent += len(part)

@@ -345,6 +345,31 @@ def test_a_large_batch_into_a_draining_queue_goes_in_full_parts_with_a_pause_bet
     assert result.pauses >= 1
 
 
+def test_a_depth_seen_above_capacity_is_read_again_not_sliced_negatively():
+    """After a write cut short (cancelled mid-pause), the depth last seen can be above the
+    capacity: the room is then negative, and a part cut with it would be most of the batch."""
+    store = MemoryStore(capacity=100)  # drains as fast as it can
+    logic, _ = logic_for(StoreSink(store, 100, 10, poll_interval=0.001))
+    parts: list[int] = []
+    submit = logic._submit
+
+    async def counting(batch: list[int]) -> tuple[int, int | None]:
+        parts.append(len(batch))
+        return await submit(batch)
+
+    logic._submit = counting
+
+    async def scenario() -> StoreResult:
+        await logic.write([0])
+        logic._depth = 150  # as a cut-short write may leave it
+        await logic.write(list(range(1, 501)))
+        return await logic.close()
+
+    result = asyncio.run(scenario())
+    assert result.store.records == list(range(501))
+    assert max(parts) <= 100
+
+
 def test_a_graceful_stop_behind_a_store_that_takes_nothing_fails_instead_of_hanging():
     dag = Dag("stalled_store")
     store = StoreSink(MemoryStore(capacity=200, rate=0), 100, 20, stall_timeout=1.0)
