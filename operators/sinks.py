@@ -114,7 +114,16 @@ class FileSinkLogic(SinkLogic):
             self.file.write(header + "\n")
 
     def write(self, batch: Batch) -> None:
-        self.file.write(self.format(batch))
+        text = self.format(batch)
+        try:
+            self.file.write(text)  # (encoded whole first: nothing of it is written on error)
+        except UnicodeEncodeError as exc:
+            line = text.count("\n", 0, exc.start)  # one line per record
+            culprit = repr(batch[line]) if line < len(batch) else f"a batch of {len(batch)}"
+            raise RecordError(
+                f"file sink {self.path!r} cannot write {culprit}: "
+                f"{text[exc.start : exc.end]!r} cannot be encoded as UTF-8 ({exc.reason})"
+            ) from None
         self.records += len(batch)
 
     def close(self) -> Written:

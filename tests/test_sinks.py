@@ -244,6 +244,20 @@ def test_tick_sink_quick_check_passes_only_ticks_csv_ticks_reads_back_as_they_ar
     assert good == batch
 
 
+@pytest.mark.parametrize("config", [CsvBars, CsvTicksSink])
+def test_a_symbol_utf8_cannot_carry_stops_the_job_naming_it_and_writes_none_of_its_batch(
+    tmp_path, config
+):
+    good = BARS[0] if config is CsvBars else Tick("A", 1, 1.0, 1.0)
+    bad = msgspec.structs.replace(good, symbol="B\udc80")  # a lone surrogate
+    sink = config(tmp_path / "out.csv").build(CTX)
+    with pytest.raises(RecordError, match=r"cannot write .*symbol='B\\udc80'.* as UTF-8"):
+        sink.write([good, bad])
+    sink.write([good])
+    sink.close()
+    assert (tmp_path / "out.csv").read_text().count("\n") == 2  # the header and one record
+
+
 def test_collect_and_count():
     collect = Collect().build(CTX)
     collect.write([1, 2])
