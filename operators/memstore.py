@@ -36,7 +36,7 @@ from typing import Any
 
 import msgspec
 
-from engine.errors import DagError
+from engine.errors import DagError, StoreError
 from engine.operator import Context, Files
 from operators.csvio import AtomicFile, replica_path, replica_paths
 
@@ -155,7 +155,7 @@ class RateLimitedStore:
             raise RuntimeError("RateLimitedStore.submit_many() before start() or after stop()")
         for item in items:
             if self._failure is not None:
-                raise RuntimeError(f"the store's drain task failed: {self._failure!r}")
+                raise StoreError(f"the store's drain task failed: {self._failure!r}")
             if queue.full():
                 await queue.put(item)
             else:

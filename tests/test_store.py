@@ -399,6 +399,22 @@ def test_a_store_that_died_on_its_last_batch_fails_close_rather_than_succeed(tmp
     assert not path.exists() and not store_threads()
 
 
+def test_a_write_after_the_store_died_mid_run_fails_with_a_store_error(tmp_path):
+    """It was a bare RuntimeError from the in-repo store."""
+    path = tmp_path / "s.jsonl"
+    logic, _ = logic_for(StoreSink(MemoryStore(capacity=100, path=str(path)), 90, 10))
+
+    async def scenario() -> None:
+        await logic.write([{"i": 0}, object()])  # the second: no JSON, the drain task dies
+        await until(lambda: logic.coordinator.health().workers_alive == 0, "the drain's death")
+        await logic.write([{"i": 1}])
+
+    with pytest.raises(StoreError, match="the store's drain task failed"):
+        asyncio.run(scenario())
+    logic.abort()
+    assert not path.exists() and not store_threads()
+
+
 class Forgetful(RateLimitedStore):
     """Drains, but its summary admits it stored one record fewer than it was given."""
 
