@@ -488,7 +488,9 @@ class Coordinator:
     async def _watch(self) -> None:
         """Heartbeats and startup: a worker silent for too long is hung. A worker is watched
         for heartbeats from its "ready" on (a source waiting for "go" beats too); before
-        that, its set-up is bounded by startup_timeout."""
+        that, its set-up is bounded by startup_timeout. One that has finished is given as
+        long again, from its last beat, to report (else the job fails) and to exit (else,
+        once every worker has reported, the job ends with their results)."""
         s = self.settings
         assert self.stats is not None
         while True:
@@ -507,6 +509,20 @@ class Coordinator:
                         "raise launch(heartbeat_timeout=...)",
                         w,
                     )
+                elif state == State.DONE and not w.exited and beat and now - beat > age_limit:
+                    if not w.done:
+                        self._fail(
+                            f"node {w.node!r} replica {w.replica} finished its work but has "
+                            f"not reported its result {(now - beat) / 1e9:.1f} s later (limit "
+                            f"{s.heartbeat_timeout} s): the process is frozen, or its close() "
+                            "result takes that long to send; return less, or raise "
+                            "launch(heartbeat_timeout=...)",
+                            w,
+                        )
+                    elif all(x.done for x in self.workers):
+                        # Reported but not gone (frozen on its way out), and the others have
+                        # reported too: the job is done; the teardown ends the straggler.
+                        self._finish(self._result())
             if not self.unlinked and time.perf_counter() - self.started > s.startup_timeout:
                 late = [f"{w.node}[{w.replica}]" for w in self.workers if not w.ready]
                 self._fail(f"workers did not start within {s.startup_timeout} s: {late}")

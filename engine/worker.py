@@ -154,6 +154,7 @@ def worker_main(spec: WorkerSpec) -> None:
         row[STATE] = State.RUNNING
         result = worker.run()
         worker.close()
+        row[HEARTBEAT] = time.monotonic_ns()  # from here to its exit, watched against this
         row[STATE] = State.DONE
         control.send(("done", result))
         code = 0

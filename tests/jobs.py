@@ -368,6 +368,46 @@ class _SlowToOpenLogic(SinkLogic):
 
 
 @dataclass(frozen=True)
+class StallsAfterClose(Sink):
+    """Finishes its work, then stalls for ``seconds``: while its close() result is sent
+    (``where="send"``: the result takes that long to pickle) or, after it returned
+    ``"closed"``, on its way out of the process (``where="exit"``: an exit handler), as a
+    worker frozen there would."""
+
+    where: str
+    seconds: float
+
+    def build(self, ctx: Context) -> SinkLogic:
+        return _StallsAfterCloseLogic(self.where, self.seconds)
+
+
+class _SlowToPickle:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self) -> Any:
+        time.sleep(self.seconds)
+        return (_SlowToPickle, (self.seconds,))
+
+
+class _StallsAfterCloseLogic(SinkLogic):
+    def __init__(self, where: str, seconds: float) -> None:
+        self.where, self.seconds = where, seconds
+
+    def write(self, batch: list[Any]) -> None:
+        pass
+
+    def close(self) -> Any:
+        if self.where == "send":
+            return _SlowToPickle(self.seconds)
+        import atexit
+
+        time.sleep(0.5)  # the source is gone before this result arrives, most likely
+        atexit.register(time.sleep, self.seconds)
+        return "closed"
+
+
+@dataclass(frozen=True)
 class StubbornFile(JsonLinesBars):
     """A JSON-lines file sink that, after ``after`` records, hangs with SIGTERM ignored:
     only SIGKILL ends it, so its temporary is left for the job's teardown to remove."""

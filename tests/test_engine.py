@@ -27,6 +27,7 @@ from jobs import (
     SetsAside,
     SlowToOpen,
     Stall,
+    StallsAfterClose,
     StartStamped,
     StubbornFile,
     tick_with_a_tuple_symbol,
@@ -245,6 +246,31 @@ def test_a_ready_source_that_stops_before_go_fails_on_heartbeat_timeout():
     with pytest.raises(JobFailed, match=r"node 'src' replica 0 is hung: no heartbeat"):
         job.wait(WAIT)
     _assert_gone([*job.pids, job.coordinator_pid])
+
+
+def test_a_worker_that_finished_but_never_reports_fails_the_job():
+    """Finished (state DONE) but frozen before its result was sent, it was watched by
+    nothing: the job waited for it for ever. It is given heartbeat_timeout from its last
+    beat."""
+    dag = Dag("stalls-before-report")
+    dag.source("src", Numbered(10)).sink("out", StallsAfterClose("send", 10 * WAIT))
+    started = time.monotonic()
+    with pytest.raises(JobFailed, match=r"node 'out' replica 0 finished its work but has not"):
+        run(dag, timeout=WAIT, heartbeat_timeout=1.0, stop_grace=0.5)
+    assert time.monotonic() - started < WAIT
+
+
+def test_a_worker_frozen_after_its_report_does_not_hold_the_finished_job():
+    """Every result is in, the last one's sender frozen on its way out: the job ends with
+    them after heartbeat_timeout, and the teardown ends the straggler (it waited for ever
+    when the others had exited before the last result arrived)."""
+    dag = Dag("stalls-at-exit")
+    dag.source("src", Numbered(10)).sink("out", StallsAfterClose("exit", 10 * WAIT))
+    started = time.monotonic()
+    result = run(dag, timeout=WAIT, heartbeat_timeout=2.0, stop_grace=0.5)
+    assert result.sinks["out"] == ["closed"]
+    assert result.nodes["out"].records_in == 10
+    assert time.monotonic() - started < WAIT
 
 
 def test_graceful_stop_drains_what_was_produced():
