@@ -32,7 +32,6 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -43,6 +42,7 @@ from engine.batch import DEFAULT_LINGER_S
 from engine.channel import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, Channel, geometry_problems
 from engine.dag import SOURCE, Dag
 from engine.errors import JobFailed, SettingsError
+from engine.inbox import Inbox
 from engine.plan import plan
 from engine.result import JobResult, NodeReport
 from engine.stats import (
@@ -142,6 +142,7 @@ class WorkerHandle:
     gauges: dict[str, float] = field(default_factory=dict)
     report: dict[str, Any] | None = None
     busy_ns: int = 0  # the highest busy time reported yet
+    inbox: Inbox | None = None  # its messages, as they arrive (once the coordinator watches)
 
     def mark_exited(self) -> None:
         if not self.exited:
@@ -184,23 +185,6 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:  # a real-time signal has a number only
         return str(number)
-
-
-def receive_all(conn: Connection, handle: Callable[[Any], None]) -> None:
-    """Hand every whole message waiting on ``conn`` to ``handle``.
-
-    The event loop puts the descriptors it watches in non-blocking mode, where a message
-    still being written (a large sink result) would fail half read. A message has started
-    to arrive when ``poll`` says so and its sender is writing the rest, so reading in
-    blocking mode waits only for that. ``EOFError`` once the peer has closed.
-    """
-    fd = conn.fileno()
-    os.set_blocking(fd, True)
-    try:
-        while conn.poll():
-            handle(conn.recv())
-    finally:
-        os.set_blocking(fd, False)
 
 
 class Outbox:
@@ -369,9 +353,10 @@ class Coordinator:
                 return  # the message says it all (teardown follows in coordinator_main)
             raise
         for w in self.workers:
+            w.inbox = Inbox(w.control)
             loop.add_reader(w.control.fileno(), self._on_control, w)
             loop.add_reader(w.process.sentinel, self._on_exit, w)
-        loop.add_reader(self.driver.fileno(), self._on_driver)
+        loop.add_reader(self.driver.fileno(), self._on_driver, Inbox(self.driver))
         watchdog = loop.create_task(self._watch())
         try:
             outcome = await self.outcome
@@ -400,7 +385,8 @@ class Coordinator:
 
     def _on_control(self, w: WorkerHandle) -> None:
         try:
-            receive_all(w.control, lambda message: self._handle(w, message))
+            if w.inbox is not None:
+                w.inbox.receive(lambda message: self._handle(w, message))
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(w.control.fileno())
 
@@ -461,9 +447,9 @@ class Coordinator:
             exitcode=code,
         )
 
-    def _on_driver(self) -> None:
+    def _on_driver(self, requests: Inbox) -> None:
         try:
-            receive_all(self.driver, self._on_request)
+            requests.receive(self._on_request)
         except (EOFError, OSError):
             # The driver died or closed its end: nobody will collect the result.
             asyncio.get_running_loop().remove_reader(self.driver.fileno())
