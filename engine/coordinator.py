@@ -389,6 +389,13 @@ class Coordinator:
                 w.inbox.receive(lambda message: self._handle(w, message))
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(w.control.fileno())
+        except Exception as exc:  # a message that does not unpickle (its result's classes)
+            self._fail(
+                f"node {w.node!r} replica {w.replica} sent a message that cannot be read "
+                f"here: {type(exc).__name__}: {exc}; a close() result must unpickle in a "
+                "fresh process (its classes importable, its exceptions re-creatable)",
+                w,
+            )
 
     def _handle(self, w: WorkerHandle, message: tuple[Any, ...]) -> None:
         tag = message[0]
@@ -496,6 +503,13 @@ class Coordinator:
                         w,
                     )
                 elif state == State.DONE and not w.exited and beat and now - beat > age_limit:
+                    # Its result may have come whole while the loop was busy (unpickling
+                    # another's), or be arriving still: read what is there, and count from
+                    # the last bytes it sent.
+                    self._on_control(w)
+                    last_read = w.inbox.last_read_ns if w.inbox is not None else 0
+                    if w.exited or now - max(beat, last_read) <= age_limit:
+                        continue
                     if not w.done:
                         self._fail(
                             f"node {w.node!r} replica {w.replica} finished its work but has "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -28,6 +29,7 @@ class Inbox:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn  # (kept: it owns the descriptor)
         self.fd = conn.fileno()
+        self.last_read_ns = 0  # time.monotonic_ns() of the last read that got bytes
         self._buffer = bytearray()
         os.set_blocking(self.fd, False)
 
@@ -38,7 +40,10 @@ class Inbox:
 
     def receive(self, handle: Callable[[Any], None]) -> None:
         """Hand every message that is whole to ``handle``, in order; ``EOFError`` once the
-        peer has closed (after the messages that came whole before it)."""
+        peer has closed (after the messages that came whole before it). A message that does
+        not unpickle raises what ``pickle.loads`` raised, and is dropped; the whole ones
+        behind it come with the next call."""
+        self._hand_on(handle)  # those left behind by a message that raised
         while True:
             try:
                 chunk = os.read(self.fd, READ_SIZE)
@@ -46,6 +51,7 @@ class Inbox:
                 return
             if not chunk:
                 raise EOFError(f"peer closed with {self.partial} byte(s) of a message unread")
+            self.last_read_ns = time.monotonic_ns()
             self._buffer += chunk
             self._hand_on(handle)
 
@@ -60,6 +66,12 @@ class Inbox:
             end = start + size
             if len(buffer) < end:
                 return
-            message = pickle.loads(buffer[start:end])
-            del buffer[:end]
+            view = memoryview(buffer)
+            data = view[start:end]  # (no copy of a large message)
+            try:
+                message = pickle.loads(data)
+            finally:  # a message that cannot be read is dropped: the next one is whole
+                data.release()
+                view.release()
+                del buffer[:end]
             handle(message)

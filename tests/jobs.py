@@ -407,6 +407,53 @@ class _StallsAfterCloseLogic(SinkLogic):
         return "closed"
 
 
+def _slow_load(seconds: float) -> str:
+    time.sleep(seconds)  # a large result's unpickling, on the coordinator's loop
+    return "slow"
+
+
+class _SlowToUnpickle:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self) -> Any:
+        return (_slow_load, (self.seconds,))
+
+
+class _NoLoad(Exception):
+    """Pickles, but does not unpickle: its __init__ takes two arguments, its args one."""
+
+    def __init__(self, a: Any, b: Any) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+@dataclass(frozen=True)
+class Results(Sink):
+    """Replica 0's close() result takes ``load_s`` to unpickle where it is received
+    (``"slow"``) or, with ``load_s`` None, cannot be unpickled at all; the other replicas
+    return ``"quick"`` ``delay_s`` later."""
+
+    load_s: float | None
+    delay_s: float = 0.0
+
+    def build(self, ctx: Context) -> SinkLogic:
+        return _ResultsLogic(ctx.replica, self.load_s, self.delay_s)
+
+
+class _ResultsLogic(SinkLogic):
+    def __init__(self, replica: int, load_s: float | None, delay_s: float) -> None:
+        self.replica, self.load_s, self.delay_s = replica, load_s, delay_s
+
+    def write(self, batch: list[Any]) -> None:
+        pass
+
+    def close(self) -> Any:
+        if self.replica == 0:
+            return _NoLoad(1, 2) if self.load_s is None else _SlowToUnpickle(self.load_s)
+        time.sleep(self.delay_s)
+        return "quick"
+
+
 @dataclass(frozen=True)
 class StubbornFile(JsonLinesBars):
     """A JSON-lines file sink that, after ``after`` records, hangs with SIGTERM ignored:

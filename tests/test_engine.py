@@ -23,6 +23,7 @@ from jobs import (
     Fragile,
     ManyCounters,
     Numbered,
+    Results,
     RunningSum,
     SetsAside,
     SlowToOpen,
@@ -271,6 +272,23 @@ def test_a_worker_frozen_after_its_report_does_not_hold_the_finished_job():
     assert result.sinks["out"] == ["closed"]
     assert result.nodes["out"].records_in == 10
     assert time.monotonic() - started < WAIT
+
+
+def test_a_result_received_while_the_loop_was_busy_is_not_taken_for_a_missing_one():
+    """Replica 0's result takes 3 s to unpickle on the coordinator's loop; replica 1's,
+    sent meanwhile, waited whole in its pipe, and the watch failed replica 1 as not having
+    reported (a review's repro: 3 of 3 runs)."""
+    dag = Dag("busy-loop")
+    dag.source("src", Numbered(20, keys=2)).rebalance().sink("out", Results(3.0, 0.5), 2)
+    result = run(dag, timeout=WAIT, heartbeat_timeout=1.0, stop_grace=0.5)
+    assert result.sinks["out"] == ["slow", "quick"]
+
+
+def test_a_result_that_cannot_be_unpickled_fails_the_job_naming_the_node():
+    dag = Dag("no-load")
+    dag.source("src", Numbered(10)).sink("out", Results(None))
+    with pytest.raises(JobFailed, match=r"node 'out' replica 0 sent a message that cannot be"):
+        run(dag, timeout=WAIT)
 
 
 def test_graceful_stop_drains_what_was_produced():

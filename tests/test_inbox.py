@@ -95,3 +95,14 @@ def test_any_split_of_the_byte_stream_gives_the_same_messages(messages, cuts):
     finally:
         reader.close()
         writer.close()
+
+
+def test_a_message_that_does_not_unpickle_is_dropped_and_the_next_one_comes(pipe):
+    reader, writer = pipe
+    inbox, got = Inbox(reader), []
+    os.write(writer.fileno(), (4).to_bytes(4, "big") + b"junk")  # "invalid load key"
+    os.write(writer.fileno(), _framed(("next",)))
+    with pytest.raises(pickle.UnpicklingError):
+        inbox.receive(got.append)
+    inbox.receive(got.append)
+    assert got == [("next",)] and inbox.partial == 0
