@@ -316,6 +316,19 @@ def test_a_batch_larger_than_the_room_left_is_submitted_in_parts_with_a_pause_be
     assert not store_threads()
 
 
+def count_parts(logic: StoreSinkLogic) -> list[int]:
+    """The sizes of the parts the sink submits, as it submits them."""
+    parts: list[int] = []
+    submit = logic._submit
+
+    async def counting(batch: list[Any]) -> tuple[int, int | None]:
+        parts.append(len(batch))
+        return await submit(batch)
+
+    logic._submit = counting
+    return parts
+
+
 def test_a_large_batch_into_a_draining_queue_goes_in_full_parts_with_a_pause_between():
     """5,000 records into a queue of 100 that drains as they go in: after each part that
     filled the queue, the sink waits for the low watermark, so the parts after the first are
@@ -324,14 +337,7 @@ def test_a_large_batch_into_a_draining_queue_goes_in_full_parts_with_a_pause_bet
     capacity, low, records = 100, 10, 5_000
     store = MemoryStore(capacity=capacity, rate=20_000, batch_size=1)
     logic, _ = logic_for(StoreSink(store, capacity, low, poll_interval=0.001))
-    parts: list[int] = []
-    submit = logic._submit
-
-    async def counting(batch: list[int]) -> tuple[int, int | None]:
-        parts.append(len(batch))
-        return await submit(batch)
-
-    logic._submit = counting
+    parts = count_parts(logic)
 
     async def scenario() -> StoreResult:
         await logic.write(list(range(records)))
@@ -350,14 +356,7 @@ def test_a_depth_seen_above_capacity_is_read_again_not_sliced_negatively():
     capacity: the room is then negative, and a part cut with it would be most of the batch."""
     store = MemoryStore(capacity=100)  # drains as fast as it can
     logic, _ = logic_for(StoreSink(store, 100, 10, poll_interval=0.001))
-    parts: list[int] = []
-    submit = logic._submit
-
-    async def counting(batch: list[int]) -> tuple[int, int | None]:
-        parts.append(len(batch))
-        return await submit(batch)
-
-    logic._submit = counting
+    parts = count_parts(logic)
 
     async def scenario() -> StoreResult:
         await logic.write([0])
