@@ -38,8 +38,22 @@ class JobCollector(Collector):
         self.coordinator = coordinator
         self._last: dict[tuple[str, int], tuple[float, float]] = {}  # (t, backpressured_s)
         self._lock = threading.Lock()
+        self._reading = threading.Lock()  # held by a scrape while it reads shared memory
+        self._closed = False
+
+    def close(self) -> None:
+        """After this returns no scrape reads the job's shared memory, which the teardown
+        then unmaps: one in flight (its request thread outlives the server's shutdown)
+        finishes first, and any later one answers with no families."""
+        with self._reading:
+            self._closed = True
 
     def collect(self) -> Iterator[Any]:
+        with self._reading:
+            families = [] if self._closed else list(self._families())
+        yield from families
+
+    def _families(self) -> Iterator[Any]:
         c = self.coordinator
         job = c.dag.name
         rows = c.status()
@@ -215,7 +229,8 @@ class MetricsServer:
 
     def __init__(self, coordinator: Coordinator, port: int) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(JobCollector(coordinator))
+        self.collector = JobCollector(coordinator)
+        self.registry.register(self.collector)
         self.port = port
         self._server: Any = None
         self._thread: Any = None
@@ -232,3 +247,4 @@ class MetricsServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        self.collector.close()

@@ -384,6 +384,41 @@ def test_a_scrape_before_the_channels_exist_answers() -> None:
     assert "ringflow_channel_slots_in_use" in families and "ringflow_job_state" in families
 
 
+def test_a_scrape_in_flight_finishes_before_the_teardown_unmaps_what_it_reads() -> None:
+    """The server's shutdown does not wait for a request thread already running: its read
+    of the stats block or a channel, unmapped meanwhile, answered HTTP 500. Closing the
+    collector now waits for it, and a later scrape reads nothing."""
+    import threading
+
+    dag = Dag("closing")
+    dag.source("src", Numbered(10)).sink("out", Backlogged(pause=0.0))
+    coordinator = Coordinator(dag, Settings(), "closing", None, None)  # type: ignore[arg-type]
+    collector = JobCollector(coordinator)
+    reading, release = threading.Event(), threading.Event()
+    status = coordinator.status
+
+    def slow_status() -> list[dict[str, Any]]:
+        reading.set()
+        assert release.wait(WAIT)
+        return status()
+
+    coordinator.status = slow_status  # type: ignore[method-assign]
+    scraped: list[Any] = []
+    scrape = threading.Thread(target=lambda: scraped.extend(collector.collect()))
+    scrape.start()
+    assert reading.wait(WAIT)
+    closer = threading.Thread(target=collector.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # close() waits for the scrape in flight
+    release.set()
+    scrape.join(WAIT)
+    closer.join(WAIT)
+    assert not closer.is_alive()
+    assert "ringflow_job_state" in {f.name for f in scraped}
+    assert list(collector.collect()) == []
+
+
 def test_a_finished_worker_shows_the_gauges_its_close_set() -> None:
     # The last periodic report comes before close(); the done report carries the gauges.
     dag = Dag("gauges")
