@@ -507,8 +507,8 @@ class Coordinator:
                     # another's), or be arriving still: read what is there, and count from
                     # the last bytes it sent.
                     self._on_control(w)
-                    last_read = w.inbox.last_read_ns if w.inbox is not None else 0
-                    if w.exited or now - max(beat, last_read) <= age_limit:
+                    assert w.inbox is not None  # (made before this watch started)
+                    if now - max(beat, w.inbox.last_read_ns) <= age_limit:
                         continue
                     if not w.done:
                         self._fail(

@@ -74,34 +74,11 @@ class Job:
         )
         # Ctrl-C is held back while the coordinator starts. The Job's handler goes in first,
         # before anything starts, and only notes a Ctrl-C until the coordinator runs; then it
-        # is acted on (once: a graceful stop; twice: a kill, and launch raises). SIGINT is
-        # also blocked here (not ignored), so that the coordinator inherits the block and one
-        # sent to the whole process group (a terminal's) cannot kill it as it boots; it
-        # ignores SIGINT, then unblocks it. Another thread may take a Ctrl-C meanwhile: the
-        # handler, running in this one, notes it all the same.
+        # is acted on (once: a graceful stop; twice: a kill, and launch raises).
         self._starting = True
         self._install_sigint()
-        mask: set[int | signal.Signals] | None = None
         try:
-            try:
-                if threading.current_thread() is threading.main_thread():
-                    # multiprocessing's resource tracker first: starting it unblocks SIGINT
-                    # (its own mask, bpo-33613), which would undo ours halfway through.
-                    resource_tracker.ensure_running()
-                    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-                self._process.start()
-                requests.close()
-                replies.close()
-                # If this process exits without waiting, close the pipe first: the
-                # coordinator sees it, tears the job down and exits, so the interpreter's
-                # join on it returns.
-                self._finalizer = Finalize(
-                    self, _abandon, args=(self._requests, self._conn), exitpriority=100
-                )
-            finally:
-                self._starting = False
-                if mask is not None:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the program's, as it was
+            self._start(requests, replies)
             if self._deferred is not None:
                 self._act()
         except BaseException:  # the start failed, or a second Ctrl-C: no Job to wait on
@@ -111,6 +88,31 @@ class Job:
                 with contextlib.suppress(RingflowError, TimeoutError):
                     self.wait(timeout=30)
             raise
+
+    def _start(self, requests: Connection, replies: Connection) -> None:
+        """Start the coordinator with SIGINT blocked (not ignored), so that it inherits the
+        block and a Ctrl-C sent to the whole process group (a terminal's) cannot kill it as
+        it boots; it ignores SIGINT, then unblocks it. Another thread may take a Ctrl-C
+        meanwhile: the Job's handler, running in this one, notes it all the same."""
+        mask: set[int | signal.Signals] | None = None
+        try:
+            if threading.current_thread() is threading.main_thread():
+                # multiprocessing's resource tracker first: starting it unblocks SIGINT (its
+                # own mask, bpo-33613), which would undo ours halfway through.
+                resource_tracker.ensure_running()
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            self._process.start()
+            requests.close()
+            replies.close()
+            # If this process exits without waiting, close the pipe first: the coordinator
+            # sees it, tears the job down and exits, so the interpreter's join on it returns.
+            self._finalizer = Finalize(
+                self, _abandon, args=(self._requests, self._conn), exitpriority=100
+            )
+        finally:
+            self._starting = False
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the program's, as it was
 
     def _install_sigint(self) -> None:
         """Own Ctrl-C while the job runs, unless the program has its own handler."""

@@ -37,8 +37,7 @@ class JobCollector(Collector):
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
         self._last: dict[tuple[str, int], tuple[float, float]] = {}  # (t, backpressured_s)
-        self._lock = threading.Lock()
-        self._reading = threading.Lock()  # held by a scrape while it reads shared memory
+        self._reading = threading.Lock()  # held by a scrape throughout: one at a time
         self._closed = False
 
     def close(self) -> None:
@@ -180,10 +179,9 @@ class JobCollector(Collector):
         yield gauges
 
     def _ratio(self, key: tuple[str, int], backpressured: float) -> float:
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(key)
-            self._last[key] = (now, backpressured)
+        now = time.monotonic()  # (under _reading, as collect() runs)
+        last = self._last.get(key)
+        self._last[key] = (now, backpressured)
         if last is None or now <= last[0]:
             return 0.0
         return min(1.0, max(0.0, (backpressured - last[1]) / (now - last[0])))

@@ -212,16 +212,17 @@ def _plainly_readable(batch: Batch) -> bool:
     ``CsvTicksSink`` writes (``_check_csv`` having ruled out commas, quotes and line breaks):
     a non-empty str symbol, an int ts in the int64 range, a finite float price and a finite
     float size > 0. Column by column, at C speed; False sends the batch to the exact check."""
+    if not batch:
+        return True
     symbols, times, prices, sizes = (list(map(field, batch)) for field in _FIELDS)
     if not (
-        set(map(type, symbols)) <= {str}
-        and set(map(type, times)) <= {int}
-        and set(map(type, prices)) <= {float}
-        and set(map(type, sizes)) <= {float}
+        set(map(type, symbols)) == {str}
+        and set(map(type, times)) == {int}
+        and set(map(type, prices)) == {float}
+        and set(map(type, sizes)) == {float}
+        and "" not in symbols
     ):
         return False
-    if not batch or "" in symbols:
-        return not batch
     total = sum(prices) + sum(sizes)  # total - total is 0 exactly when none is inf or nan
     return (
         total - total == 0.0 and min(sizes) > 0.0 and min(times) >= TS_MIN and max(times) <= TS_MAX
